@@ -1,0 +1,169 @@
+"""Batched, differentiable augmentation on image tensors.
+
+Every function takes a float batch `x` of shape (N, C, H, W) on any device and a seeded
+`torch.Generator` on the same device, draws one set of parameters per image from that
+generator, and transforms the whole batch with a few tensor ops (no per-image Python loop).
+Because the ops are differentiable, DM (issue 8) can push gradients through them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class DSAParams:
+    """Ranges of Differentiable Siamese Augmentation.
+
+    Defaults are `ParamDiffAug` of the DSA code (Zhao & Bilen, ICML 2021,
+    VICO-UoE/DatasetCondensation utils.py), also used by DM and the ECCV 2024 challenge.
+    """
+
+    scale: float = 1.2        # x and y scaled independently by U(1/1.2, 1.2)
+    rotate: float = 15.0      # degrees, U(-15, 15)
+    crop_pad: float = 0.125   # translate by up to 12.5% of the side, zero fill
+    cutout: float = 0.5       # cut a square of half the side
+    brightness: float = 1.0   # add U(-0.5, 0.5)
+    saturation: float = 2.0   # scale chroma by U(0, 2)
+    contrast: float = 0.5     # scale deviation from the image mean by U(0.5, 1.5)
+    flip: float = 0.5         # probability of a horizontal flip
+
+
+DSA_DEFAULT = DSAParams()
+# The challenge / DSA evaluation strategy: one of these per batch ("S" mode of the DSA code).
+DSA_STRATEGY = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
+def _rand(n: int, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device)
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=True)  # (N, H, W, 2)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+
+def flip(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    keep = _rand(x.shape[0], g, x.device) >= p.flip  # (N,)
+    return torch.where(keep[:, None, None, None], x, x.flip(3))
+
+
+def scale(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    n = x.shape[0]
+    lo = 1.0 / p.scale
+    sx = _rand(n, g, x.device) * (p.scale - lo) + lo
+    sy = _rand(n, g, x.device) * (p.scale - lo) + lo
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = sx, sy
+    return _affine(x, theta)
+
+
+def rotate(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    n = x.shape[0]
+    a = (_rand(n, g, x.device) - 0.5) * 2 * p.rotate / 180 * math.pi
+    cos, sin = torch.cos(a), torch.sin(a)
+    theta = torch.stack([torch.stack([cos, sin, torch.zeros_like(a)], 1),
+                         torch.stack([-sin, cos, torch.zeros_like(a)], 1)], 1)  # (N, 2, 3)
+    return _affine(x, theta)
+
+
+def crop(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    """Translate each image by a whole number of pixels (up to crop_pad of its side), zero fill."""
+    n, _, h, w = x.shape
+    mx, my = int(w * p.crop_pad + 0.5), int(h * p.crop_pad + 0.5)
+    dx = torch.randint(-mx, mx + 1, (n,), generator=g, device=x.device)
+    dy = torch.randint(-my, my + 1, (n,), generator=g, device=x.device)
+    rows = torch.arange(h, device=x.device)[None, :] - dy[:, None]  # (N, H) source row of each row
+    cols = torch.arange(w, device=x.device)[None, :] - dx[:, None]  # (N, W)
+    valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # (N, H, W)
+    idx = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]  # (N, H, W)
+    out = x.flatten(2).gather(2, idx.flatten(1)[:, None, :].expand(-1, x.shape[1], -1)).view_as(x)
+    return out * valid[:, None].to(x.dtype)
+
+
+def cutout(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    """Zero a square of side cutout*H at a random centre (it may hang over the border)."""
+    n, _, h, w = x.shape
+    ch, cw = int(h * p.cutout + 0.5), int(w * p.cutout + 0.5)
+    cy = torch.randint(0, h + (1 - ch % 2), (n,), generator=g, device=x.device)
+    cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g, device=x.device)
+    ys = torch.arange(h, device=x.device)[None, :]
+    xs = torch.arange(w, device=x.device)[None, :]
+    in_y = (ys >= (cy - ch // 2)[:, None]) & (ys < (cy - ch // 2 + ch)[:, None])  # (N, H)
+    in_x = (xs >= (cx - cw // 2)[:, None]) & (xs < (cx - cw // 2 + cw)[:, None])  # (N, W)
+    hole = in_y[:, :, None] & in_x[:, None, :]  # (N, H, W)
+    return x * (~hole)[:, None].to(x.dtype)
+
+
+def color(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    """Brightness, then saturation, then contrast, as DSA's 'color' group."""
+    n = x.shape[0]
+    x = x + (_rand(n, g, x.device) - 0.5)[:, None, None, None] * p.brightness
+    m = x.mean(dim=1, keepdim=True)
+    x = (x - m) * (_rand(n, g, x.device) * p.saturation)[:, None, None, None] + m
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - m) * (_rand(n, g, x.device) + p.contrast)[:, None, None, None] + m
+
+
+DSA_OPS = {"color": color, "crop": crop, "cutout": cutout, "flip": flip, "scale": scale, "rotate": rotate}
+
+
+def dsa(x: torch.Tensor, g: torch.Generator, strategy: tuple[str, ...] = DSA_STRATEGY,
+        p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    """DSA as used to train evaluation networks: one op of `strategy` drawn per batch,
+    with per-image parameters (the DSA code's default 'S' mode)."""
+    k = int(torch.randint(len(strategy), (1,), generator=g, device=g.device).item())
+    return DSA_OPS[strategy[k]](x, g, p)
+
+
+def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float, float] = (0.5, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Crop a box of area U(scale) x HW and aspect ratio log-U(ratio) per image, resized back
+    to H x W (bilinear). Boxes that would leave the image are clamped to fit, where
+    torchvision instead retries and falls back to a centre crop."""
+    n, dev = x.shape[0], x.device
+    area = _rand(n, g, dev) * (scale[1] - scale[0]) + scale[0]
+    logr = _rand(n, g, dev) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
+    r = torch.exp(logr)
+    bw = torch.sqrt(area * r).clamp(max=1.0)  # box width as a fraction of the image width
+    bh = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (_rand(n, g, dev) * (1 - bw) + bw / 2) * 2 - 1  # box centre in [-1, 1]
+    cy = (_rand(n, g, dev) * (1 - bh) + bh / 2) * 2 - 1
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = bw, cx, bh, cy
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def rrc_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """IDC's training augmentation for ImageNet subsets: random resized crop (0.5-1) + flip."""
+    return flip(random_resized_crop(x, g), g)
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, beta: float = 1.0
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019): paste one box from a shuffled copy of the batch.
+
+    Returns (mixed x, y, y of the pasted images, lam), the loss being
+    lam * CE(y) + (1 - lam) * CE(y_pasted), with lam the exact area kept.
+    """
+    n, _, h, w = x.shape
+    # Beta is not drawable from a torch.Generator; a NumPy generator seeded from it keeps
+    # the draw reproducible from the same seed. Beta(1, 1) is the uniform (IDC's setting).
+    seed = int(torch.randint(2**62, (1,), generator=g, device=g.device).item())
+    lam = float(np.random.default_rng(seed).beta(beta, beta))
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy = int(torch.randint(h, (1,), generator=g, device=g.device).item())
+    cx = int(torch.randint(w, (1,), generator=g, device=g.device).item())
+    y1, y2 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x1, x2 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    perm = torch.randperm(n, generator=g, device=g.device).to(x.device)
+    x = x.clone()
+    x[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]
+    lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+    return x, y, y[perm], lam

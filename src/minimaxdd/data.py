@@ -1,0 +1,507 @@
+"""Datasets as whole uint8 tensors: one `Dataset` per spec string, from a registry of sources.
+
+A spec is `NAME` or `NAME:ARG` (split on the first colon), e.g. `digits`,
+`cifar10:/data/cifar-10-batches-py`, `npz:subset.npz`, `imagewoof:/data/imagenet`.
+Every source returns train and test images as uint8 [N, C, H, W] with int64 labels;
+`load_dataset` checks them (`_validate`) and resizes tensor sources to `size` if asked.
+Image folders are decoded once and cached under `cache_dir()/datasets/`.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minimaxdd import classes
+from minimaxdd.errors import DatasetError
+from minimaxdd.utils import cache_dir, progress
+
+# Image folders (and the ImageNet subsets) default to 256 px, the resolution at which
+# Minimax diffusion (Gu et al., CVPR 2024; github.com/vimar-gu/MinimaxDiffusion) fine-tunes
+# DiT and evaluates ImageWoof / ImageNette / ImageIDC.
+DEFAULT_FOLDER_SIZE = 256
+
+# scikit-learn digits has no official split; we fix a stratified 75/25 one (1347 / 450 images).
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist puts it
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+DECODE_THREADS = 2
+
+
+@dataclass(repr=False)
+class Dataset:
+    """Train and test images of one dataset, whole, as tensors."""
+
+    name: str  # the spec string it came from
+    x_train: torch.Tensor  # (N, C, H, W) uint8, contiguous
+    y_train: torch.Tensor  # (N,) int64 in [0, num_classes)
+    x_test: torch.Tensor  # (M, C, H, W) uint8
+    y_test: torch.Tensor  # (M,) int64
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def size(self) -> int:
+        """Image side in pixels (images are square)."""
+        return self.x_train.shape[2]
+
+    def fingerprint(self) -> str:
+        """Short sha256 of the training images and labels (with their shapes): a cache key."""
+        h = hashlib.sha256()
+        for t in (self.x_train, self.y_train):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.contiguous().numpy())  # hashes the buffer, no copy
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
+                f"classes={self.num_classes})")
+
+
+# ----------------------------------------------------------------------------- registry
+
+Loader = Callable[..., Dataset]  # loader(arg: str | None, size: int | None, cache: bool = True)
+DATASETS: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+    def deco(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+    return deco
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+def load_dataset(spec: str, size: int | None = None, cache: bool = True) -> Dataset:
+    """Load `NAME` or `NAME:ARG`; `size` resizes to size x size; `cache` caches decoded folders."""
+    name, _, arg = spec.partition(":")
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r} in {spec!r}; known sources: {', '.join(DATASETS)} "
+                           "(use NAME or NAME:ARG, e.g. cifar10:/data/cifar-10-batches-py)")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise DatasetError(f"size must be a positive number of pixels, got {size!r}")
+    ds = DATASETS[name](arg or None, size, cache=cache)
+    ds.name = spec
+    _validate(ds)
+    if size is not None and size != ds.size:
+        ds.x_train, ds.x_test = _resize(ds.x_train, size), _resize(ds.x_test, size)
+    return ds
+
+
+def _validate(ds: Dataset) -> None:
+    """Check dtypes, shapes and labels; every error says how to fix the source."""
+    k = ds.num_classes
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        if x.dtype != torch.uint8 or x.dim() != 4:
+            raise DatasetError(f"{ds.name}: {split} images are {x.dtype} {tuple(x.shape)}; "
+                               "expected uint8 [N, C, H, W] (convert the images to 0-255 uint8)")
+        if x.shape[2] != x.shape[3]:
+            raise DatasetError(f"{ds.name}: {split} images are {x.shape[2]}x{x.shape[3]}; "
+                               "images must be square (centre-crop them first)")
+        if y.dtype != torch.int64 or y.dim() != 1 or len(y) != len(x):
+            raise DatasetError(f"{ds.name}: {split} labels are {y.dtype} {tuple(y.shape)} for {len(x)} images; "
+                               "expected one int64 label per image")
+        if len(y) == 0:
+            raise DatasetError(f"{ds.name}: the {split} split is empty; add images to it")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= k:
+            raise DatasetError(f"{ds.name}: {split} labels span {lo}..{hi} but there are {k} class names; "
+                               f"fix the labels or class_names so every label is in 0..{k - 1}")
+    if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
+        raise DatasetError(f"{ds.name}: train images are {tuple(ds.x_train.shape[1:])} but test images are "
+                           f"{tuple(ds.x_test.shape[1:])}; both splits need the same C, H, W")
+    empty = torch.nonzero(torch.bincount(ds.y_train, minlength=k) == 0).flatten().tolist()
+    if empty:
+        named = ", ".join(f"{c} ({ds.class_names[c]!r})" for c in empty)
+        raise DatasetError(f"{ds.name}: class {named} has no training images; "
+                           "add images or remove the class from class_names")
+    ds.x_train, ds.x_test = ds.x_train.contiguous(), ds.x_test.contiguous()
+
+
+def _resize(x: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, C, size, size) uint8, antialiased bilinear, in chunks to bound memory."""
+    out = torch.empty((len(x), x.shape[1], size, size), dtype=torch.uint8)
+    for i in range(0, len(x), chunk):
+        y = F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        out[i:i + chunk] = y.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def _need(arg: str | None, name: str, what: str) -> str:
+    if not arg:
+        raise DatasetError(f"the {name} source needs {what}: use {name}:{what}")
+    return arg
+
+
+def _no_arg(arg: str | None, name: str) -> None:
+    if arg:
+        raise DatasetError(f"the {name} source takes no argument, got {name}:{arg}; use just {name}")
+
+
+def _make(name: str, xtr, ytr, xte, yte, class_names: list[str]) -> Dataset:
+    t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
+    return Dataset(name, t(xtr, torch.uint8), t(ytr, torch.int64), t(xte, torch.uint8), t(yte, torch.int64),
+                   [str(c) for c in class_names])
+
+
+# ----------------------------------------------------------------------------- digits
+
+@register("digits")
+def load_digits(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images, ships with sklearn), fixed stratified split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    _no_arg(arg, "digits")
+    d = sk_digits()
+    x = np.round(d.images * 255 / 16).astype(np.uint8)[:, None]  # values 0..16 -> 0..255; (N, 1, 8, 8)
+    idx_tr, idx_te = train_test_split(np.arange(len(x)), test_size=DIGITS_TEST_FRACTION, stratify=d.target,
+                                      random_state=DIGITS_SPLIT_SEED)
+    return _make("digits", x[idx_tr], d.target[idx_tr], x[idx_te], d.target[idx_te], [str(i) for i in range(10)])
+
+
+# ----------------------------------------------------------------------------- idx (MNIST-style)
+
+IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049  # 0x0803 / 0x0801: unsigned bytes, 3 / 1 dims (LeCun's idx format)
+IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse one idx file (plain or .gz): big-endian magic, one uint32 per dim, then uint8 data."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        try:
+            raw = f.read()
+        except (OSError, EOFError) as e:
+            raise DatasetError(f"cannot read {path}: {e}; download the file again") from e
+    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if found != magic:
+        raise DatasetError(f"{path} has magic number {found}, expected {magic} for an idx "
+                           f"{'image' if magic == IDX_IMAGES_MAGIC else 'label'} file; is it the right file?")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    start, count = 4 + 4 * ndim, int(np.prod(dims))
+    if len(raw) - start != count:
+        raise DatasetError(f"{path} holds {len(raw) - start} bytes of data but its header says {dims} "
+                           f"({count}); the file is truncated or corrupt, download it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims).copy()  # writable, owns its memory
+
+
+def _load_idx_dir(name: str, folder: Path, class_names: list[str], fix: str) -> Dataset:
+    paths, missing = {}, []
+    for key, stem in IDX_FILES.items():
+        found = [folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()]
+        if found:
+            paths[key] = found[0]
+        else:
+            missing.append(stem + "[.gz]")
+    if missing:
+        raise DatasetError(f"{name}: {folder} lacks {', '.join(missing)}; {fix}")
+    a = {k: read_idx(p, IDX_IMAGES_MAGIC if k.startswith("x") else IDX_LABELS_MAGIC) for k, p in paths.items()}
+    return _make(name, a["x_train"][:, None], a["y_train"], a["x_test"][:, None], a["y_test"], class_names)
+
+
+@register("fashion-mnist")
+def load_fashion_mnist(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
+    """Fashion-MNIST (Xiao et al., 2017) idx files; default folder from Debian's dataset-fashion-mnist."""
+    return _load_idx_dir("fashion-mnist", Path(arg or FASHION_MNIST_DIR), FASHION_MNIST_CLASSES,
+                         "run `apt-get install dataset-fashion-mnist` or pass fashion-mnist:DIR "
+                         "with the four idx files")
+
+
+@register("mnist")
+def load_mnist(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
+    """MNIST idx files in DIR."""
+    folder = Path(_need(arg, "mnist", "DIR"))
+    return _load_idx_dir("mnist", folder, [str(i) for i in range(10)], "pass mnist:DIR with the four idx files")
+
+
+# ----------------------------------------------------------------------------- CIFAR pickles
+
+try:
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a pickle can run arbitrary code otherwise."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+               ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays are allowed")
+
+
+def _unpickle(path: Path) -> dict[str, object]:
+    """Read one CIFAR batch file (pickled by Python 2); byte keys become str."""
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DatasetError(f"cannot read {path}: {e}; use the original CIFAR python files "
+                           "(cifar-10-python.tar.gz / cifar-100-python.tar.gz)") from e
+    if not isinstance(d, dict):
+        raise DatasetError(f"{path} holds a {type(d).__name__}, not a dict; is it a CIFAR python batch?")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _cifar(name: str, arg: str | None, folder_name: str, train: list[str], test: str, meta: str,
+           label_key: str, names_key: str) -> Dataset:
+    root = Path(_need(arg, name, "DIR"))
+    folder = root / folder_name if (root / folder_name).is_dir() else root
+    files = [*train, test, meta]
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DatasetError(f"{name}: {folder} lacks {missing}; pass {name}:DIR with DIR the extracted "
+                           f"{folder_name} folder (or its parent)")
+
+    def split(parts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        batches = [_unpickle(folder / p) for p in parts]
+        for p, b in zip(parts, batches):
+            if "data" not in b or label_key not in b:
+                raise DatasetError(f"{folder / p} lacks 'data' or {label_key!r} (has {sorted(b)}); "
+                                   f"is it a {name} batch?")
+        x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+        y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+        return x.reshape(-1, 3, 32, 32), y  # rows of 3072 = R, G, B planes of 32x32
+
+    xtr, ytr = split(train)
+    xte, yte = split([test])
+    names = _unpickle(folder / meta).get(names_key)
+    if names is None:
+        raise DatasetError(f"{folder / meta} lacks {names_key!r}; is it the {name} meta file?")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return _make(name, xtr, ytr, xte, yte, names)
+
+
+@register("cifar10")
+def load_cifar10(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
+    """CIFAR-10 python batches (Krizhevsky, 2009)."""
+    return _cifar("cifar10", arg, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                  "batches.meta", "labels", "label_names")
+
+
+@register("cifar100")
+def load_cifar100(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
+    """CIFAR-100 python files, fine labels."""
+    return _cifar("cifar100", arg, "cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names")
+
+
+# ----------------------------------------------------------------------------- npz
+
+NPZ_KEYS = ["x_train", "y_train", "x_test", "y_test"]
+
+
+def _npz_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """Any of (N, C, H, W), (N, H, W, C), (N, H, W); uint8 or float in [0, 1] -> uint8 (N, C, H, W)."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # channels last
+    elif x.ndim != 4:
+        raise DatasetError(f"{path}: {key} has shape {x.shape}; save images as [N, C, H, W], [N, H, W, C] "
+                           "or [N, H, W]")
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.floating) and x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1:
+        return np.round(x * 255).astype(np.uint8)  # floats are read as [0, 1] intensities
+    raise DatasetError(f"{path}: {key} is {x.dtype}"
+                       + (f" with values in [{x.min()}, {x.max()}]" if x.size and x.dtype.kind in "fiu" else "")
+                       + "; save images as uint8 0-255 or float in [0, 1]")
+
+
+@register("npz")
+def load_npz(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
+    """A .npz with x_train, y_train, x_test, y_test and optional class_names."""
+    path = Path(_need(arg, "npz", "PATH"))
+    if not path.is_file():
+        raise DatasetError(f"npz file {path} does not exist; pass npz:PATH to a .npz with {', '.join(NPZ_KEYS)}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in NPZ_KEYS if k not in z.files]
+            if missing:
+                raise DatasetError(f"npz file {path} lacks keys {missing} (has {sorted(z.files)}); "
+                                   f"save it with {', '.join(NPZ_KEYS)} (and optionally class_names)")
+            a = {k: z[k] for k in z.files if k in NPZ_KEYS + ["class_names"]}
+    except (ValueError, OSError) as e:
+        raise DatasetError(f"cannot read npz file {path}: {e}; save it with numpy.savez and no object arrays "
+                           "(class_names as np.array(names, dtype=str))") from e
+    for k in ("y_train", "y_test"):
+        if a[k].dtype.kind not in "iu":
+            raise DatasetError(f"{path}: {k} is {a[k].dtype}; save labels as integers 0..K-1")
+    xtr, xte = _npz_images(path, "x_train", a["x_train"]), _npz_images(path, "x_test", a["x_test"])
+    if "class_names" in a:
+        names = [str(n) for n in a["class_names"].reshape(-1)]
+    else:
+        k = int(max(a["y_train"].max(initial=0), a["y_test"].max(initial=0))) + 1
+        names = [str(i) for i in range(k)]
+    return _make(f"npz:{path}", xtr, a["y_train"], xte, a["y_test"], names)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+def _decode_image(path: Path, size: int) -> np.ndarray:
+    """One image file -> (3, size, size) uint8: shorter side resized to `size` (bicubic), centre crop."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            # Pillow's resize filters the whole footprint when shrinking, i.e. it antialiases.
+            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+            left, top = round((nw - size) / 2), round((nh - size) / 2)
+            im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"cannot decode image {path}: {e}; delete or replace the file") from e
+
+
+def _list_split(root: Path, split: str, class_dirs: list[str]) -> list[tuple[Path, int]]:
+    """(file, label) for every image under root/split/<class_dirs[label]>/, sorted; empty class -> error."""
+    items = []
+    for label, c in enumerate(class_dirs):
+        files = sorted(p for p in (root / split / c).iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DatasetError(f"class folder {root / split / c} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                               "add images or remove the folder")
+        items += [(p, label) for p in files]
+    return items
+
+
+def _decode_split(items: list[tuple[Path, int]], size: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.empty((len(items), 3, size, size), dtype=torch.uint8)  # filled in place: no stack copy
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        images = pool.map(lambda it: _decode_image(it[0], size), items)
+        for i, img in enumerate(progress(images, total=len(items), desc=desc)):
+            x[i] = torch.from_numpy(img)
+    return x, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+def _load_folder(name: str, root: Path, test_split: str, class_dirs: list[str], class_names: list[str],
+                 size: int, cache: bool) -> Dataset:
+    """Decode root/train/<class>/* and root/<test_split>/<class>/*, through a cache keyed by the files."""
+    items = {"train": _list_split(root, "train", class_dirs), test_split: _list_split(root, test_split, class_dirs)}
+    listing = [(str(p.relative_to(root)), st.st_mtime_ns, st.st_size)
+               for split in items.values() for p, _ in split for st in [p.stat()]]
+    key = hashlib.sha256(json.dumps([1, str(root.resolve()), size, class_dirs, listing]).encode()).hexdigest()
+    path = cache_dir() / "datasets" / f"{root.name}-{size}px-{key[:24]}.pt"
+    if cache and path.is_file():
+        try:
+            d = torch.load(path, weights_only=True)
+            return Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(d["class_names"]))
+        except Exception as e:  # a damaged cache file is rebuilt, not trusted
+            warnings.warn(f"ignoring unreadable cache file {path} ({e}); decoding {root} again", stacklevel=3)
+    xtr, ytr = _decode_split(items["train"], size, f"decoding {root.name}/train")
+    xte, yte = _decode_split(items[test_split], size, f"decoding {root.name}/{test_split}")
+    ds = Dataset(name, xtr, ytr, xte, yte, list(class_names))
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte,
+                        "class_names": list(class_names)}, tmp)
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return ds
+
+
+def _test_split(root: Path, name: str) -> str:
+    for split in ("val", "test"):
+        if (root / split).is_dir():
+            return split
+    raise DatasetError(f"{name}: {root} has no val/ or test/ folder; expected {root}/train/<class>/* "
+                       f"and {root}/val/<class>/* (or test/)")
+
+
+@register("imagefolder")
+def load_imagefolder(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
+    """DIR/train/<class>/* and DIR/val/<class>/* (or test/); classes are the sorted train subfolders."""
+    root = Path(_need(arg, "imagefolder", "DIR"))
+    if not (root / "train").is_dir():
+        raise DatasetError(f"imagefolder: {root}/train does not exist; expected {root}/train/<class>/* "
+                           f"and {root}/val/<class>/* (or test/)")
+    test = _test_split(root, "imagefolder")
+    subdirs = lambda s: sorted(p.name for p in (root / s).iterdir() if p.is_dir() and not p.name.startswith("."))  # noqa: E731
+    train_classes, test_classes = subdirs("train"), subdirs(test)
+    if not train_classes:
+        raise DatasetError(f"imagefolder: {root}/train has no class folders; put images in {root}/train/<class>/")
+    if train_classes != test_classes:
+        raise DatasetError(f"imagefolder: class folders differ between {root}/train {train_classes} and "
+                           f"{root}/{test} {test_classes}; both splits need the same class folders")
+    return _load_folder("imagefolder", root, test, train_classes, train_classes, size or DEFAULT_FOLDER_SIZE, cache)
+
+
+# ImageNet's validation set has exactly 50 images per class (Russakovsky et al., IJCV 2015);
+# fast.ai's imagewoof2 / imagenette2 re-split train+val into ~9k train / ~4k val (~390 val per class).
+IMAGENET_VAL_PER_CLASS = 50
+FASTAI_MARKERS = ("noisy_imagewoof.csv", "noisy_imagenette.csv")
+
+
+def _looks_fastai(root: Path, wnids: list[str]) -> bool:
+    if any((root / m).is_file() for m in FASTAI_MARKERS):
+        return True
+    if root.resolve().name.lower().startswith(("imagewoof2", "imagenette2")):
+        return True
+    return any(sum(1 for _ in (root / "val" / w).iterdir()) > IMAGENET_VAL_PER_CLASS for w in wnids)
+
+
+def _imagenet_subset(name: str, arg: str | None, size: int | None, cache: bool) -> Dataset:
+    wnids = classes.SUBSETS[name]
+    root = Path(_need(arg, name, "DIR"))
+    missing = [f"{s}/{w}" for s in ("train", "val") for w in wnids if not (root / s / w).is_dir()]
+    if missing:
+        raise DatasetError(f"{name}: {root} lacks the WordNet-id folders {missing}; expected an ImageNet-style "
+                           f"layout {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG with the wnids "
+                           f"{', '.join(wnids)}")
+    if _looks_fastai(root, wnids):
+        warnings.warn(f"{root} looks like fast.ai's {name}2 release: its train/val split (~9k train / ~4k val) "
+                      f"differs from the ImageNet-derived split the paper used (~1300 train and 50 val images "
+                      f"per class), so accuracies are not comparable to the paper's", stacklevel=3)
+    return _load_folder(name, root, "val", wnids, wnids, size or DEFAULT_FOLDER_SIZE, cache)
+
+
+for _subset in classes.SUBSETS:
+    def _subset_loader(arg: str | None, size: int | None, cache: bool = True, _name: str = _subset) -> Dataset:
+        return _imagenet_subset(_name, arg, size, cache)
+    _subset_loader.__doc__ = f"The 10 {_subset} WordNet ids from an ImageNet-style folder (see classes.py)."
+    register(_subset)(_subset_loader)

@@ -1,0 +1,133 @@
+"""Classifiers of the evaluation protocol: ConvNet-D, ResNetAP-10, ResNet-18.
+
+All use instance norm (GroupNorm with one group per channel, affine), accept any channel
+count and square input size, and expose `features(x)` (the penultimate embedding, used by
+herding, k-center and the diagnostics) besides `forward(x)` (logits).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def instance_norm(channels: int) -> nn.GroupNorm:
+    # "instancenorm" of the DC/DSA/DM and IDC code: GroupNorm(C, C, affine=True).
+    return nn.GroupNorm(channels, channels, affine=True)
+
+
+class ConvNet(nn.Module):
+    """depth x [conv3x3 (width) -> instance norm -> ReLU -> avgpool 2] -> linear.
+
+    The DC / DSA / DM benchmark network (Zhao et al. 2021; width 128, depth 3 at 32 px) and
+    the IDC / Minimax ConvNet-6 at 256 px. As in the DC code, 28x28 single-channel inputs get
+    padding 3 on the first conv so the network sees 32x32. Pooling stops once the map is 1x1,
+    so deep nets still run on tiny inputs (digits are 8x8).
+    """
+
+    def __init__(self, channels: int, num_classes: int, size: int, depth: int = 3, width: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        pad0 = 3 if (channels == 1 and size == 28) else 1
+        s = size + 2 * (pad0 - 1)
+        c = channels
+        for d in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=pad0 if d == 0 else 1), instance_norm(width), nn.ReLU(inplace=True)]
+            if s >= 2:
+                layers.append(nn.AvgPool2d(2, 2))
+                s //= 2
+            c = width
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = width * s * s
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)  # (N, width * s * s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))  # (N, K)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block. With `ap`, a stride-2 block convolves at stride 1 and then
+    average-pools (IDC's ResNetAP), in both the main path and the shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int, ap: bool):
+        super().__init__()
+        s = 1 if ap else stride
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=s, padding=1, bias=False)
+        self.norm1 = instance_norm(cout)
+        self.pool = nn.AvgPool2d(2, 2) if (ap and stride != 1) else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = instance_norm(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=s, bias=False),
+                *( [nn.AvgPool2d(2, 2)] if (ap and stride != 1) else [] ),
+                instance_norm(cout),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.pool(out)
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet with instance norm.
+
+    Stem by input size: <= 64 px the CIFAR stem (conv3x3 stride 1, no pooling); otherwise
+    ResNet-18 uses torchvision's (conv7x7 stride 2 + maxpool 3/2) and ResNetAP-10 uses IDC's
+    (conv7x7 stride 1 + avgpool 4 above 128 px; conv3x3 + avgpool 2 from 65 to 128 px).
+    """
+
+    def __init__(self, channels: int, num_classes: int, size: int, blocks: list[int], ap: bool, width: int = 64):
+        super().__init__()
+        if size <= 64:
+            stem: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=False), instance_norm(width), nn.ReLU(inplace=True)]
+        elif ap and size > 128:
+            stem = [nn.Conv2d(channels, width, 7, padding=3, bias=False), instance_norm(width), nn.ReLU(inplace=True), nn.AvgPool2d(4, 4)]
+        elif ap:
+            stem = [nn.Conv2d(channels, width, 3, padding=1, bias=False), instance_norm(width), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2)]
+        else:
+            stem = [nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False), instance_norm(width), nn.ReLU(inplace=True),
+                    nn.MaxPool2d(3, 2, padding=1)]
+        self.stem = nn.Sequential(*stem)
+        layers: list[nn.Module] = []
+        cin = width
+        for i, n in enumerate(blocks):
+            cout = width * 2 ** i
+            for j in range(n):
+                layers.append(BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1, ap=ap))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = cin
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layers(self.stem(x))  # (N, 512, h, w)
+        return F.adaptive_avg_pool2d(h, 1).flatten(1)  # (N, 512)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+ModelFactory = Callable[[int, int, int], nn.Module]  # (channels, num_classes, size) -> model
+
+MODELS: dict[str, ModelFactory] = {
+    **{f"convnet{d}": (lambda c, k, s, d=d: ConvNet(c, k, s, depth=d)) for d in range(3, 7)},
+    "resnetap10": lambda c, k, s: ResNet(c, k, s, blocks=[1, 1, 1, 1], ap=True),
+    "resnet18": lambda c, k, s: ResNet(c, k, s, blocks=[2, 2, 2, 2], ap=False),
+}
+
+
+def build_model(name: str, channels: int, num_classes: int, size: int) -> nn.Module:
+    from minimaxdd.errors import UserError
+
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](channels, num_classes, size)
