@@ -130,8 +130,10 @@ class Py2Pickler(pickle._Pickler):
 
     def save_py2_string(self, obj):
         b = obj.encode("latin1") if isinstance(obj, str) else obj
-        head = pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256 else pickle.BINSTRING + struct.pack("<i", len(b))
-        self.write(head + b)
+        if len(b) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(b)]) + b)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(b)) + b)
         self.memoize(obj)
 
     dispatch[str] = save_py2_string
@@ -174,8 +176,9 @@ def test_cifar100(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(2)
     for name, n in (("train", 200), ("test", 10)):
-        py2_pickle({b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8), b"fine_labels": [k % 100 for k in range(n)],
-                    b"coarse_labels": [k % 20 for k in range(n)]}, folder / name)
+        py2_pickle({b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+                    b"fine_labels": [k % 100 for k in range(n)], b"coarse_labels": [k % 20 for k in range(n)]},
+                   folder / name)
     py2_pickle({b"fine_label_names": [f"c{i}".encode() for i in range(100)],
                 b"coarse_label_names": [f"s{i}".encode() for i in range(20)]}, folder / "meta")
     ds = load_dataset(f"cifar100:{tmp_path}", size=16)
@@ -194,8 +197,7 @@ class Evil:
 def test_malicious_pickle_is_refused_without_running(tmp_path):
     make_cifar10(tmp_path)
     marker = tmp_path / "pwned"
-    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
-        pickle.dump({b"data": Evil(marker), b"labels": [0]}, f, protocol=2)
+    py2_pickle({b"data": Evil(marker), b"labels": [0]}, tmp_path / "cifar-10-batches-py" / "data_batch_3")
     with pytest.raises(DatasetError, match=r"refused global (posix|os|nt)\.system") as e:
         load_dataset(f"cifar10:{tmp_path}")
     assert "data_batch_3" in str(e.value)
@@ -290,7 +292,7 @@ def test_imagefolder_decode_crop_and_labels(tmp_path):
     assert ds.x_train.shape == (6, 3, 8, 8) and ds.x_test.shape == (6, 3, 8, 8)
     assert ds.y_train.tolist() == [0, 0, 1, 1, 2, 2]
     assert ds.x_train[0, 0, 0].tolist() == list(range(40, 200, 20))
-    assert int(ds.x_train[4, 1, 3, 3]) == 0 and int(ds.x_train[3, 2, 0, 0]) == 1  # cat 0 is black, bee 1 is 1
+    assert int(ds.x_train[4, 1, 3, 3]) == 0 and int(ds.x_train[3, 2, 0, 0]) == 21  # cat/0 is 0, bee/1 is 21
 
 
 def test_imagefolder_errors(tmp_path):
@@ -358,6 +360,32 @@ def test_imagewoof_layout_and_fastai_warning(tmp_path):
     (root / "noisy_imagewoof.csv").write_text("path,noisy_labels_0\n")
     with pytest.warns(UserWarning, match="fast.ai.*not comparable"):
         load_dataset(f"imagewoof:{root}", size=8)
+
+
+def test_fastai_detection_by_name_and_val_size(tmp_path):
+    woof = tmp_path / "imagewoof2-160"
+    make_folder(woof, classes.IMAGEWOOF, per_class=1, splits=("train",))
+    for w in classes.IMAGEWOOF:
+        (woof / "val" / w).mkdir(parents=True)
+    assert data._looks_fastai(woof, classes.IMAGEWOOF)
+    plain = tmp_path / "imagenet"
+    for w in classes.IMAGEWOOF:
+        (plain / "val" / w).mkdir(parents=True)
+    assert not data._looks_fastai(plain, classes.IMAGEWOOF)
+    for i in range(data.IMAGENET_VAL_PER_CLASS + 1):  # more val images than ImageNet has per class
+        (plain / "val" / classes.IMAGEWOOF[3] / f"{i}.JPEG").touch()
+    assert data._looks_fastai(plain, classes.IMAGEWOOF)
+
+
+def test_damaged_cache_file_is_rebuilt(tmp_path):
+    make_folder(tmp_path / "f", ["a", "b"])
+    first = load_dataset(f"imagefolder:{tmp_path / 'f'}", size=8)
+    [cached] = (tmp_path / "cache" / "datasets").glob("*.pt")
+    cached.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable cache file"):
+        again = load_dataset(f"imagefolder:{tmp_path / 'f'}", size=8)
+    assert torch.equal(again.x_test, first.x_test)
+    assert torch.load(cached, weights_only=True)["x_train"].shape == (4, 3, 8, 8)  # rewritten
 
 
 def test_imagenet_subset_missing_wnids(tmp_path):

@@ -167,7 +167,9 @@ def _no_arg(arg: str | None, name: str) -> None:
 
 
 def _make(name: str, xtr, ytr, xte, yte, class_names: list[str]) -> Dataset:
-    t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
+    def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
+
     return Dataset(name, t(xtr, torch.uint8), t(ytr, torch.int64), t(xte, torch.uint8), t(yte, torch.int64),
                    [str(c) for c in class_names])
 
@@ -387,7 +389,7 @@ def _decode_image(path: Path, size: int) -> np.ndarray:
             im = im.resize((nw, nh), Image.Resampling.BICUBIC)
             left, top = round((nw - size) / 2), round((nh - size) / 2)
             im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+            return np.array(im, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"cannot decode image {path}: {e}; delete or replace the file") from e
 
@@ -453,6 +455,10 @@ def _test_split(root: Path, name: str) -> str:
                        f"and {root}/val/<class>/* (or test/)")
 
 
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 @register("imagefolder")
 def load_imagefolder(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
     """DIR/train/<class>/* and DIR/val/<class>/* (or test/); classes are the sorted train subfolders."""
@@ -461,8 +467,7 @@ def load_imagefolder(arg: str | None, size: int | None, cache: bool = True) -> D
         raise DatasetError(f"imagefolder: {root}/train does not exist; expected {root}/train/<class>/* "
                            f"and {root}/val/<class>/* (or test/)")
     test = _test_split(root, "imagefolder")
-    subdirs = lambda s: sorted(p.name for p in (root / s).iterdir() if p.is_dir() and not p.name.startswith("."))  # noqa: E731
-    train_classes, test_classes = subdirs("train"), subdirs(test)
+    train_classes, test_classes = _subdirs(root / "train"), _subdirs(root / test)
     if not train_classes:
         raise DatasetError(f"imagefolder: {root}/train has no class folders; put images in {root}/train/<class>/")
     if train_classes != test_classes:
