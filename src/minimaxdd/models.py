@@ -23,8 +23,9 @@ class ConvNet(nn.Module):
 
     The DC / DSA / DM benchmark network (Zhao et al. 2021; width 128, depth 3 at 32 px) and
     the IDC / Minimax ConvNet-6 at 256 px. As in the DC code, 28x28 single-channel inputs get
-    padding 3 on the first conv so the network sees 32x32. Pooling stops once the map is 1x1,
-    so deep nets still run on tiny inputs (digits are 8x8).
+    padding 3 on the first conv so the network sees 32x32. A pooling that would hand the next
+    conv a 1x1 map is skipped (instance norm of one value is just its bias, so the net would
+    ignore its input): deep nets stay trainable on small inputs (digits are 8x8).
     """
 
     def __init__(self, channels: int, num_classes: int, size: int, depth: int = 3, width: int = 128):
@@ -35,7 +36,8 @@ class ConvNet(nn.Module):
         c = channels
         for d in range(depth):
             layers += [nn.Conv2d(c, width, 3, padding=pad0 if d == 0 else 1), instance_norm(width), nn.ReLU(inplace=True)]
-            if s >= 2:
+            last = d == depth - 1
+            if s >= 2 and (last or s // 2 >= 2):
                 layers.append(nn.AvgPool2d(2, 2))
                 s //= 2
             c = width
@@ -83,6 +85,8 @@ class ResNet(nn.Module):
     Stem by input size: <= 64 px the CIFAR stem (conv3x3 stride 1, no pooling); otherwise
     ResNet-18 uses torchvision's (conv7x7 stride 2 + maxpool 3/2) and ResNetAP-10 uses IDC's
     (conv7x7 stride 1 + avgpool 4 above 128 px; conv3x3 + avgpool 2 from 65 to 128 px).
+    A stage that would shrink the map below 2x2 keeps its size (instance norm needs more than
+    one value per channel), so small inputs still work.
     """
 
     def __init__(self, channels: int, num_classes: int, size: int, blocks: list[int], ap: bool, width: int = 64):
@@ -97,12 +101,15 @@ class ResNet(nn.Module):
             stem = [nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False), instance_norm(width), nn.ReLU(inplace=True),
                     nn.MaxPool2d(3, 2, padding=1)]
         self.stem = nn.Sequential(*stem)
+        s = size if size <= 64 else size // (4 if (ap and size > 128) else 2 if ap else 4)  # map side after the stem
         layers: list[nn.Module] = []
         cin = width
         for i, n in enumerate(blocks):
             cout = width * 2 ** i
             for j in range(n):
-                layers.append(BasicBlock(cin, cout, stride=2 if (i > 0 and j == 0) else 1, ap=ap))
+                stride = 2 if (i > 0 and j == 0 and s >= 4) else 1
+                layers.append(BasicBlock(cin, cout, stride=stride, ap=ap))
+                s = s // stride
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.feature_dim = cin

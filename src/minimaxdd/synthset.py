@@ -76,11 +76,27 @@ def _from_pt(path: Path) -> SyntheticSet:
         raise UserError(f"{path} must hold a dict with keys images, labels[, class_names]; "
                         f"found {sorted(d) if isinstance(d, dict) else type(d).__name__}")
     labels = torch.as_tensor(d["labels"]).long()
-    names = list(d.get("class_names") or [str(k) for k in range(int(labels.max()) + 1)])
+    names = list(d.get("class_names") or _default_names(labels, path))
     return SyntheticSet(_to_uint8(torch.as_tensor(d["images"]), path), labels, names)
 
 
 def _from_npz(path: Path) -> SyntheticSet:
+    try:
+        return _read_npz(path)
+    except UserError:
+        raise
+    except Exception as e:  # corrupt archive, object arrays (pickles), wrong dtypes
+        raise UserError(f"cannot read {path} as a synthetic set ({e}); save it with numpy.savez holding "
+                        f"uint8 images, integer labels and optionally class_names as a str array") from e
+
+
+def _default_names(labels: torch.Tensor, path: Path) -> list[str]:
+    if labels.numel() == 0:
+        raise UserError(f"{path} holds no images; a synthetic set needs at least one image per class")
+    return [str(k) for k in range(int(labels.max()) + 1)]
+
+
+def _read_npz(path: Path) -> SyntheticSet:
     with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
         xk = "images" if "images" in keys else "x_train" if "x_train" in keys else None
@@ -88,7 +104,7 @@ def _from_npz(path: Path) -> SyntheticSet:
         if xk is None or yk is None:
             raise UserError(f"{path} needs keys images and labels (or x_train and y_train); it has {sorted(keys)}")
         x, y = torch.from_numpy(z[xk]), torch.from_numpy(z[yk]).long()
-        names = [str(n) for n in z["class_names"]] if "class_names" in keys else [str(k) for k in range(int(y.max()) + 1)]
+        names = [str(n) for n in z["class_names"]] if "class_names" in keys else _default_names(y, path)
     if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.permute(0, 3, 1, 2)  # channels last -> first
     elif x.ndim == 3:
@@ -154,8 +170,16 @@ def conform(s: SyntheticSet, class_names: list[str], channels: int, size: int) -
     Class count and names must agree (an ImageFolder's folder names may be the sanitised
     names); channels must agree; a different size is resized to the real size, with a warning.
     """
-    same = list(s.class_names) == list(class_names) or [_folder_name(n) for n in class_names] == list(s.class_names)
-    if not same:
+    # Accept the real names or their folder-safe forms, in any order (an ImageFolder lists its
+    # classes sorted), and relabel by name.
+    alias = {**{_folder_name(n): n for n in class_names}, **{n: n for n in class_names}}
+    theirs = [alias.get(n, n) for n in s.class_names]
+    labels = s.labels
+    if theirs != list(class_names) and sorted(theirs) == sorted(class_names):
+        where = torch.tensor([list(class_names).index(n) for n in theirs])
+        labels = where[s.labels]
+        theirs = list(class_names)
+    if theirs != list(class_names):
         raise UserError(f"the synthetic set's classes do not match the real dataset's:\n"
                         f"  synthetic ({len(s.class_names)}): {list(s.class_names)}\n"
                         f"  real      ({len(class_names)}): {list(class_names)}\n"
@@ -170,4 +194,4 @@ def conform(s: SyntheticSet, class_names: list[str], channels: int, size: int) -
                       f"(bilinear, antialiased) to {size}x{size}", stacklevel=2)
         images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         images = images.round().clamp(0, 255).to(torch.uint8)
-    return SyntheticSet(images, s.labels, list(class_names))
+    return SyntheticSet(images, labels, list(class_names))

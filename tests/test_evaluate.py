@@ -1,0 +1,168 @@
+"""The evaluation protocol: protocol tables, evaluate_set on digits, metrics and the table."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minimaxdd.errors import UserError
+from minimaxdd.evaluate import (EvalResult, accuracy, autocast, channel_stats, evaluate_set, format_table,
+                                images_per_class, normalise)
+from minimaxdd.protocols import PROTOCOLS, get_protocol, idc_epochs
+from minimaxdd.select import random_indices
+
+# ----------------------------------------------------------------------------- protocols
+
+
+def test_dc_protocol_has_fixed_1000_epochs():
+    dc = get_protocol("dc")
+    assert dc.epochs == 1000
+    for ipc, k in [(1, 10), (10, 10), (50, 100), (None, 10)]:
+        assert dc.epochs_for(ipc, k) == 1000
+    assert (dc.lr, dc.batch_size, dc.augment, dc.milestones) == (0.01, 256, "dsa", (0.5,))
+
+
+@pytest.mark.parametrize("ipc,epochs", [(1, 3000), (2, 2000), (10, 2000), (11, 1500), (50, 1500), (51, 1000),
+                                        (100, 1000), (200, 1000), (201, 500), (500, 500), (501, 300),
+                                        (1000, 300), (None, 300)])
+def test_idc_epochs_table(ipc, epochs):
+    assert idc_epochs(ipc, 10) == epochs
+    assert PROTOCOLS["idc"].epochs_for(ipc, 10) == epochs
+    assert idc_epochs(ipc, 100) == epochs * 2 // 3  # two thirds for 100-class datasets
+
+
+def test_idc_epochs_for_100_classes():
+    assert idc_epochs(10, 100) == 1333
+    assert idc_epochs(1, 100) == 2000
+    assert idc_epochs(50, 100) == 1000
+
+
+def test_get_protocol_unknown_lists_choices():
+    with pytest.raises(UserError, match="unknown protocol 'dm'") as e:
+        get_protocol("dm")
+    assert "dc" in str(e.value) and "idc" in str(e.value)
+    assert get_protocol("idc") is PROTOCOLS["idc"]
+
+
+# ----------------------------------------------------------------------------- evaluate_set on digits
+
+
+def _subset(ds, ipc, seed=0):
+    idx = random_indices(ds.y_train, ds.num_classes, ipc, seed)
+    return ds.x_train[idx], ds.y_train[idx]
+
+
+def _evaluate(ds, x, y, **kw):
+    kw.setdefault("precision", "fp32")
+    return evaluate_set(x, y, ds.x_test, ds.y_test, ds.num_classes, **kw)
+
+
+def test_evaluate_10_per_class_beats_chance(digits):
+    x, y = _subset(digits, 10)
+    r = _evaluate(digits, x, y, epochs=30, repeats=2)
+    assert isinstance(r, EvalResult)
+    # chance is 0.1; 30 epochs of 100 images are 30 SGD steps, which measured 0.50 (runs 0.53, 0.48).
+    # 0.3 leaves room for numeric drift while still failing for a net that does not learn.
+    assert r.mean > 0.3
+    assert len(r.runs) == 2 and all(0.0 <= a <= 1.0 for a in r.runs)
+    assert r.std >= 0 and r.std == pytest.approx(float(torch.tensor(r.runs).std(unbiased=False)), abs=1e-6)
+    assert r.mean == pytest.approx(sum(r.runs) / 2)
+    assert len(r.per_class) == 10 and all(0.0 <= a <= 1.0 for a in r.per_class)
+    assert (r.epochs, r.ipc, r.num_images, r.model, r.protocol, r.precision) == (30, 10, 100, "convnet3", "dc", "fp32")
+    assert r.protocol_config["lr"] == 0.01 and r.seed == 0
+
+
+def test_evaluate_is_seeded_and_leaves_global_rng_alone(digits):
+    x, y = _subset(digits, 2)
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    a = _evaluate(digits, x, y, epochs=10, repeats=2, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = _evaluate(digits, x, y, epochs=10, repeats=2, seed=0)
+    assert a.runs == b.runs and a.per_class == b.per_class
+    # repeat r uses seed + r
+    assert _evaluate(digits, x, y, epochs=10, repeats=1, seed=1).runs == a.runs[1:]
+    c = _evaluate(digits, x, y, epochs=10, repeats=2, seed=7)
+    assert c.runs != a.runs
+
+
+def test_idc_protocol_runs(digits):
+    x, y = _subset(digits, 10)
+    r = _evaluate(digits, x, y, protocol=get_protocol("idc"), epochs=3, repeats=1)
+    assert r.protocol == "idc" and r.epochs == 3 and r.protocol_config["augment"] == "rrc_flip"
+    assert len(r.runs) == 1 and 0.0 <= r.runs[0] <= 1.0 and math.isfinite(r.mean) and r.std == 0.0
+    assert len(r.per_class) == 10
+
+
+def test_full_training_set_beats_one_image_per_class(digits):
+    x1, y1 = _subset(digits, 1)
+    one = _evaluate(digits, x1, y1, epochs=5, repeats=1)
+    full = _evaluate(digits, digits.x_train, digits.y_train, epochs=5, repeats=1)
+    assert full.ipc is None and full.num_images == len(digits.x_train)  # digits classes are unequal
+    assert full.mean > one.mean + 0.15
+
+
+def test_evaluate_rejects_bad_arguments(digits):
+    x, y = _subset(digits, 1)
+    with pytest.raises(UserError, match="--repeats"):
+        _evaluate(digits, x, y, epochs=1, repeats=0)
+    with pytest.raises(UserError, match="differ in shape"):
+        evaluate_set(x, y, torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 10,
+                     epochs=1, repeats=1, precision="fp32")
+    with pytest.raises(UserError, match="precision"):
+        _evaluate(digits, x, y, epochs=1, repeats=1, precision="fp16")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_channel_stats_of_constant_images():
+    x = torch.empty(3, 3, 4, 4, dtype=torch.uint8)
+    for c, v in enumerate([0, 51, 255]):
+        x[:, c] = v
+    mean, std = channel_stats(x)
+    torch.testing.assert_close(mean, torch.tensor([0.0, 0.2, 1.0]))
+    torch.testing.assert_close(std, torch.full((3,), 1e-3))  # clamped, so normalising cannot divide by 0
+    assert torch.isfinite(normalise(x, mean, std, "cpu")).all()
+
+
+def test_channel_stats_and_normalise_standardise():
+    x = torch.randint(0, 256, (50, 2, 6, 6), dtype=torch.uint8)
+    z = normalise(x, *channel_stats(x), "cpu")
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(2), atol=1e-5, rtol=0)
+
+
+def test_accuracy_overall_and_per_class():
+    y = torch.tensor([0, 0, 1, 1, 1, 3])
+    pred = torch.tensor([0, 1, 1, 1, 0, 3])
+    acc, per = accuracy(pred, y, 4)
+    assert acc == pytest.approx(4 / 6)
+    assert per[0] == pytest.approx(0.5) and per[1] == pytest.approx(2 / 3) and per[3] == 1.0
+    assert math.isnan(per[2])  # class 2 absent
+
+
+def test_images_per_class():
+    assert images_per_class(torch.tensor([0, 1, 2, 0, 1, 2]), 3) == 2
+    assert images_per_class(torch.tensor([0, 1, 2, 0]), 3) is None
+    assert images_per_class(torch.tensor([0, 1, 0, 1]), 3) is None  # an empty class counts
+
+
+def test_autocast_precisions():
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"):
+        assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.float32
+
+
+def test_format_table():
+    rows = [{"method": "herding", "ipc": 10, "model": "convnet3", "protocol": "dc", "epochs": 1000,
+             "mean": 0.81234, "std": 0.0123},
+            {"method": "full data", "synth": "full", "ipc": None, "model": "convnet3", "protocol": "dc",
+             "epochs": 50, "mean": 0.97, "std": 0.0}]
+    t = format_table(rows)
+    lines = t.splitlines()
+    assert len(lines) == 4 and "accuracy (%)" in lines[0]
+    assert "herding" in lines[2] and "81.23 +- 1.23" in lines[2] and " 10 " in lines[2] and "1000" in lines[2]
+    assert "full data" in lines[3] and "full" in lines[3].replace("full data", "") and "97.00 +- 0.00" in lines[3]
