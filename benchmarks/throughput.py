@@ -10,16 +10,17 @@ usual: a torch Dataset holding HWC uint8 arrays whose __getitem__ converts, norm
 Reports images/s of training for ConvNet-3 and ResNet-18 at 32 px, and the wall time of one
 `dc` evaluation run (1000 epochs) at IPC 10 and 50, projected from --epochs timed epochs.
 
-    python benchmarks/throughput.py --out benchmarks/results/throughput.json
+    python benchmarks/throughput.py --out benchmarks/results/throughput.json --images 1024 --epochs 10 --trials 2
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
 import time
-from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,9 +97,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1024, help="images per throughput measurement")
     ap.add_argument("--epochs", type=int, default=20, help="epochs timed for the IPC 10 / 50 projections")
     ap.add_argument("--trials", type=int, default=3, help="alternating repeats of each pair (mean +- std)")
+    ap.add_argument("--only", choices=("throughput", "dc"), default=None, help="run one half (appends to --out)")
     a = ap.parse_args()
     os.environ["MINIMAXDD_QUIET"] = "1"
-    rows = []
+    rows = json.loads(Path(a.out).read_text())["rows"] if (a.only and Path(a.out).exists()) else []
 
     def pair(label, n, model, epochs, prec_ours, prec_usual="fp32"):
         x, y = data(n)
@@ -124,11 +126,11 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads"
     print(machine)
-    for model, n in (("convnet3", a.images), ("resnet18", a.images // 4)):
+    for model, n in (("convnet3", a.images), ("resnet18", a.images // 8)) if a.only != "dc" else ():
         for prec in ("fp32", "bf16"):
             pair("throughput", n, model, 2, prec, prec)  # same precision: the loop alone
         pair("throughput", n, model, 2, "bf16", "fp32")  # as each is run by default
-    for ipc in (10, 50):
+    for ipc in (10, 50) if a.only != "throughput" else ():
         pair(f"dc evaluation, IPC {ipc}", ipc * 10, "convnet3", a.epochs, "bf16", "fp32")
     for r in rows:
         if r["what"].startswith("dc"):

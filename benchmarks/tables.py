@@ -1,0 +1,52 @@
+"""Render benchmarks/results/*.json as the Markdown tables of BENCHMARKS.md.
+
+    python benchmarks/tables.py
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def calibration(path: Path) -> str:
+    rows = json.loads(path.read_text())["rows"]
+    out = [f"`{rows[0]['real']}` ({rows[0]['machine']})", "",
+           "| method | IPC | epochs | accuracy (%) mean +- std | runs (%) | wall time, all repeats |",
+           "| --- | ---: | ---: | ---: | --- | ---: |"]
+    for r in rows:
+        ipc = "full" if r["method"] == "full" else str(r["ipc_asked"])
+        runs = ", ".join(f"{100 * v:.1f}" for v in r["runs"])
+        out.append(f"| {r['method']} | {ipc} | {r['epochs']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {runs} | "
+                   f"{r['train_time_s'] + r['select_time_s']:.0f} s |")
+    return "\n".join(out)
+
+
+def throughput(path: Path) -> str:
+    d = json.loads(path.read_text())
+    out = [f"Machine: {d['machine']}", "",
+           "| what | model | images x epochs | ours | usual | ours img/s | usual img/s | speedup (usual time / ours) |",
+           "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for r in d["rows"]:
+        f = lambda v: f"{sum(v) / len(v):.1f}"
+        out.append(f"| {r['what']} | {r['model']} | {r['images']} x {r['epochs']} | {r['ours_precision']} | "
+                   f"{r['usual_precision']} | {f(r['ours_img_s'])} | {f(r['usual_img_s'])} | "
+                   f"{r['speedup_mean']:.2f} +- {r['speedup_std']:.2f} |")
+    for r in d["rows"]:
+        if "ours_projected_1000_epochs_s" in r:
+            out.append(f"\n{r['what']}: one 1000-epoch training run (one repeat), projected from {r['epochs']} "
+                       f"timed epochs: {r['ours_projected_1000_epochs_s'] / 60:.1f} min ours, "
+                       f"{r['usual_projected_1000_epochs_s'] / 60:.1f} min usual.")
+    return "\n".join(out)
+
+
+def main() -> None:
+    for p in sorted(RESULTS.glob("calibration-*.json")):
+        print(f"### {p.stem}\n\n{calibration(p)}\n")
+    if (RESULTS / "throughput.json").exists():
+        print(f"### throughput\n\n{throughput(RESULTS / 'throughput.json')}\n")
+
+
+if __name__ == "__main__":
+    main()
