@@ -27,19 +27,22 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from minimaxdd.data import dataset_names
-    from minimaxdd.select import SELECTORS
+    from minimaxdd.select import METHODS
 
     datasets = ", ".join(dataset_names())
     ap = argparse.ArgumentParser(prog="minimaxdd", description="Dataset distillation with diffusion models, and its evaluation.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("select", help="pick K real images per class (random, herding, k-center)")
-    p.add_argument("--method", required=True, choices=sorted(SELECTORS))
+    p = sub.add_parser("select", help="K images per class: random, herding, k-center, or DM-optimised")
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--real", required=True, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="output directory (synthetic-set format)")
     p.add_argument("--feature-epochs", type=int, default=None, help="epochs of the cached reference classifier")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--iterations", type=int, default=None, help="dm: iterations (default 20000, the DM paper's)")
+    p.add_argument("--lr-img", type=float, default=None, help="dm: image learning rate (default 1.0)")
+    p.add_argument("--batch-real", type=int, default=None, help="dm: real images per class per iteration (default 256)")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="train classifiers on a synthetic set, test on the real test set")
@@ -62,7 +65,8 @@ def cmd_select(a) -> int:
     from minimaxdd.select import SelectConfig, run
 
     s = run(SelectConfig(method=a.method, real=a.real, ipc=a.ipc, out=a.out, seed=a.seed, size=a.size,
-                         device=a.device, feature_epochs=a.feature_epochs, overwrite=a.overwrite))
+                         device=a.device, feature_epochs=a.feature_epochs, overwrite=a.overwrite,
+                         iterations=a.iterations, lr_img=a.lr_img, batch_real=a.batch_real))
     print(f"wrote {len(s.labels)} images ({a.ipc} per class, {a.method}) to {a.out}")
     return 0
 

@@ -5,6 +5,8 @@
   keeps the running mean of the chosen features closest to the class mean.
 - `kcenter` (Sener & Savarese, ICLR 2018): greedy k-center, each new image the one
   farthest from those already chosen, starting from the one nearest the class mean.
+- `dm`: not a selection but the distribution-matching baseline (dm.py), which starts
+  from a random selection and optimises its pixels; it shares this command and format.
 
 Herding and k-center work on L2-normalised features of the reference classifier
 (reference.py), trained once on the full training set and cached.
@@ -12,6 +14,7 @@ Herding and k-center work on L2-normalised features of the reference classifier
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -93,6 +96,9 @@ SELECTORS = {
 }
 
 
+METHODS = (*SELECTORS, "dm")
+
+
 @dataclass
 class SelectConfig:
     method: str
@@ -104,22 +110,40 @@ class SelectConfig:
     device: str = "auto"
     feature_epochs: int | None = None
     overwrite: bool = False
+    iterations: int | None = None       # dm only; None: the DM default (20000)
+    lr_img: float | None = None         # dm only
+    batch_real: int | None = None       # dm only
 
 
 def select(ds: Dataset, method: str, ipc: int, seed: int = 0, device: str | torch.device = "cpu",
-           feature_epochs: int | None = None) -> SyntheticSet:
-    """K real training images per class chosen by `method`, as a SyntheticSet."""
-    if method not in SELECTORS:
-        raise UserError(f"unknown selection method {method!r}; choose one of {sorted(SELECTORS)}")
+           feature_epochs: int | None = None, dm=None, state_path=None) -> SyntheticSet:
+    """K images per class by `method`, as a SyntheticSet: real training images for the
+    selection methods, optimised ones for `dm` (with `dm` its DMConfig)."""
+    if method not in METHODS:
+        raise UserError(f"unknown selection method {method!r}; choose one of {sorted(METHODS)}")
     _check_ipc(ds.y_train, ds.num_classes, ipc, ds.class_names)
+    if method == "dm":
+        from minimaxdd.dm import DMConfig, distribution_matching
+
+        return distribution_matching(ds, ipc, seed, device, dm or DMConfig(), state_path)[0]
     idx = SELECTORS[method](ds, ipc, seed, torch.device(device), feature_epochs)
     return SyntheticSet(ds.x_train[idx].clone(), ds.y_train[idx].clone(), list(ds.class_names))
 
 
 def run(cfg: SelectConfig) -> SyntheticSet:
     t0 = time.time()
+    from minimaxdd.dm import DMConfig
+
+    overrides = {k: v for k, v in (("iterations", cfg.iterations), ("lr_img", cfg.lr_img),
+                                   ("batch_real", cfg.batch_real)) if v is not None}
+    if overrides and cfg.method != "dm":
+        raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in overrides)} apply to --method dm only")
     ds = load_dataset(cfg.real, size=cfg.size)
-    s = select(ds, cfg.method, cfg.ipc, cfg.seed, pick_device(cfg.device), cfg.feature_epochs)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:  # fail before the work, not after it
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    s = select(ds, cfg.method, cfg.ipc, cfg.seed, pick_device(cfg.device), cfg.feature_epochs,
+               dm=DMConfig(**overrides), state_path=out.with_name(out.name + ".dm-state.pt"))
     write_synthetic(cfg.out, s, manifest(asdict(cfg), cfg.seed, time.time() - t0, producer=f"select/{cfg.method}",
                                          ipc=cfg.ipc, num_images=len(s.labels)), overwrite=cfg.overwrite)
     return s

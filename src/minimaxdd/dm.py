@@ -1,0 +1,134 @@
+"""Distribution matching (DM; Zhao & Bilen, WACV 2023), the pixel-optimisation baseline.
+
+Synthetic images start as random real images of their class and are optimised so that,
+for a freshly initialised random ConvNet every iteration, the mean embedding of each
+class's synthetic images matches that of a batch of its real images, both seen through
+the same DSA augmentation (one op and one parameter stream per class, from one seed).
+
+All classes go through the network in one batch (instance norm works per image, so this
+equals the per-class loop of the DM code); the real half runs without gradients.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from minimaxdd import augment
+from minimaxdd.data import Dataset
+from minimaxdd.errors import UserError
+from minimaxdd.evaluate import autocast, channel_stats, normalise
+from minimaxdd.models import build_model
+from minimaxdd.synthset import SyntheticSet
+from minimaxdd.utils import generator, progress
+
+
+@dataclass(frozen=True)
+class DMConfig:
+    # Defaults of the DM code (VICO-UoE/DatasetCondensation, main_DM.py): 20000 iterations,
+    # image lr 1.0, SGD momentum 0.5, 256 real images per class, ConvNet-3, DSA, real init.
+    iterations: int = 20000
+    lr_img: float = 1.0
+    momentum: float = 0.5
+    batch_real: int = 256
+    model: str = "convnet3"
+    precision: str = "bf16"
+    checkpoint_every: int = 200  # iterations between resumable state saves
+
+
+def _seed(g: torch.Generator) -> int:
+    return int(torch.randint(2**62, (1,), generator=g).item())
+
+
+def dm_loss(net: torch.nn.Module, real: list[torch.Tensor], syn: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """Sum over classes of the squared distance between mean embeddings.
+
+    real: per class, normalised real images (n_k, C, H, W); syn: (K, ipc, C, H, W);
+    seeds: per class, the seed of the DSA draw shared by its real and synthetic batch.
+    """
+    dev = syn.device
+    k, ipc = syn.shape[:2]
+    with torch.no_grad():
+        xr = torch.cat([augment.dsa(r, generator(s, dev)) for r, s in zip(real, seeds)])
+        fr = net.features(xr).float()  # (sum n_k, D)
+        means, i = [], 0
+        for r in real:
+            means.append(fr[i:i + len(r)].mean(0))
+            i += len(r)
+        mu_real = torch.stack(means)  # (K, D)
+    xs = torch.cat([augment.dsa(syn[c], generator(s, dev)) for c, s in enumerate(seeds)])
+    mu_syn = net.features(xs).float().view(k, ipc, -1).mean(1)  # (K, D)
+    return ((mu_real - mu_syn) ** 2).sum()
+
+
+def distribution_matching(ds: Dataset, ipc: int, seed: int = 0, device: str | torch.device = "cpu",
+                          cfg: DMConfig = DMConfig(), state_path: str | Path | None = None,
+                          init_indices: torch.Tensor | None = None) -> tuple[SyntheticSet, list[float]]:
+    """Run DM; returns the synthetic set (uint8, like every producer) and the loss per iteration.
+
+    With `state_path`, the optimisation state is saved every `cfg.checkpoint_every`
+    iterations and a rerun with the same data and config resumes from it, giving the same
+    bytes as an uninterrupted run. The state file is removed on completion.
+    """
+    from minimaxdd.select import random_indices
+
+    device = torch.device(device)
+    k, (c, h, w) = ds.num_classes, ds.x_train.shape[1:]
+    mean, std = channel_stats(ds.x_train)
+    real = normalise(ds.x_train, mean, std, device)
+    by_class = [(ds.y_train == j).nonzero().squeeze(1) for j in range(k)]
+    idx = init_indices if init_indices is not None else random_indices(ds.y_train, k, ipc, seed)
+    syn = real[idx.to(device)].clone().view(k, ipc, c, h, w).requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+    g = generator(seed + 7)
+    losses: list[float] = []
+    start = 0
+    key = json.dumps({"data": ds.fingerprint(), "ipc": ipc, "seed": seed, **asdict(cfg)}, sort_keys=True)
+    state_path = Path(state_path) if state_path else None
+    if state_path and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        if st["key"] != key:
+            raise UserError(f"{state_path} holds an interrupted DM run with other settings; delete it to start "
+                            f"afresh, or rerun with the same options to resume")
+        with torch.no_grad():
+            syn.copy_(st["syn"].to(device))
+        opt.load_state_dict(st["opt"])
+        g.set_state(st["gen"])
+        losses, start = list(st["losses"]), int(st["iteration"])
+
+    bar = progress(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc=f"DM ipc {ipc}")
+    for it in bar:
+        with torch.random.fork_rng(devices=[]):  # a new random network each iteration, from g
+            torch.manual_seed(_seed(g))
+            net = build_model(cfg.model, c, k, h).to(device)
+        net.requires_grad_(False)
+        real_b = [real[j[torch.randperm(len(j), generator=g)[:cfg.batch_real]].to(device)] for j in by_class]
+        seeds = [_seed(g) for _ in range(k)]
+        with autocast(device, cfg.precision):
+            loss = dm_loss(net, real_b, syn, seeds)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        if state_path and ((it + 1) % cfg.checkpoint_every == 0) and it + 1 < cfg.iterations:
+            _save_state(state_path, {"key": key, "syn": syn.detach().cpu(), "opt": opt.state_dict(),
+                                     "gen": g.get_state(), "losses": torch.tensor(losses), "iteration": it + 1})
+    if state_path and state_path.exists():
+        state_path.unlink()
+    images = (syn.detach().cpu().view(k * ipc, c, h, w) * std[None, :, None, None] + mean[None, :, None, None])
+    images = (images * 255).round().clamp(0, 255).to(torch.uint8)
+    labels = torch.arange(k).repeat_interleave(ipc)
+    return SyntheticSet(images, labels, list(ds.class_names)), losses
+
+
+def _save_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
