@@ -13,7 +13,7 @@ RESULTS = Path(__file__).parent / "results"
 def calibration(path: Path) -> str:
     rows = json.loads(path.read_text())["rows"]
     out = [f"`{rows[0]['real']}` ({rows[0]['machine']})", "",
-           "| method | IPC | epochs | accuracy (%) mean +- std | runs (%) | wall time, all repeats |",
+           "| method | IPC | epochs | accuracy (%) mean +- std | runs (%) | wall time (selection + all repeats) |",
            "| --- | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         ipc = "full" if r["method"] == "full" else str(r["ipc_asked"])
