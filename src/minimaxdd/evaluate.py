@@ -7,6 +7,7 @@ touched once per repeat, after training; it never picks an epoch or a model.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from minimaxdd import augment
 from minimaxdd.errors import UserError
@@ -25,10 +27,20 @@ from minimaxdd.utils import generator, progress
 PRECISIONS = ("fp32", "bf16")
 
 
-def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
-    xf = x.float().div_(255)
-    return xf.mean(dim=(0, 2, 3)), xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
+def channel_stats(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units.
+
+    Summed in float64 over chunks, so a 256 px dataset never exists as one float copy."""
+    s = torch.zeros(x.shape[1], dtype=torch.float64)
+    s2 = torch.zeros_like(s)
+    for i in range(0, len(x), chunk):
+        xf = x[i:i + chunk].double().div_(255)
+        s += xf.sum(dim=(0, 2, 3))
+        s2 += xf.pow(2).sum(dim=(0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / n
+    var = (s2 - n * mean ** 2) / max(n - 1, 1)
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-3)
 
 
 def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device) -> torch.Tensor:
@@ -189,10 +201,6 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
 
 def progress_note(msg: str) -> None:
     """A line beside the progress bars (tqdm.write keeps bars intact)."""
-    import os
-
-    from tqdm.auto import tqdm
-
     if os.environ.get("MINIMAXDD_QUIET") != "1":
         tqdm.write(msg)
 
