@@ -11,9 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import torch.nn.functional as F
 
 from minimaxdd import classes
 from minimaxdd.errors import DatasetError
-from minimaxdd.utils import cache_dir, progress
+from minimaxdd.utils import cache_dir, progress, save_atomic
 
 # Image folders (and the ImageNet subsets) default to 256 px, the resolution at which
 # Minimax diffusion (Gu et al., CVPR 2024; github.com/vimar-gu/MinimaxDiffusion) fine-tunes
@@ -434,16 +432,8 @@ def _load_folder(name: str, root: Path, test_split: str, class_dirs: list[str], 
     xte, yte = _decode_split(items[test_split], size, f"decoding {root.name}/{test_split}")
     ds = Dataset(name, xtr, ytr, xte, yte, list(class_names))
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte,
-                        "class_names": list(class_names)}, tmp)
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_atomic({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte,
+                     "class_names": list(class_names)}, path)
     return ds
 
 

@@ -11,8 +11,6 @@ equals the per-class loop of the DM code); the real half runs without gradients.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.evaluate import autocast, channel_stats, normalise
 from minimaxdd.models import build_model
 from minimaxdd.synthset import SyntheticSet
-from minimaxdd.utils import generator, progress
+from minimaxdd.utils import generator, progress, save_atomic
 
 
 @dataclass(frozen=True)
@@ -116,8 +114,8 @@ def distribution_matching(ds: Dataset, ipc: int, seed: int = 0, device: str | to
         losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
         if state_path and ((it + 1) % cfg.checkpoint_every == 0) and it + 1 < cfg.iterations:
-            _save_state(state_path, {"key": key, "syn": syn.detach().cpu(), "opt": opt.state_dict(),
-                                     "gen": g.get_state(), "losses": torch.tensor(losses), "iteration": it + 1})
+            save_atomic({"key": key, "syn": syn.detach().cpu(), "opt": opt.state_dict(),
+                         "gen": g.get_state(), "losses": torch.tensor(losses), "iteration": it + 1}, state_path)
     if state_path and state_path.exists():
         state_path.unlink()
     images = (syn.detach().cpu().view(k * ipc, c, h, w) * std[None, :, None, None] + mean[None, :, None, None])
@@ -125,10 +123,3 @@ def distribution_matching(ds: Dataset, ipc: int, seed: int = 0, device: str | to
     labels = torch.arange(k).repeat_interleave(ipc)
     return SyntheticSet(images, labels, list(ds.class_names)), losses
 
-
-def _save_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,7 +17,7 @@ from minimaxdd.data import Dataset
 from minimaxdd.evaluate import channel_stats, normalise, train_classifier
 from minimaxdd.models import build_model
 from minimaxdd.protocols import PROTOCOLS
-from minimaxdd.utils import cache_dir, progress
+from minimaxdd.utils import cache_dir, progress, save_atomic
 
 
 @dataclass(frozen=True)
@@ -57,11 +55,7 @@ def reference_classifier(ds: Dataset, cfg: ReferenceConfig = ReferenceConfig(), 
                              ds.num_classes, PROTOCOLS["dc"], epochs, cfg.seed, device, cfg.precision,
                              desc=f"reference {cfg.model} ({epochs} epochs on all {len(ds.x_train)} images)")
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        save_atomic(model.state_dict(), path)
     return model
 
 
