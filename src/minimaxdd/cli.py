@@ -58,6 +58,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
 
     sub.add_parser("datasets", help="list dataset sources")
+
+    from minimaxdd.denoisers import DENOISERS
+    from minimaxdd.sampling import SAMPLERS
+    p = sub.add_parser("train", help="train a class-conditional diffusion model from scratch")
+    p.add_argument("--preset", default=None, help="a named train preset (see `minimaxdd presets`); flags override it")
+    p.add_argument("--data", default=None, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
+    p.add_argument("--model", default=None, choices=sorted(DENOISERS), metavar="MODEL",
+                   help="dit-{t,s,b,l,xl}/{2,4,8} or uvit-{t,s,m} (default dit-t/2)")
+    p.add_argument("--codec", default=None, help="pixel (default) or vae:DIR (a diffusers AutoencoderKL folder)")
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
+    p.add_argument("--batch", type=int, default=None, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-4, DiT's)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--ema", type=float, default=None, help="EMA decay (default 0.9999, with warm-up)")
+    p.add_argument("--class-dropout", type=float, default=None, help="label dropout for guidance (default 0.1)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 1000)")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="autocast (default bf16)")
+    p.add_argument("--out", default=None, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
+    _add_common(p)
+
+    p = sub.add_parser("sample", help="IPC images per class from a checkpoint (synthetic-set format)")
+    p.add_argument("ckpt", help="a run directory (its latest checkpoint) or a ckpt-*.safetensors file")
+    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--out", required=True, help="output directory (synthetic-set format)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50, the paper's)")
+    p.add_argument("--sampler", default="ddpm", choices=sorted(SAMPLERS), help="default ddpm (ancestral, respaced)")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--cfg-channels", type=int, default=None, help="guide only the first K channels (DiT's quirk: 3)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per network call")
+    p.add_argument("--weights", default="ema", choices=("ema", "model"), help="EMA (default) or raw weights")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_common(p)
+
+    sub.add_parser("presets", help="list the named presets")
     return ap
 
 
@@ -100,7 +139,47 @@ def cmd_datasets(a) -> int:
     return 0
 
 
-COMMANDS = {"select": cmd_select, "evaluate": cmd_evaluate, "demo": cmd_demo, "datasets": cmd_datasets}
+def cmd_train(a) -> int:
+    from minimaxdd.presets import load_preset
+    from minimaxdd.train import TrainConfig, run
+
+    fields = ("data", "model", "codec", "epochs", "steps", "batch", "lr", "weight_decay", "ema", "class_dropout",
+              "checkpoint_every", "precision", "out", "size")
+    kw = dict(load_preset(a.preset, "train")) if a.preset else {}
+    kw.update({f: getattr(a, f) for f in fields if getattr(a, f) is not None})
+    if a.time_limit is not None:
+        kw["time_limit"] = a.time_limit * 60
+    if a.epochs is not None or a.steps is not None:   # a flag for one length replaces the preset's other
+        kw["epochs"], kw["steps"] = a.epochs, a.steps
+    for need in ("data", "out"):
+        if not kw.get(need):
+            raise UserError(f"train needs --{need} (or a --preset that sets it)")
+    info = run(TrainConfig(**kw, seed=a.seed, device=a.device, resume=a.resume, overwrite=a.overwrite, preset=a.preset))
+    print(f"trained {info['steps']} steps ({info['images_per_s']} images/s); checkpoint {info['checkpoint']}"
+          + (f" (stopped early: {info['stopped']})" if info["stopped"] else ""))
+    return 0
+
+
+def cmd_sample(a) -> int:
+    from minimaxdd.sample import SampleConfig, run
+
+    path, info = run(SampleConfig(ckpt=a.ckpt, out=a.out, ipc=a.ipc, steps=a.steps, sampler=a.sampler, cfg=a.cfg,
+                                  cfg_channels=a.cfg_channels, seed=a.seed, batch_size=a.batch_size,
+                                  weights=a.weights, precision=a.precision, device=a.device, overwrite=a.overwrite))
+    print(f"wrote {path} ({info['images_per_s']} images/s sampling)")
+    return 0
+
+
+def cmd_presets(a) -> int:
+    from minimaxdd.presets import PRESETS_DIR, list_presets
+
+    for name in list_presets():
+        print(f"{name:<28}{PRESETS_DIR / (name + '.json')}")
+    return 0
+
+
+COMMANDS = {"select": cmd_select, "evaluate": cmd_evaluate, "demo": cmd_demo, "datasets": cmd_datasets,
+            "train": cmd_train, "sample": cmd_sample, "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

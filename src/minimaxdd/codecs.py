@@ -1,0 +1,132 @@
+"""Codecs between uint8 images and the space the diffusion runs in.
+
+- `pixel`: images scaled to [-1, 1] (the challenge winner works in pixel space at 32 and 64 px).
+- `vae:DIR`: a diffusers AutoencoderKL from a local folder (e.g. stabilityai/sd-vae-ft-ema); its
+  latent scaling factor is read from the folder's config. Encoding a dataset dominates fine-tuning
+  cost at 256 px, so `encode_dataset` caches each image's latent distribution (mean and std, for
+  the image and its mirror) once per (dataset, VAE) and training draws from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .utils import cache_dir, progress, save_atomic
+
+
+class PixelCodec:
+    spec = "pixel"
+    stochastic = False
+
+    def __init__(self, channels: int, size: int):
+        self.channels, self.size = channels, size
+        self.latent_channels, self.latent_size = channels, size
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> float in [-1, 1]."""
+        return x.float() / 127.5 - 1
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """float (N, C, H, W) -> uint8, clamped."""
+        return ((z.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class VAECodec:
+    """Stable Diffusion's KL autoencoder (8x down-sampling, 4 latent channels) from a local folder."""
+
+    stochastic = True
+
+    def __init__(self, folder: str | Path, channels: int, size: int, device="cpu", batch_size: int = 32):
+        folder = Path(folder)
+        if not (folder / "config.json").exists():
+            if (folder / "vae" / "config.json").exists():
+                folder = folder / "vae"
+            else:
+                raise UserError(f"vae:{folder}: no config.json there; point at a diffusers AutoencoderKL folder "
+                                "(e.g. a local copy of stabilityai/sd-vae-ft-ema)")
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError as e:
+            raise UserError("the vae codec needs diffusers: pip install 'minimaxdd[vae]'") from e
+        if channels != 3:
+            raise UserError(f"the VAE codes RGB images; this dataset has {channels} channel(s); use --codec pixel")
+        self.folder = folder
+        self.vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True).to(device).eval()
+        self.vae.requires_grad_(False)
+        cfg = self.vae.config
+        self.scaling = float(cfg.scaling_factor)   # 0.18215 for the SD VAEs, read, never assumed
+        down = 2 ** (len(cfg.block_out_channels) - 1)
+        if size % down:
+            raise UserError(f"image size {size} is not a multiple of the VAE's down-sampling {down}; resize the data")
+        self.spec = f"vae:{folder}"
+        self.channels, self.size = channels, size
+        self.latent_channels, self.latent_size = cfg.latent_channels, size // down
+        self.device, self.batch_size = torch.device(device), batch_size
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256((self.folder / "config.json").read_bytes())
+        for f in sorted(self.folder.glob("*.safetensors")) + sorted(self.folder.glob("*.bin")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, 3, H, W) -> scaled latent mean and std, (N, 4, H/8, W/8) each."""
+        means, stds = [], []
+        for s in range(0, len(x), self.batch_size):
+            xb = x[s:s + self.batch_size].to(self.device).float() / 127.5 - 1
+            dist = self.vae.encode(xb).latent_dist
+            means.append((dist.mean * self.scaling).cpu())
+            stds.append((dist.std * self.scaling).cpu())
+        return torch.cat(means), torch.cat(stds)
+
+    def encode(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        mean, std = self.moments(x)
+        return mean + std * torch.randn(mean.shape, generator=g)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, len(z), self.batch_size):
+            img = self.vae.decode(z[s:s + self.batch_size].to(self.device).float() / self.scaling).sample
+            out.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+        return torch.cat(out)
+
+
+def build_codec(spec: str, channels: int, size: int, device="cpu") -> PixelCodec | VAECodec:
+    if spec == "pixel":
+        return PixelCodec(channels, size)
+    if spec.startswith("vae:"):
+        return VAECodec(spec[4:], channels, size, device)
+    raise UserError(f"unknown codec {spec!r}; use 'pixel' or 'vae:DIR' (a diffusers AutoencoderKL folder)")
+
+
+def encode_dataset(codec, x: torch.Tensor, key: str) -> dict[str, torch.Tensor]:
+    """Training targets for the whole set.
+
+    pixel: {"x": (N, C, H, W)} in [-1, 1] (flips are applied on the fly).
+    vae: {"mean", "std"}: (N, 2, 4, h, w) float16, index 1 = the mirrored image, cached on disk
+    under the dataset fingerprint `key` and the VAE's fingerprint.
+    """
+    if isinstance(codec, PixelCodec):
+        return {"x": codec.encode(x)}
+    path = cache_dir() / "latents" / f"{key}-{codec.fingerprint()}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    means, stds = [], []
+    chunk = 256
+    for s in progress(range(0, len(x), chunk), desc="encode latents (once)", unit="chunk"):
+        xb = x[s:s + chunk]
+        m0, s0 = codec.moments(xb)
+        m1, s1 = codec.moments(xb.flip(-1))
+        means.append(torch.stack([m0, m1], 1).half())
+        stds.append(torch.stack([s0, s1], 1).half())
+    out = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    save_atomic(out, path)
+    (path.with_suffix(".json")).write_text(json.dumps({"codec": codec.spec, "n": len(x)}))
+    return out

@@ -1,0 +1,215 @@
+"""Registry of denoising networks and loading of their weights.
+
+Names are CLI choices: `dit-xl/2`, `dit-s/4`, `uvit-s`, ... A network is rebuilt from its config
+dict (`{"arch": "dit", ...}`), which every checkpoint this package writes carries. Three weight
+formats load, all with strict key checking (the only keys allowed to be missing are Difffit
+gammas, which are one at init, i.e. absent):
+  - this package's checkpoints (safetensors + JSON metadata),
+  - the official DiT release (`DiT-XL-2-256x256.pt`, a plain state dict, or a training
+    checkpoint with "model"/"ema"), read with torch.load(weights_only=True),
+  - a diffusers `DiTTransformer2DModel` folder (config.json + safetensors or bin).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .dit import DiT, DiTConfig, sincos_pos_embed_2d
+from .errors import UserError
+from .uvit import UViT, UViTConfig
+
+# Sizes: (hidden, depth, heads). DiT S/B/L/XL from Peebles & Xie 2023, Table 1; dit-t is ours, for CPUs.
+DIT_SIZES = {"t": (256, 8, 4), "s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+# U-ViT (Bao et al. 2023): uvit-s = CIFAR-10 config (512 wide, 12+1 blocks, 8 heads, patch 2);
+# uvit-m = ImageNet-64 mid (768 wide, 16+1 blocks, 12 heads, patch 4); uvit-t is ours, for tests and CPUs.
+UVIT_SIZES = {"t": (192, 6, 4, 2), "s": (512, 12, 8, 2), "m": (768, 16, 12, 4)}
+
+DENOISERS: dict[str, dict] = {}
+for _s, (_d, _n, _h) in DIT_SIZES.items():
+    for _p in (2, 4, 8):
+        DENOISERS[f"dit-{_s}/{_p}"] = {"arch": "dit", "hidden_size": _d, "depth": _n, "num_heads": _h, "patch_size": _p}
+for _s, (_d, _n, _h, _p) in UVIT_SIZES.items():
+    DENOISERS[f"uvit-{_s}"] = {"arch": "uvit", "hidden_size": _d, "depth": _n, "num_heads": _h, "patch_size": _p}
+
+
+def denoiser_config(name: str, input_size: int, in_channels: int, num_classes: int,
+                    learn_sigma: bool | None = None, **overrides) -> dict:
+    """The config dict of registry entry `name` for the given data shape."""
+    key = name.lower()
+    if key not in DENOISERS:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(DENOISERS)}")
+    cfg = dict(DENOISERS[key], input_size=input_size, in_channels=in_channels, num_classes=num_classes, **overrides)
+    if learn_sigma is not None:
+        cfg["learn_sigma"] = learn_sigma
+    p = cfg["patch_size"]
+    if input_size % p:
+        raise UserError(f"model {name} has patch {p}, which does not divide the input size {input_size}; "
+                        f"pick a patch that divides it (e.g. {name.split('/')[0]}/2) or resize the data")
+    return cfg
+
+
+def build_from_config(cfg: dict) -> nn.Module:
+    cfg = dict(cfg)
+    arch = cfg.pop("arch")
+    if arch == "dit":
+        return DiT(DiTConfig(**cfg))
+    if arch == "uvit":
+        return UViT(UViTConfig(**cfg))
+    raise UserError(f"unknown architecture {arch!r} in a model config (expected dit or uvit)")
+
+
+def build_denoiser(name: str, input_size: int, in_channels: int, num_classes: int, **kw) -> nn.Module:
+    return build_from_config(denoiser_config(name, input_size, in_channels, num_classes, **kw))
+
+
+def config_of(model: nn.Module) -> dict:
+    return model.config.to_dict()
+
+
+# --------------------------------------------------------------------------- strict loading
+
+def _is_difffit(key: str) -> bool:
+    return "gamma" in key.split(".")[-1]
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `model`; any missing (non-gamma) or unexpected key, or a shape mismatch, is an error."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not _is_difffit(k)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        lines = [f"the weights in {source} do not fit this model:"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                lines.append(f"  {title}: {shown}")
+        lines.append("  check --model (size and patch) and the data's size and channels against the checkpoint")
+        raise UserError("\n".join(lines))
+    model.load_state_dict(state, strict=False)   # strictness checked above; only absent gammas stay at one
+
+
+def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -> dict:
+    """DiT config from the shapes of an official-format state dict (heads from the width, unless given)."""
+    try:
+        w = state["x_embedder.proj.weight"]                  # (D, C, p, p)
+        hidden, in_ch, p = w.shape[0], w.shape[1], w.shape[2]
+        tokens = state["pos_embed"].shape[1]
+        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+        out = state["final_layer.linear.weight"].shape[0] // (p * p)
+        classes = state["y_embedder.embedding_table.weight"].shape[0] - 1
+        mlp = state["blocks.0.mlp.fc1.weight"].shape[0] / hidden
+    except (KeyError, ValueError) as e:
+        raise UserError(f"this state dict is not a DiT (missing {e}); expected official DiT key names") from e
+    heads = num_heads or {d: h for d, _, h in DIT_SIZES.values()}.get(hidden)
+    if heads is None:
+        raise UserError(f"cannot tell the head count of a DiT {hidden} wide; give num_heads")
+    size = int(round(tokens ** 0.5)) * p
+    gammas = sum(1 for k in state if re.match(r"blocks\.\d+\.gamma1$", k))
+    difffit = "none" if gammas == 0 else ("all" if gammas == depth else "half")
+    return {"arch": "dit", "input_size": size, "patch_size": p, "in_channels": in_ch, "hidden_size": hidden,
+            "depth": depth, "num_heads": heads, "mlp_ratio": mlp, "num_classes": classes,
+            "learn_sigma": out == 2 * in_ch, "difffit": "half" if difffit == "none" else difffit}
+
+
+def _torch_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # noqa: BLE001 - any unpickling failure gets the same advice
+        raise UserError(f"cannot read {path} as a weights-only torch file ({e}); "
+                        "only plain tensors are loaded, never pickled code") from e
+    if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
+        obj = obj["ema"]   # a DiT training checkpoint: sample with the EMA weights, as DiT's find_model does
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} holds no state dict of tensors")
+    return obj
+
+
+def load_official_dit(path: str | Path, expect: str | None = None, num_heads: int | None = None) -> nn.Module:
+    """The public DiT release file (e.g. DiT-XL-2-256x256.pt); `expect` checks a registry name."""
+    path = Path(path)
+    state = _torch_state(path)
+    if expect is not None and num_heads is None:
+        num_heads = DENOISERS.get(expect.lower(), {}).get("num_heads")
+    cfg = infer_dit_config(state, num_heads)
+    if expect is not None:
+        want = denoiser_config(expect, cfg["input_size"], cfg["in_channels"], cfg["num_classes"], cfg["learn_sigma"])
+        if any(want[k] != cfg[k] for k in ("hidden_size", "depth", "patch_size")):
+            raise UserError(f"{path} holds a DiT {cfg['hidden_size']} wide, {cfg['depth']} deep, patch "
+                            f"{cfg['patch_size']}, not {expect}; drop --model or name the right size")
+    model = build_from_config(cfg)
+    load_state_strict(model, state, str(path))
+    return model
+
+
+# diffusers DiTTransformer2DModel <-> official DiT names (diffusers' own conversion script, inverted).
+def diffusers_to_dit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"transformer_blocks\.(\d+)\.", k)))
+    out["x_embedder.proj.weight"] = state["pos_embed.proj.weight"]
+    out["x_embedder.proj.bias"] = state["pos_embed.proj.bias"]
+    emb = "transformer_blocks.0.norm1.emb."
+    # diffusers stores the time/class embedder once per block; DiT has one. A converted DiT has equal copies.
+    for k in state:
+        if ".norm1.emb." in k and not k.startswith(emb):
+            if not torch.equal(state[k], state[emb + k.split(".norm1.emb.", 1)[1]]):
+                raise UserError(f"{k} differs from block 0's embedder: this diffusers model was not converted "
+                                "from a DiT (its blocks embed time and class differently)")
+    out["t_embedder.mlp.0.weight"] = state[emb + "timestep_embedder.linear_1.weight"]
+    out["t_embedder.mlp.0.bias"] = state[emb + "timestep_embedder.linear_1.bias"]
+    out["t_embedder.mlp.2.weight"] = state[emb + "timestep_embedder.linear_2.weight"]
+    out["t_embedder.mlp.2.bias"] = state[emb + "timestep_embedder.linear_2.bias"]
+    out["y_embedder.embedding_table.weight"] = state[emb + "class_embedder.embedding_table.weight"]
+    for i in range(depth):
+        s, d = f"transformer_blocks.{i}.", f"blocks.{i}."
+        for part in ("weight", "bias"):
+            out[d + f"attn.qkv.{part}"] = torch.cat([state[s + f"attn1.to_{n}.{part}"] for n in "qkv"], 0)
+            out[d + f"attn.proj.{part}"] = state[s + f"attn1.to_out.0.{part}"]
+            out[d + f"mlp.fc1.{part}"] = state[s + f"ff.net.0.proj.{part}"]
+            out[d + f"mlp.fc2.{part}"] = state[s + f"ff.net.2.{part}"]
+            out[d + f"adaLN_modulation.1.{part}"] = state[s + f"norm1.linear.{part}"]
+    for part in ("weight", "bias"):
+        out[f"final_layer.linear.{part}"] = state[f"proj_out_2.{part}"]
+        out[f"final_layer.adaLN_modulation.1.{part}"] = state[f"proj_out_1.{part}"]
+    return out
+
+
+def load_diffusers_dit(folder: str | Path) -> nn.Module:
+    """A diffusers DiTTransformer2DModel folder (e.g. facebook/DiT-XL-2-256's `transformer/`)."""
+    folder = Path(folder)
+    if (folder / "transformer" / "config.json").exists():
+        folder = folder / "transformer"
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise UserError(f"{folder} has no config.json; point at a diffusers DiTTransformer2DModel folder")
+    c = json.loads(cfg_path.read_text())
+    if c.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+        raise UserError(f"{cfg_path}: norm_type {c.get('norm_type')!r} is not a DiT (ada_norm_zero)")
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        raise UserError(f"{folder} has no .safetensors or .bin weight file")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state.update(load_file(str(f)))
+        else:
+            state.update(_torch_state(f))
+    hidden = c["num_attention_heads"] * c["attention_head_dim"]
+    p, in_ch = c["patch_size"], c["in_channels"]
+    cfg = {"arch": "dit", "input_size": c["sample_size"], "patch_size": p, "in_channels": in_ch,
+           "hidden_size": hidden, "depth": c["num_layers"], "num_heads": c["num_attention_heads"],
+           "mlp_ratio": state["transformer_blocks.0.ff.net.0.proj.weight"].shape[0] / hidden,
+           "num_classes": c["num_embeds_ada_norm"], "learn_sigma": (c.get("out_channels") or in_ch) == 2 * in_ch}
+    # diffusers recomputes the fixed position table instead of storing it.
+    pos = torch.from_numpy(sincos_pos_embed_2d(hidden, c["sample_size"] // p)).float()[None]
+    model = build_from_config(cfg)
+    load_state_strict(model, {**diffusers_to_dit(state), "pos_embed": pos}, str(folder))
+    return model

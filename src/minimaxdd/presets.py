@@ -1,0 +1,26 @@
+"""Named presets: JSON files in `minimaxdd/presets/`, each `{"stage": ..., "description": ..., "config": {...}}`.
+
+A preset fills a stage's config; flags given on the command line override it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def load_preset(name: str, stage: str) -> dict:
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.exists():
+        raise UserError(f"unknown preset {name!r}; known: {', '.join(list_presets()) or 'none'}")
+    d = json.loads(path.read_text())
+    if d.get("stage") != stage:
+        raise UserError(f"preset {name!r} is for `{d.get('stage')}`, not `{stage}`")
+    return d["config"]

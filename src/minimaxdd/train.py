@@ -1,0 +1,252 @@
+"""`minimaxdd train`: a class-conditional diffusion model from scratch on a dataset.
+
+AdamW, EMA of the weights, label dropout to the null class for classifier-free guidance,
+self-describing safetensors checkpoints every K steps, `--resume`. The whole training set
+(images in [-1, 1], or cached VAE latent moments) is one tensor; batches are drawn by index.
+Every draw (order, timesteps, noise, flips, label dropout) comes from a generator seeded by
+(seed, step), so a resumed run continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint as ckpt
+from .codecs import PixelCodec, build_codec, encode_dataset
+from .denoisers import build_denoiser
+from .diffusion import Diffusion
+from .errors import UserError
+from .evaluate import PRECISIONS, autocast
+from .utils import manifest, pick_device, progress, write_json
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """The generator for one training step (and one stream within it), independent of resumption."""
+    return torch.Generator().manual_seed((((int(seed) * _MIX + step) % 2**63) * _MIX + stream) % 2**63)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model: str = "dit-t/2"
+    codec: str = "pixel"
+    size: int | None = None
+    epochs: float | None = None
+    steps: int | None = None
+    time_limit: float | None = None      # seconds; stop (and checkpoint) when exceeded
+    batch: int = 64
+    lr: float = 1e-4                     # DiT: AdamW, lr 1e-4, no weight decay (Peebles & Xie 2023, Sec. 4)
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    ema: float = 0.9999                  # DiT's EMA decay; see ema_warmup
+    ema_warmup: bool = True              # decay min(ema, (1+step)/(10+step)): short CPU runs still get a useful EMA
+    class_dropout: float = 0.1           # DiT; U-ViT uses 0.15 (p_uncond)
+    learn_sigma: bool | None = None      # default: DiT yes (as published), U-ViT no
+    flip: bool = True
+    grad_clip: float | None = None
+    checkpoint_every: int = 1000
+    keep: int = 2                        # checkpoints kept besides the final one
+    log_every: int = 50
+    seed: int = 0
+    precision: str = "bf16"
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    preset: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Targets:
+    """The training set in model space, with labels already mapped to network classes."""
+    x: torch.Tensor | None               # pixel: (N, C, H, W) in [-1, 1]
+    mean: torch.Tensor | None            # vae: (N, 2, c, h, w) latent means (index 1 = mirrored)
+    std: torch.Tensor | None
+    y: torch.Tensor                      # (N,) network class indices
+
+    def __len__(self):
+        return len(self.y)
+
+    def batch(self, idx: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
+        flips = torch.rand(len(idx), generator=g) < 0.5 if flip else torch.zeros(len(idx), dtype=torch.bool)
+        if self.x is not None:
+            x = self.x[idx]
+            return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+        m = self.mean[idx, flips.long()].float()
+        s = self.std[idx, flips.long()].float()
+        return m + s * torch.randn(m.shape, generator=g)
+
+
+def make_targets(codec, ds, class_map: list[int]) -> Targets:
+    enc = encode_dataset(codec, ds.x_train, ds.fingerprint())
+    y = torch.as_tensor(class_map)[ds.y_train]
+    return Targets(enc.get("x"), enc.get("mean"), enc.get("std"), y)
+
+
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - decay)
+
+
+def _prepare_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    run = Path(cfg.out)
+    existing = ckpt.list_checkpoints(run) if run.exists() else []
+    if cfg.resume:
+        if not existing:
+            raise UserError(f"--resume: {run} has no checkpoint to resume from; drop --resume to start")
+        return run, existing[-1]
+    if run.exists() and any(run.iterdir()):
+        if not cfg.overwrite:
+            raise UserError(f"{run} already holds a run; pass --resume to continue it, --overwrite to start over, "
+                            "or choose another --out")
+        for p in existing:
+            p.unlink()
+            p.with_suffix(".optim.pt").unlink(missing_ok=True)
+        (run / "log.jsonl").unlink(missing_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    return run, None
+
+
+def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: TrainConfig,
+        params: list[nn.Parameter] | None = None,
+        extra_loss: Callable | None = None, desc: str = "train") -> dict:
+    """The training loop shared by `train` and `finetune`.
+
+    `params`: the parameters to optimise (default all); `extra_loss(terms, y, step)` may add terms
+    to the per-batch loss and returns (loss_add, {name: value}) for logging.
+    """
+    device = pick_device(cfg.device)
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.batch < 1 or cfg.batch > len(targets):
+        raise UserError(f"--batch {cfg.batch} must be between 1 and the number of training images ({len(targets)})")
+    run, resume_from = _prepare_run(cfg)
+    per_epoch = len(targets) // cfg.batch
+    if cfg.steps is not None:
+        total = int(cfg.steps)
+    elif cfg.epochs is not None:
+        total = int(math.ceil(cfg.epochs * per_epoch))
+    else:
+        raise UserError("say how long to train: --epochs E or --steps S")
+    if total < 1:
+        raise UserError(f"nothing to train: {total} steps")
+    model = model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    step = 0
+    if resume_from is not None:
+        old = ckpt.read_meta(resume_from)
+        if old.model != meta.model or old.codec != meta.codec or old.class_map != meta.class_map:
+            raise UserError(f"--resume: {resume_from} was trained with another model, codec or class map; "
+                            "use the same settings or start a new --out")
+        ckpt.load_pair(resume_from, model, ema)
+        opt_path = resume_from.with_suffix(".optim.pt")
+        if opt_path.exists():
+            opt.load_state_dict(torch.load(opt_path, map_location=device, weights_only=True))
+        step = old.step
+    write_json(run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
+                                     "class_names": meta.class_names, "class_map": meta.class_map})
+    diffusion = Diffusion()
+    null = model.num_classes
+    t0, seen, t_start = time.time(), 0, time.time()
+    running: dict[str, float] = {}
+    log = open(run / "log.jsonl", "a")
+    model.train()
+
+    def checkpoint(s: int, final: bool = False):
+        meta.step = s
+        ckpt.save(ckpt.ckpt_path(run, s), model, ema, meta, opt)
+        old = ckpt.list_checkpoints(run)[:-1]
+        for p in old[:max(0, len(old) - cfg.keep)]:
+            p.unlink()
+            p.with_suffix(".optim.pt").unlink(missing_ok=True)
+
+    stopped = None
+    with progress(total=total, initial=step, desc=desc, unit="step") as bar:
+        while step < total:
+            epoch, k = divmod(step, per_epoch)
+            perm = torch.randperm(len(targets), generator=step_generator(cfg.seed, epoch, stream=1))
+            idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
+            g = step_generator(cfg.seed, step)
+            x0 = targets.batch(idx, g, cfg.flip).to(device)
+            y = targets.y[idx].clone()
+            drop = torch.rand(len(y), generator=g) < cfg.class_dropout
+            y[drop] = null
+            t = torch.randint(0, diffusion.num_timesteps, (len(y),), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            y, t, noise = y.to(device), t.to(device), noise.to(device)
+            with autocast(device, cfg.precision):
+                terms = diffusion.training_losses(model, x0, t, y, noise)
+            loss = terms["loss"].mean()
+            logs = {"loss": loss.item(), "mse": terms["mse"].mean().item()}
+            if "vb" in terms:
+                logs["vb"] = terms["vb"].mean().item()
+            if extra_loss is not None:
+                add, more = extra_loss(terms, targets.y[idx].to(device), x0, drop.to(device), step)
+                loss = loss + add
+                logs.update(more)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            decay = min(cfg.ema, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema
+            update_ema(ema, model, decay)
+            seen += len(y)
+            for n, v in logs.items():
+                running[n] = v if n not in running else 0.98 * running[n] + 0.02 * v
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                rate = seen / max(time.time() - t0, 1e-9)
+                bar.set_postfix(loss=f"{running['loss']:.4f}", img_s=f"{rate:.1f}")
+                log.write(json.dumps({"step": step, **{n: round(v, 6) for n, v in logs.items()},
+                                      "images_per_s": round(rate, 2)}) + "\n")
+                log.flush()
+            if cfg.time_limit is not None and time.time() - t_start > cfg.time_limit:
+                stopped = "time limit"
+                break
+            if step % cfg.checkpoint_every == 0 and step < total:
+                checkpoint(step)
+    log.close()
+    checkpoint(step, final=True)
+    wall = time.time() - t_start
+    info = {"steps": step, "planned_steps": total, "stopped": stopped, "images_seen": seen,
+            "images_per_s": round(seen / max(wall, 1e-9), 2), "final_loss": running.get("loss"),
+            "running": running, "checkpoint": str(ckpt.ckpt_path(run, step))}
+    write_json(run / "manifest.json", manifest(asdict(cfg), cfg.seed, wall, **info,
+                                               trainable_params=sum(p.numel() for p in params),
+                                               total_params=sum(p.numel() for p in model.parameters())))
+    return info
+
+
+def run(cfg: TrainConfig) -> dict:
+    from .data import load_dataset
+
+    ds = load_dataset(cfg.data, size=cfg.size)
+    device = pick_device(cfg.device)
+    codec = build_codec(cfg.codec, ds.channels, ds.size, device)
+    arch = cfg.model.split("-")[0]
+    learn_sigma = cfg.learn_sigma if cfg.learn_sigma is not None else arch == "dit"
+    torch.manual_seed(cfg.seed)   # parameter initialisation only; data draws use step generators
+    model = build_denoiser(cfg.model, codec.latent_size, codec.latent_channels, ds.num_classes, learn_sigma=learn_sigma)
+    class_map = list(range(ds.num_classes))   # from scratch: dataset labels are the network classes
+    meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
+                               class_map=class_map, image_size=ds.size, channels=ds.channels, data=cfg.data,
+                               extra={"train": asdict(cfg), "pixel": isinstance(codec, PixelCodec)})
+    targets = make_targets(codec, ds, class_map)
+    return fit(model, targets, meta, cfg, desc=f"train {cfg.model}")

@@ -1,0 +1,118 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from minimaxdd.diffusion import Diffusion, linear_betas
+from minimaxdd.sampling import SAMPLERS, PerImageNoise, generate, guided_fn, image_seed
+
+
+class Oracle(nn.Module):
+    """Knows the data: every class c is the single point target[c]; returns the exact epsilon.
+
+    With it, any correct sampler must land on target[c] (up to the final noise level).
+    """
+
+    def __init__(self, target, learn_sigma=False, null_target=None):
+        super().__init__()
+        self.register_buffer("target", target)                     # (K, C, H, W)
+        self.null = null_target if null_target is not None else target.mean(0)
+        self.num_classes, self.in_channels, self.input_size = len(target), target.shape[1], target.shape[-1]
+        self.learn_sigma = learn_sigma
+        self.acp = torch.tensor(np.cumprod(1 - linear_betas()), dtype=torch.float32)
+
+    def forward(self, x, t, y):
+        x0 = torch.where((y == self.num_classes).view(-1, 1, 1, 1), self.null.expand_as(x),
+                         self.target[y.clamp(max=self.num_classes - 1)])
+        a = self.acp[t].view(-1, 1, 1, 1)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return torch.cat([eps, torch.zeros_like(eps)], 1) if self.learn_sigma else eps
+
+
+def targets():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(3, 2, 4, 4, generator=g) * 1.6 - 0.8
+
+
+def test_respacing_keeps_the_cumulative_alphas():
+    full = Diffusion()
+    d = Diffusion.respaced(50)
+    assert len(d.timestep_map) == 50 and d.timestep_map[0] == 0 and d.timestep_map[-1] == 999
+    assert np.allclose(d.np["alphas_cumprod"], full.np["alphas_cumprod"][d.timestep_map])
+    assert np.allclose(Diffusion.respaced(1000).np["betas"], full.np["betas"])
+    with pytest.raises(ValueError):
+        Diffusion.respaced(0)
+
+
+def test_forward_process_and_inverse():
+    d = Diffusion()
+    x0 = torch.randn(4, 3, 8, 8)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 10, 500, 999])
+    xt = d.q_sample(x0, t, noise)
+    assert torch.allclose(d.predict_x0(xt, t, noise), x0, atol=1e-3)
+    assert torch.allclose(d.predict_eps(xt, t, x0), noise, atol=1e-3)
+    # at t = 999 the signal is almost gone: sqrt(alpha_bar) ~ 0.0064
+    assert math.isclose(float(d.np["sqrt_acp"][999]), 0.0064, abs_tol=5e-4)
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_training_losses(learn_sigma):
+    d = Diffusion()
+    tg = targets()
+    model = Oracle(tg, learn_sigma)
+    y = torch.tensor([0, 1, 2, 0])
+    t = torch.tensor([0, 3, 400, 999])
+    noise = torch.randn(4, 2, 4, 4)
+    terms = d.training_losses(model, tg[y], t, y, noise)
+    assert torch.allclose(terms["mse"], torch.zeros(4), atol=1e-4)   # the oracle predicts epsilon exactly
+    assert torch.allclose(terms["x0_hat"], tg[y], atol=1e-2)
+    if learn_sigma:
+        assert torch.all(terms["vb"][1:] >= 0) and terms["vb"].shape == (4,)
+        assert torch.allclose(terms["loss"], terms["mse"] + terms["vb"])
+    else:
+        assert "vb" not in terms
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_samplers_land_on_the_data(sampler, learn_sigma):
+    tg = targets()
+    model = Oracle(tg, learn_sigma)
+    y = torch.tensor([0, 1, 2, 2])
+    seeds = [image_seed(0, int(c), i) for i, c in enumerate(y)]
+    out = generate(model, y, seeds, sampler=sampler, steps=20, batch_size=3)
+    # DDPM's last step adds no noise; DPM-Solver stops at t=0 (sigma 0.01)
+    assert (out - tg[y]).abs().max() < 0.05, (out - tg[y]).abs().max()
+
+
+def test_per_image_noise_is_batch_independent():
+    tg = targets()
+    model = Oracle(tg)
+    y = torch.tensor([0, 0, 1, 2, 1])
+    seeds = [image_seed(7, int(c), i) for i, c in enumerate(y)]
+    a = PerImageNoise(seeds, (2, 4, 4), "cpu")()
+    b = torch.cat([PerImageNoise(seeds[:2], (2, 4, 4), "cpu")(), PerImageNoise(seeds[2:], (2, 4, 4), "cpu")()])
+    assert torch.equal(a, b)
+    full = generate(model, y, seeds, sampler="ddpm", steps=5, batch_size=5)
+    one = generate(model, y, seeds, sampler="ddpm", steps=5, batch_size=1)
+    assert torch.allclose(full, one, atol=1e-5)
+    assert image_seed(0, 1, 2) != image_seed(0, 2, 1) and image_seed(0, 1, 2) != image_seed(1, 1, 2)
+
+
+def test_guidance_formula_and_channel_quirk():
+    tg = targets()
+    model = Oracle(tg, learn_sigma=True, null_target=torch.zeros(2, 4, 4))
+    x = torch.randn(2, 2, 4, 4)
+    t = torch.tensor([300, 300])
+    y = torch.tensor([0, 1])
+    cond = model(x, t, y)
+    unc = model(x, t, torch.full_like(y, 3))
+    out = guided_fn(model, y, 4.0, None, "fp32")(x, t)
+    assert torch.allclose(out[:, :2], unc[:, :2] + 4 * (cond[:, :2] - unc[:, :2]), atol=1e-5)
+    assert torch.equal(out[:, 2:], cond[:, 2:])   # variance channels from the conditional half
+    out1 = guided_fn(model, y, 4.0, 1, "fp32")(x, t)   # guide only the first channel (DiT's 3-of-4 quirk)
+    assert torch.allclose(out1[:, :1], out[:, :1]) and torch.allclose(out1[:, 1:2], cond[:, 1:2])
+    assert torch.equal(guided_fn(model, y, 1.0, None, "fp32")(x, t), cond)
