@@ -111,3 +111,14 @@ def test_vae_codec_reads_scaling_and_caches_both_flips(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="config.json"):
         build_codec(f"vae:{tmp_path / 'empty'}", 3, 16)
+
+
+def test_generation_accuracy_scores_real_images_high_and_wrong_labels_low(digits):
+    from minimaxdd.reference import ReferenceConfig, generation_accuracy
+
+    cfg = ReferenceConfig(epochs=30)
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    right = generation_accuracy(digits, x, y, cfg)
+    wrong = generation_accuracy(digits, x, (y + 1) % 10, cfg)
+    assert right["generation_accuracy"] > 0.8 and wrong["generation_accuracy"] < 0.2
+    assert abs(right["reference_test_accuracy"] - right["generation_accuracy"]) < 0.1

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", required=True, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
     p.add_argument("--full", action="store_true", help="train on the whole real training set instead")
     p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.add_argument("--generation-accuracy", action="store_true",
+                   help="also report how often a full-data classifier assigns each image to its own class")
     _add_eval_args(p)
     _add_common(p)
 
@@ -115,8 +117,12 @@ def cmd_evaluate(a) -> int:
 
     r = run(EvaluateConfig(synth=a.synth, real=a.real, model=a.model, protocol=a.protocol, repeats=a.repeats,
                            epochs=a.epochs, seed=a.seed, full=a.full, size=a.size, device=a.device,
-                           precision=a.precision, out=a.out))
+                           precision=a.precision, out=a.out, generation_accuracy=a.generation_accuracy))
     print(format_table([r]))
+    if "generation" in r:
+        g = r["generation"]
+        print(f"generation accuracy {100 * g['generation_accuracy']:.2f}% (reference classifier: "
+              f"{100 * g['reference_test_accuracy']:.2f}% on the real test set)")
     print("per-class accuracy (%): " + ", ".join(f"{n} {100 * v:.1f}" for n, v in zip(r["class_names"], r["per_class"])))
     if a.out:
         print(f"wrote {a.out}")

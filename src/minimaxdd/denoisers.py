@@ -213,3 +213,14 @@ def load_diffusers_dit(folder: str | Path) -> nn.Module:
     model = build_from_config(cfg)
     load_state_strict(model, {**diffusers_to_dit(state), "pos_embed": pos}, str(folder))
     return model
+
+
+# Difffit's trainable set as the Minimax reference selects it: every parameter whose name contains
+# "bias", "norm", "gamma" or the class embedding ("y_embed" in DiT, "label_emb" in U-ViT). DiT's
+# LayerNorms have no affine weights, so "norm" matches nothing there; the whole label table is
+# trained, null row included.
+DIFFFIT_KEYS = ("bias", "norm", "gamma", "y_embed", "label_emb")
+
+
+def difffit_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if any(k in n for k in DIFFFIT_KEYS)]

@@ -219,6 +219,7 @@ class EvaluateConfig:
     device: str = "auto"
     precision: str = "bf16"
     out: str | None = None
+    generation_accuracy: bool = False   # also score the set with the full-data reference classifier
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -241,6 +242,9 @@ def run(cfg: EvaluateConfig) -> dict:
                        cfg.epochs, cfg.seed, pick_device(cfg.device), cfg.precision, stats=channel_stats(real.x_train))
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
            "class_names": real.class_names, "config": asdict(cfg)}
+    if cfg.generation_accuracy and not cfg.full:
+        from minimaxdd.reference import generation_accuracy
+        out["generation"] = generation_accuracy(real, x, y, device=pick_device(cfg.device))
     if cfg.out:
         write_json(cfg.out, out)
     return out

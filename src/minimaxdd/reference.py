@@ -69,3 +69,18 @@ def embed(model: nn.Module, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Te
     for i in progress(range(0, len(x), batch_size), desc="features", total=(len(x) + batch_size - 1) // batch_size):
         out.append(model.features(normalise(x[i:i + batch_size], *stats, dev)).float().cpu())
     return torch.cat(out)
+
+
+def generation_accuracy(ds: Dataset, images: torch.Tensor, labels: torch.Tensor,
+                        cfg: ReferenceConfig = ReferenceConfig(), device: str | torch.device = "cpu") -> dict:
+    """How often the full-data reference classifier assigns a generated image to the class it was
+    conditioned on (overall and per class), next to the same classifier's real test accuracy."""
+    from minimaxdd.evaluate import accuracy, predict
+
+    model = reference_classifier(ds, cfg, device)
+    stats = channel_stats(ds.x_train)
+    dev = torch.device(device)
+    gen, per = accuracy(predict(model, normalise(images, *stats, dev), cfg.precision), labels, ds.num_classes)
+    test, _ = accuracy(predict(model, normalise(ds.x_test, *stats, dev), cfg.precision), ds.y_test, ds.num_classes)
+    return {"generation_accuracy": gen, "per_class": per, "reference_test_accuracy": test,
+            "reference": asdict(cfg), "reference_epochs": cfg.epochs_for(len(ds.x_train))}

@@ -1,0 +1,163 @@
+"""Training, Difffit fine-tuning and sampling speed of DiTs, ours vs the paper's pattern, in one run.
+
+Pattern (the reference code): fp32, one image per network call with guidance (a model batch of
+2: conditional + null), 50 ancestral steps; Difffit fine-tuning at batch 8 in fp32.
+Ours: batched sampling (--sample-batch images, so a model batch of twice that with guidance),
+bf16 autocast; fine-tuning at the same batch 8 in bf16; training from scratch at --train-batch.
+
+Every figure is also given as a fraction of this machine's matmul rate, measured in the same run
+(a square GEMM, fp32 and bf16), with FLOPs per image counted from the model by torch's
+FlopCounterMode. Ours and the pattern alternate within each trial; the ratio is per trial, then
+mean +- std over trials.
+
+    python benchmarks/diffusion_speed.py --out benchmarks/results/diffusion_speed.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from minimaxdd.denoisers import build_denoiser, difffit_parameters
+from minimaxdd.diffusion import Diffusion
+from minimaxdd.evaluate import autocast
+from minimaxdd.sampling import guided_fn
+from minimaxdd.utils import write_json
+
+DEV = torch.device("cpu")
+
+
+def matmul_rate(dtype, n=2048, reps=10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def forward_flops(model, C, S) -> float:
+    x = torch.randn(1, C, S, S)
+    with FlopCounterMode(display=False) as fc:
+        with torch.no_grad():
+            model(x, torch.tensor([10]), torch.tensor([0]))
+    return float(fc.get_total_flops())
+
+
+def time_sampling_step(model, batch, precision, cfg=4.0, reps=3) -> float:
+    """Seconds per sampling step (one guided network call + the update) for `batch` images."""
+    C, S = model.in_channels, model.input_size
+    d = Diffusion.respaced(50)
+    y = torch.zeros(batch, dtype=torch.long)
+    net = guided_fn(model, y, cfg, None, precision)
+    x = torch.randn(batch, C, S, S)
+    t = torch.full((batch,), 25, dtype=torch.long)
+    with torch.no_grad():
+        out = net(x, d.model_t(t))
+        mean, logvar, _, _ = d.p_mean_logvar(out, x, t, C)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = net(x, d.model_t(t))
+            mean, logvar, _, _ = d.p_mean_logvar(out, x, t, C)
+            x2 = mean + torch.exp(0.5 * logvar) * torch.randn_like(x)
+    del x2
+    return (time.perf_counter() - t0) / reps
+
+
+def time_train_step(model, batch, precision, params, reps=3) -> float:
+    C, S = model.in_channels, model.input_size
+    d = Diffusion()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    x0 = torch.randn(batch, C, S, S)
+    y = torch.zeros(batch, dtype=torch.long)
+    model.train()
+
+    def step():
+        t = torch.randint(0, 1000, (batch,))
+        with autocast(DEV, precision):
+            loss = d.training_losses(model, x0, t, y, torch.randn_like(x0))["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    step()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        step()
+    model.eval()
+    return (time.perf_counter() - t0) / reps
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--models", default="dit-t/4,dit-s/4,dit-s/2")
+    ap.add_argument("--channels", type=int, default=4, help="4 = SD-VAE latents of 256 px images (32x32x4)")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--sample-batch", type=int, default=50)
+    ap.add_argument("--train-batch", type=int, default=64)
+    ap.add_argument("--trials", type=int, default=3)
+    a = ap.parse_args()
+    rows = []
+    rate = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
+    print(f"matmul GFLOP/s: fp32 {rate['fp32'] / 1e9:.0f}, bf16 {rate['bf16'] / 1e9:.0f}", flush=True)
+    for name in a.models.split(","):
+        torch.manual_seed(0)
+        model = build_denoiser(name, a.size, a.channels, 1000, learn_sigma=True).eval()
+        fl = forward_flops(model, a.channels, a.size)
+        all_params = list(model.parameters())
+        diff = difffit_parameters(model)
+        for p in all_params:
+            p.requires_grad_(False)
+        for p in diff:
+            p.requires_grad_(True)
+        res = {k: [] for k in ("pattern_sample", "ours_sample_fp32", "ours_sample_bf16", "pattern_ft", "ours_ft_bf16",
+                               "train_fp32", "train_bf16")}
+        for _ in range(a.trials):
+            # images/s of 50-step sampling = batch / (50 * seconds per step)
+            res["pattern_sample"].append(1 / (50 * time_sampling_step(model, 1, "fp32")))
+            res["ours_sample_fp32"].append(a.sample_batch / (50 * time_sampling_step(model, a.sample_batch, "fp32")))
+            res["ours_sample_bf16"].append(a.sample_batch / (50 * time_sampling_step(model, a.sample_batch, "bf16")))
+            res["pattern_ft"].append(8 / time_train_step(model, 8, "fp32", diff))
+            res["ours_ft_bf16"].append(8 / time_train_step(model, 8, "bf16", diff))
+            for p in all_params:
+                p.requires_grad_(True)
+            res["train_fp32"].append(a.train_batch / time_train_step(model, a.train_batch, "fp32", all_params))
+            res["train_bf16"].append(a.train_batch / time_train_step(model, a.train_batch, "bf16", all_params))
+            for p in all_params:
+                p.requires_grad_(False)
+            for p in diff:
+                p.requires_grad_(True)
+        r = {"model": name, "forward_gflop_per_image": fl / 1e9,
+             "trainable_difffit": sum(p.numel() for p in diff), "params": sum(p.numel() for p in all_params)}
+        for k, v in res.items():
+            r[k] = {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v}
+        # FLOPs: sampling with guidance = 2 forwards per image per step; training ~ 3 forwards per image
+        # (Difffit fine-tuning computes no weight gradients for frozen layers: ~2 forwards).
+        for k, per_img, prec in (("ours_sample_bf16", 2 * 50 * fl, "bf16"), ("ours_sample_fp32", 2 * 50 * fl, "fp32"),
+                                 ("pattern_sample", 2 * 50 * fl, "fp32"), ("train_bf16", 3 * fl, "bf16"),
+                                 ("train_fp32", 3 * fl, "fp32"), ("ours_ft_bf16", 2 * fl, "bf16"),
+                                 ("pattern_ft", 2 * fl, "fp32")):
+            r[k]["matmul_fraction"] = r[k]["mean"] * per_img / rate[prec]
+        for ours, base in (("ours_sample_bf16", "pattern_sample"), ("ours_sample_fp32", "pattern_sample"),
+                           ("ours_ft_bf16", "pattern_ft"), ("train_bf16", "train_fp32")):
+            ratios = np.array(res[ours]) / np.array(res[base])
+            r[f"{ours}/{base}"] = {"mean": float(ratios.mean()), "std": float(ratios.std())}
+        rows.append(r)
+        print(f"{name}: {fl / 1e9:.2f} GFLOP/fwd; sample img/s pattern {r['pattern_sample']['mean']:.3f}, "
+              f"ours fp32 {r['ours_sample_fp32']['mean']:.3f}, bf16 {r['ours_sample_bf16']['mean']:.3f} "
+              f"({r['ours_sample_bf16/pattern_sample']['mean']:.2f}x, {100 * r['ours_sample_bf16']['matmul_fraction']:.0f}% "
+              f"of bf16 matmul); fine-tune img/s pattern {r['pattern_ft']['mean']:.2f}, ours {r['ours_ft_bf16']['mean']:.2f} "
+              f"({r['ours_ft_bf16/pattern_ft']['mean']:.2f}x); train img/s fp32 {r['train_fp32']['mean']:.1f}, "
+              f"bf16 {r['train_bf16']['mean']:.1f}", flush=True)
+    write_json(a.out, {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                                   "cores": os.cpu_count(), "torch": torch.__version__},
+                       "matmul_gflops": {k: v / 1e9 for k, v in rate.items()}, "config": vars(a), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
