@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-channels", type=int, default=None, help="guide only the first K channels (DiT's quirk: 3)")
     p.add_argument("--batch-size", type=int, default=64, help="images per network call")
     p.add_argument("--weights", default="ema", choices=("ema", "model"), help="EMA (default) or raw weights")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: a bf16 copy of the network")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off for large sets)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_common(p)
 
@@ -171,7 +172,8 @@ def cmd_sample(a) -> int:
 
     path, info = run(SampleConfig(ckpt=a.ckpt, out=a.out, ipc=a.ipc, steps=a.steps, sampler=a.sampler, cfg=a.cfg,
                                   cfg_channels=a.cfg_channels, seed=a.seed, batch_size=a.batch_size,
-                                  weights=a.weights, precision=a.precision, device=a.device, overwrite=a.overwrite))
+                                  weights=a.weights, precision=a.precision, device=a.device, overwrite=a.overwrite,
+                                  compile=a.compile))
     print(f"wrote {path} ({info['images_per_s']} images/s sampling)")
     return 0
 

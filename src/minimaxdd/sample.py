@@ -29,6 +29,7 @@ class SampleConfig:
     precision: str = "fp32"
     device: str = "auto"
     classes: list[int] | None = None   # dataset labels to sample (default all)
+    compile: bool = False
     overwrite: bool = False
 
 
@@ -53,7 +54,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     t0 = time.time()
     latents = generate(model, net_labels, seeds, sampler=cfg.sampler, steps=cfg.steps, cfg_scale=cfg.cfg,
                        cfg_channels=cfg.cfg_channels, clip=meta.codec == "pixel", precision=cfg.precision,
-                       batch_size=cfg.batch_size, device=device, desc=f"sample {cfg.sampler} {cfg.steps} steps")
+                       batch_size=cfg.batch_size, device=device, compile=cfg.compile, desc=f"sample {cfg.sampler} {cfg.steps} steps")
     t_sample = time.time() - t0
     images = codec.decode(latents)
     s = SyntheticSet(images, ds_labels, list(meta.class_names))
