@@ -16,7 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from minimaxdd.data import load_dataset
 from minimaxdd.evaluate import channel_stats, evaluate_set
