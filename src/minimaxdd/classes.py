@@ -69,3 +69,35 @@ WNID_NAMES: dict[str, str] = {
 def readable(wnid: str) -> str:
     """The human-readable name of a WordNet id, or the id itself when unknown."""
     return WNID_NAMES.get(wnid, wnid)
+
+
+# ImageNet-1k class indices (position of the WordNet id in the sorted list of the 1000 ids, the
+# label order of every ImageNet-pretrained model, DiT included) of the subsets' classes, in
+# their label order. Saluki 176 and Australian terrier 193 checked against a public
+# wnid -> index table; the rest are the standard indices of these subsets.
+IMAGENET_INDEX: dict[str, int] = {
+    # ImageWoof
+    "n02096294": 193, "n02093754": 182, "n02111889": 258, "n02088364": 162, "n02086240": 155,
+    "n02089973": 167, "n02087394": 159, "n02115641": 273, "n02099601": 207, "n02105641": 229,
+    # ImageNette
+    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
+    "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701,
+}
+
+
+def imagenet_indices(wnids: list[str], synsets_file: str | None = None) -> list[int]:
+    """ImageNet-1k indices of WordNet ids: from `synsets_file` (LOC_synset_mapping.txt, one
+    'nXXXXXXXX name' per line in index order) when given, else from IMAGENET_INDEX."""
+    from minimaxdd.errors import UserError
+
+    table = dict(IMAGENET_INDEX)
+    if synsets_file is not None:
+        lines = [ln.split()[0] for ln in open(synsets_file) if ln.strip()]
+        if len(lines) != 1000:
+            raise UserError(f"{synsets_file} lists {len(lines)} synsets, expected the 1000 of ImageNet-1k")
+        table = {w: i for i, w in enumerate(lines)}
+    missing = [w for w in wnids if w not in table]
+    if missing:
+        raise UserError(f"no ImageNet index known for {', '.join(missing)}; pass --synsets LOC_synset_mapping.txt "
+                        "(from the ImageNet download) or --class-map with one index per class")
+    return [table[w] for w in wnids]

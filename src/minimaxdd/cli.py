@@ -99,6 +99,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_common(p)
 
+    from minimaxdd.minimax import OBJECTIVES, REDUCTIONS
+    p = sub.add_parser("finetune", help="Difffit fine-tuning with the Minimax criteria (or a Table-5 ablation row)")
+    p.add_argument("--ckpt", required=True, help="a run / ckpt-*.safetensors, the official DiT-XL-2-256x256.pt, "
+                   "or a diffusers DiT folder")
+    p.add_argument("--data", required=True, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
+    p.add_argument("--out", required=True, help="run directory for the fine-tuned checkpoints")
+    p.add_argument("--objective", default="minimax", choices=list(OBJECTIVES))
+    p.add_argument("--lambda-r", type=float, default=None, help="representativeness weight (default 0.002)")
+    p.add_argument("--lambda-d", type=float, default=None, help="diversity weight (default 0.008)")
+    p.add_argument("--memory", type=int, default=None, help="memory size per class (default 64)")
+    p.add_argument("--reduction", default=None, choices=REDUCTIONS,
+                   help="matrix: one min/max per class (reference code, default); sample: per prediction (paper)")
+    p.add_argument("--trainable", default=None, choices=("difffit", "full"))
+    p.add_argument("--batch", type=int, default=None, help="default 8 (paper)")
+    p.add_argument("--epochs", type=float, default=None, help="default 8 (paper)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (paper)")
+    p.add_argument("--codec", default=None, help="for pretrained weights: vae:DIR (or pixel)")
+    p.add_argument("--class-map", default=None, help="network class index per dataset class, comma separated")
+    p.add_argument("--synsets", default=None, help="LOC_synset_mapping.txt, to map WordNet ids to ImageNet indices")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"))
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
     sub.add_parser("presets", help="list the named presets")
     return ap
 
@@ -178,6 +204,25 @@ def cmd_sample(a) -> int:
     return 0
 
 
+def cmd_finetune(a) -> int:
+    from minimaxdd.finetune import FinetuneConfig, run
+
+    kw = {f: getattr(a, f) for f in ("lambda_r", "lambda_d", "memory", "reduction", "trainable", "batch", "lr",
+                                      "codec", "synsets", "checkpoint_every", "precision", "size")
+          if getattr(a, f) is not None}
+    if a.epochs is not None or a.steps is not None:
+        kw["epochs"], kw["steps"] = a.epochs, a.steps
+    if a.class_map:
+        try:
+            kw["class_map"] = [int(v) for v in a.class_map.split(",")]
+        except ValueError as e:
+            raise UserError(f"--class-map must be comma-separated integers, got {a.class_map!r}") from e
+    info = run(FinetuneConfig(ckpt=a.ckpt, data=a.data, out=a.out, objective=a.objective, seed=a.seed,
+                              device=a.device, resume=a.resume, overwrite=a.overwrite, **kw))
+    print(f"fine-tuned {info['steps']} steps ({info['images_per_s']} images/s); checkpoint {info['checkpoint']}")
+    return 0
+
+
 def cmd_presets(a) -> int:
     from minimaxdd.presets import PRESETS_DIR, list_presets
 
@@ -187,7 +232,7 @@ def cmd_presets(a) -> int:
 
 
 COMMANDS = {"select": cmd_select, "evaluate": cmd_evaluate, "demo": cmd_demo, "datasets": cmd_datasets,
-            "train": cmd_train, "sample": cmd_sample, "presets": cmd_presets}
+            "train": cmd_train, "sample": cmd_sample, "finetune": cmd_finetune, "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,7 +122,7 @@ def _prepare_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
 
 def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: TrainConfig,
         params: list[nn.Parameter] | None = None,
-        extra_loss: Callable | None = None, desc: str = "train") -> dict:
+        extra_loss: Callable | None = None, desc: str = "train", manifest_extra: dict | None = None) -> dict:
     """The training loop shared by `train` and `finetune`.
 
     `params`: the parameters to optimise (default all); `extra_loss(terms, y, step)` may add terms
@@ -164,10 +164,13 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
     null = model.num_classes
     t0, seen, t_start = time.time(), 0, time.time()
     running: dict[str, float] = {}
+    epoch_sums: dict[str, float] = {}
+    epoch_means: list[dict] = []
+    epoch_n, cur_epoch = 0, step // per_epoch
     log = open(run / "log.jsonl", "a")
     model.train()
 
-    def checkpoint(s: int, final: bool = False):
+    def checkpoint(s: int):
         meta.step = s
         ckpt.save(ckpt.ckpt_path(run, s), model, ema, meta, opt)
         old = ckpt.list_checkpoints(run)[:-1]
@@ -208,6 +211,12 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
             decay = min(cfg.ema, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema
             update_ema(ema, model, decay)
             seen += len(y)
+            if epoch != cur_epoch and epoch_n:
+                epoch_means.append({"epoch": cur_epoch, **{n: v / epoch_n for n, v in epoch_sums.items()}})
+                epoch_sums, epoch_n, cur_epoch = {}, 0, epoch
+            epoch_n += 1
+            for n, v in logs.items():
+                epoch_sums[n] = epoch_sums.get(n, 0.0) + v
             for n, v in logs.items():
                 running[n] = v if n not in running else 0.98 * running[n] + 0.02 * v
             bar.update(1)
@@ -223,14 +232,18 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
             if step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint(step)
     log.close()
-    checkpoint(step, final=True)
+    if epoch_n:
+        epoch_means.append({"epoch": cur_epoch, "partial": epoch_n < per_epoch,
+                            **{n: v / epoch_n for n, v in epoch_sums.items()}})
+    checkpoint(step)
     wall = time.time() - t_start
     info = {"steps": step, "planned_steps": total, "stopped": stopped, "images_seen": seen,
             "images_per_s": round(seen / max(wall, 1e-9), 2), "final_loss": running.get("loss"),
-            "running": running, "checkpoint": str(ckpt.ckpt_path(run, step))}
+            "running": running, "checkpoint": str(ckpt.ckpt_path(run, step)), "epoch_means": epoch_means}
     write_json(run / "manifest.json", manifest(asdict(cfg), cfg.seed, wall, **info,
                                                trainable_params=sum(p.numel() for p in params),
-                                               total_params=sum(p.numel() for p in model.parameters())))
+                                               total_params=sum(p.numel() for p in model.parameters()),
+                                               **(manifest_extra or {})))
     return info
 
 
