@@ -71,6 +71,14 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     return np.concatenate([one_d(dim // 2, ww), one_d(dim // 2, hh)], axis=1)
 
 
+def unpatchify(x: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
+    """(N, T, p*p*C) patch tokens of a square grid -> (N, C, H, W)."""
+    N, T, _ = x.shape
+    g = int(T ** 0.5)
+    x = x.reshape(N, g, g, patch, patch, channels)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(N, channels, g * patch, g * patch)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
@@ -224,16 +232,10 @@ class DiT(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def unpatchify(self, x):
-        N, T, _ = x.shape
-        p, c, g = self.config.patch_size, self.out_channels, int(T ** 0.5)
-        x = x.reshape(N, g, g, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(N, c, g * p, g * p)
-
     def forward(self, x, t, y):
         x = self.x_embedder(x) + self.pos_embed                                # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)                            # (N, D)
         for block in self.blocks:
             x = block(x, c)                                                    # (N, T, D)
         x = self.final_layer(x, c)                                             # (N, T, p*p*out_C)
-        return self.unpatchify(x)                                              # (N, out_C, H, W)
+        return unpatchify(x, self.config.patch_size, self.out_channels)        # (N, out_C, H, W)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dit import timestep_embedding
+from .dit import timestep_embedding, unpatchify
 
 
 @dataclass
@@ -95,13 +95,6 @@ class UViT(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        # (N, C, H, W) -> (N, T, D) patches, (N, T, D) -> image; kept as methods for the FLOP counter.
-
-    def unpatchify(self, x):
-        N, T, _ = x.shape
-        p, c, g = self.config.patch_size, self.out_channels, int(T ** 0.5)
-        x = x.reshape(N, g, g, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(N, c, g * p, g * p)
 
     def forward(self, x, t, y):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)                     # (N, T, D)
@@ -117,4 +110,4 @@ class UViT(nn.Module):
         for b in self.out_blocks:
             x = b(x, skips.pop())
         x = self.decoder_pred(self.norm(x))[:, self.extra_tokens:]             # (N, T, p*p*out_C)
-        return self.final_layer(self.unpatchify(x))                            # (N, out_C, H, W)
+        return self.final_layer(unpatchify(x, self.config.patch_size, self.out_channels))                            # (N, out_C, H, W)
