@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
-from .utils import cache_dir, progress, save_atomic
+from .utils import cache_dir, progress, save_atomic, write_json
 
 
 class PixelCodec:
@@ -128,5 +127,5 @@ def encode_dataset(codec, x: torch.Tensor, key: str) -> dict[str, torch.Tensor]:
         stds.append(torch.stack([s0, s1], 1).half())
     out = {"mean": torch.cat(means), "std": torch.cat(stds)}
     save_atomic(out, path)
-    (path.with_suffix(".json")).write_text(json.dumps({"codec": codec.spec, "n": len(x)}))
+    write_json(path.with_suffix(".json"), {"codec": codec.spec, "n": len(x)})
     return out

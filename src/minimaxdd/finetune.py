@@ -62,8 +62,9 @@ class FinetuneConfig:
 def load_base(path: str, codec_spec: str | None) -> tuple[nn.Module, ckpt.CheckpointMeta | None]:
     """The base network and, for this package's checkpoints, their metadata."""
     p = Path(path)
-    if p.is_dir() and ((p / "config.json").exists() and not ckpt.list_checkpoints(p)
-                       or (p / "transformer" / "config.json").exists()):
+    # Our run directories hold ckpt-*.safetensors; a folder with a config.json and none is a diffusers DiT.
+    diffusers_cfg = (p / "config.json").exists() or (p / "transformer" / "config.json").exists()
+    if p.is_dir() and diffusers_cfg and not ckpt.list_checkpoints(p):
         return load_diffusers_dit(p), None
     if p.suffix in (".pt", ".pth", ".bin"):
         return load_official_dit(p), None

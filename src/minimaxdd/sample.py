@@ -50,7 +50,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     ds_labels = torch.tensor([c for c in labels for _ in range(cfg.ipc)])
     net_labels = torch.as_tensor(meta.class_map)[ds_labels]
     # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
-    seeds = [image_seed(cfg.seed, int(c), i) for c in net_labels.tolist()[::cfg.ipc] for i in range(cfg.ipc)]
+    seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
     t0 = time.time()
     latents = generate(model, net_labels, seeds, sampler=cfg.sampler, steps=cfg.steps, cfg_scale=cfg.cfg,
                        cfg_channels=cfg.cfg_channels, clip=meta.codec == "pixel", precision=cfg.precision,

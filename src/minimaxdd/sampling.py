@@ -69,7 +69,7 @@ def _clip(x0, clip):
     return x0.clamp(-1, 1) if clip else x0
 
 
-def ddpm(net, noise: PerImageNoise, steps: int, clip: bool, bar=None) -> torch.Tensor:
+def ddpm(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None) -> torch.Tensor:
     """Ancestral sampling on the schedule respaced to `steps` (the paper's sampler, 50 steps)."""
     d = Diffusion.respaced(steps)
     x = noise()
@@ -80,12 +80,12 @@ def ddpm(net, noise: PerImageNoise, steps: int, clip: bool, bar=None) -> torch.T
         _, logvar, x0, _ = d.p_mean_logvar(out, x, t, C)
         mean, _ = d.q_posterior(_clip(x0, clip), x, t)
         x = mean + torch.exp(0.5 * logvar) * noise() if i > 0 else mean
-        if bar is not None:
-            bar.update(1)
+        if on_step is not None:
+            on_step()
     return x
 
 
-def ddim(net, noise: PerImageNoise, steps: int, clip: bool, bar=None) -> torch.Tensor:
+def ddim(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) on the respaced schedule (Song et al. 2021)."""
     d = Diffusion.respaced(steps)
     x = noise()
@@ -97,12 +97,12 @@ def ddim(net, noise: PerImageNoise, steps: int, clip: bool, bar=None) -> torch.T
         eps = d.predict_eps(x, t, x0)
         acp_prev = d.coef("alphas_cumprod_prev", t, x.ndim)
         x = acp_prev.sqrt() * x0 + (1 - acp_prev).sqrt() * eps
-        if bar is not None:
-            bar.update(1)
+        if on_step is not None:
+            on_step()
     return x
 
 
-def dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, bar=None) -> torch.Tensor:
+def dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) in data prediction (Lu et al. 2022, Algorithm 2) on the discrete schedule.
 
     Time points are uniform in the 1000 training steps, from 999 down to 0; one network call per
@@ -128,8 +128,8 @@ def dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, bar=None) -> t
             D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
         x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * np.expm1(-h) * D
         prev_x0, prev_h = x0, h
-        if bar is not None:
-            bar.update(1)
+        if on_step is not None:
+            on_step()
     return x
 
 
@@ -163,9 +163,5 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
             y = labels[s:s + batch_size].to(device)
             noise = PerImageNoise(seeds[s:s + batch_size], shape, device)
             net = guided_fn(model, y, cfg_scale, cfg_channels, precision)
-
-            class _Bar:   # advance the bar by images x steps
-                def update(self, n, k=len(y)):
-                    bar.update(n * k)
-            outs.append(SAMPLERS[sampler](net, noise, steps, clip, _Bar()).float().cpu())
+            outs.append(SAMPLERS[sampler](net, noise, steps, clip, lambda k=len(y): bar.update(k)).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0, *shape)
