@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     _add_common(p)
 
-    p = sub.add_parser("demo", help="the embedded default: random vs herding on digits")
-    p.add_argument("--out", default="runs/demo", help="where results.json goes (default runs/demo)")
-    p.add_argument("--repeats", type=int, default=3)
+    p = sub.add_parser("demo", help="the embedded default: `distill --preset digits` (about 5 minutes on 2 CPU cores)")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--repeats", type=int, default=None, help="classifier repeats (default 3)")
+    p.add_argument("--device", default="auto")
 
     sub.add_parser("datasets", help="list dataset sources")
 
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="a named train preset (see `minimaxdd presets`); flags override it")
     p.add_argument("--data", default=None, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
     p.add_argument("--model", default=None, choices=sorted(DENOISERS), metavar="MODEL",
-                   help="dit-{t,s,b,l,xl}/{2,4,8} or uvit-{t,s,m} (default dit-t/2)")
+                   help="dit-{n,t,s,b,l,xl}/{2,4,8} or uvit-{t,s,m} (default dit-t/2)")
     p.add_argument("--codec", default=None, help="pixel (default) or vae:DIR (a diffusers AutoencoderKL folder)")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
@@ -125,6 +126,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _add_common(p)
 
+    p = sub.add_parser("distill", help="the main job: base model -> minimax fine-tuning -> sampling -> "
+                                        "evaluation against baselines -> report")
+    p.add_argument("--preset", default=None, help="a distill preset (see `minimaxdd presets`) or a preset .json path")
+    p.add_argument("--data", default=None, help=f"dataset spec (overrides the preset's); sources: {datasets}")
+    p.add_argument("--ipc", default=None, help="images per class, comma separated (e.g. 10,50)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config entry, e.g. --set finetune.steps=200 --set evaluate.repeats=1 "
+                        "(values are read as JSON when they parse)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
+    p.add_argument("--from-stage", default=None, help="rerun this stage and all after it: base, finetune, sample, "
+                   "baselines, evaluate, report")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_common(p)
+
+    p = sub.add_parser("metrics", help="MMD, FID, precision / recall, density / coverage, representativeness and "
+                                        "diversity of synthetic sets against the real training set")
+    p.add_argument("synth", nargs="+", help="one or more synthetic sets (dir, ImageFolder, .pt, .npz)")
+    p.add_argument("--real", required=True, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
+    p.add_argument("--out", default=None, help="write the metrics as JSON here")
+    p.add_argument("--features", default="reference",
+                   help="reference (the harness's full-data ConvNet-3, default) or torchscript:PATH (e.g. Inception)")
+    p.add_argument("--tsne", default=None, help="also write a t-SNE plot (PNG) here")
+    _add_common(p)
+
+    p = sub.add_parser("ablation", help="Table 5: fine-tune, sample and evaluate each objective from one base model")
+    p.add_argument("--base", required=True, help="base checkpoint: a run, ckpt-*.safetensors, or official weights")
+    p.add_argument("--data", required=True, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
+    p.add_argument("--ipc", default="10,50", help="images per class, comma separated (default 10,50)")
+    p.add_argument("--objectives", default="none,simple,rep,div,rep-mean,div-mean,minimax",
+                   help="comma separated; none = the base model unchanged (the paper's DiT column)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the distill config, e.g. --set finetune.steps=500 --set evaluate.epochs=300")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("sweep", help="Fig. 6: accuracy against one fine-tuning knob (lambda_r, lambda_d, memory, ...)")
+    p.add_argument("--base", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--param", required=True, help="lambda_r, lambda_d, memory, epochs or steps")
+    p.add_argument("--values", required=True, help="comma separated values")
+    p.add_argument("--objective", default="minimax")
+    p.add_argument("--ipc", default="10")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("report", help="(re)write RUN/report.md from a distill run")
+    p.add_argument("run", help="a distill run directory")
+
     sub.add_parser("presets", help="list the named presets")
     return ap
 
@@ -159,7 +211,7 @@ def cmd_evaluate(a) -> int:
 def cmd_demo(a) -> int:
     from minimaxdd.demo import run
 
-    run(out=a.out, repeats=a.repeats)
+    run(out=a.out, repeats=a.repeats, device=a.device)
     return 0
 
 
@@ -224,15 +276,86 @@ def cmd_finetune(a) -> int:
 
 
 def cmd_presets(a) -> int:
-    from minimaxdd.presets import PRESETS_DIR, list_presets
+    import textwrap
+
+    from minimaxdd.presets import describe, list_presets
 
     for name in list_presets():
-        print(f"{name:<28}{PRESETS_DIR / (name + '.json')}")
+        stage, text = describe(name)
+        print(f"{name}  [{stage}]")
+        print(textwrap.indent(textwrap.fill(text, 96), "    "))
+    return 0
+
+
+def cmd_distill(a) -> int:
+    import json
+
+    from minimaxdd.distill import build_config, load_distill_preset, parse_set, run
+
+    preset = load_distill_preset(a.preset) if a.preset else None
+    over = parse_set(a.set)
+    for k in ("data", "ipc", "size", "device"):
+        if getattr(a, k) is not None:
+            over[k] = getattr(a, k)
+    if a.seed:
+        over["seed"] = a.seed
+    cfg = build_config(preset, over)
+    if a.print_config:
+        print(json.dumps(cfg, indent=2))
+        return 0
+    out = a.out or f"runs/{a.preset.removesuffix('.json').split('/')[-1] if a.preset else 'distill'}"
+    rows = run(cfg, out, a.from_stage)
+    from minimaxdd.evaluate import format_table
+    print(format_table(rows))
+    print(f"wrote {out}/results.json and {out}/report.md")
+    return 0
+
+
+def cmd_metrics(a) -> int:
+    from minimaxdd.metrics import format_metrics, run
+
+    m = run(a.synth, a.real, a.out, a.features, a.size, a.device, a.seed, a.tsne)
+    print(format_metrics(m))
+    if a.out:
+        print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_ablation(a) -> int:
+    from minimaxdd.ablation import ablation_markdown, run_ablation
+    from minimaxdd.distill import parse_set
+
+    res = run_ablation(a.base, a.data, a.ipc, [o.strip() for o in a.objectives.split(",") if o.strip()], a.out,
+                       a.repeats, parse_set(a.set), a.device)
+    print(ablation_markdown(res))
+    print(f"wrote {a.out}/ablation.md and {a.out}/ablation.json")
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from minimaxdd.ablation import run_sweep
+    from minimaxdd.distill import parse_set
+
+    res = run_sweep(a.base, a.data, a.ipc, a.param, a.values.split(","), a.out, a.objective, a.repeats,
+                    parse_set(a.set), a.device)
+    for p in res["points"]:
+        print(f"{a.param}={p['value']}: " + ", ".join(f"IPC {r['ipc']} {100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
+                                                      for r in p["rows"]))
+    print(f"wrote {res['plot']}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from minimaxdd.report import write_report
+
+    print(f"wrote {write_report(a.run)}")
     return 0
 
 
 COMMANDS = {"select": cmd_select, "evaluate": cmd_evaluate, "demo": cmd_demo, "datasets": cmd_datasets,
-            "train": cmd_train, "sample": cmd_sample, "finetune": cmd_finetune, "presets": cmd_presets}
+            "train": cmd_train, "sample": cmd_sample, "finetune": cmd_finetune, "presets": cmd_presets,
+            "distill": cmd_distill, "report": cmd_report, "metrics": cmd_metrics,
+            "ablation": cmd_ablation, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

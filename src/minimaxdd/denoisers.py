@@ -22,8 +22,9 @@ from .dit import DiT, DiTConfig, sincos_pos_embed_2d
 from .errors import UserError
 from .uvit import UViT, UViTConfig
 
-# Sizes: (hidden, depth, heads). DiT S/B/L/XL from Peebles & Xie 2023, Table 1; dit-t is ours, for CPUs.
-DIT_SIZES = {"t": (256, 8, 4), "s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+# Sizes: (hidden, depth, heads). DiT S/B/L/XL from Peebles & Xie 2023, Table 1; dit-n (nano, for
+# 8x8 digits and tests) and dit-t (tiny, for 28-32 px on CPUs) are ours.
+DIT_SIZES = {"n": (128, 6, 4), "t": (256, 8, 4), "s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
 # U-ViT (Bao et al. 2023): uvit-s = CIFAR-10 config (512 wide, 12+1 blocks, 8 heads, patch 2);
 # uvit-m = ImageNet-64 mid (768 wide, 16+1 blocks, 12 heads, patch 4); uvit-t is ours, for tests and CPUs.
 UVIT_SIZES = {"t": (192, 6, 4, 2), "s": (512, 12, 8, 2), "m": (768, 16, 12, 4)}

@@ -255,7 +255,7 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'method':<14}{'ipc':>6}  {'model':<11}{'protocol':<9}{'epochs':>7}  {'accuracy (%)':>15}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        ipc = "full" if r.get("synth") == "full" else ("-" if r.get("ipc") is None else str(r["ipc"]))
+        ipc = "full" if r.get("synth") == "full" or r.get("method") == "full" else ("-" if r.get("ipc") is None else str(r["ipc"]))
         lines.append(f"{r.get('method', r.get('synth', '?'))!s:<14.14}{ipc:>6}  {r['model']:<11}{r['protocol']:<9}"
                      f"{r['epochs']:>7}  {100 * r['mean']:>8.2f} +- {100 * r['std']:.2f}")
     return "\n".join(lines)

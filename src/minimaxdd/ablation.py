@@ -1,0 +1,159 @@
+"""`minimaxdd ablation` (the paper's Table 5) and `minimaxdd sweep` (its Fig. 6) on any base model and data.
+
+Every variant is a distill run that shares the base model and the random-selection baseline:
+
+    OUT/base/, OUT/baselines/, OUT/evaluate/    shared (random real images at each IPC)
+    OUT/<variant>/finetune|sample|evaluate      one per objective (ablation) or value (sweep)
+    OUT/ablation.md|json or OUT/sweep-<param>.md|json|png
+
+Stages are skipped and resumed exactly as in `distill`, so an interrupted ablation continues
+where it stopped and adding an objective runs only that one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .distill import (build_config, merge, method_name, say, stage_base, stage_baselines, stage_evaluate,
+                      stage_finetune, stage_sample)
+from .errors import UserError
+from .minimax import OBJECTIVES
+from .utils import pick_device, write_json
+
+SWEEP_PARAMS = {"lambda_r": float, "lambda_d": float, "memory": int, "epochs": float, "steps": int}
+
+
+def _config(base: str, data: str, ipcs, repeats: int, overrides: dict) -> dict:
+    layer = {"data": data, "ipc": ipcs, "base": {"pretrained": base},
+             "evaluate": {"repeats": repeats, "baselines": ["random"], "full_epochs": 0, "metrics": False}}
+    return build_config(None, merge(layer, overrides))
+
+
+def _variant(out: Path, name: str, cfg: dict, base: dict, device) -> tuple[list[dict], dict, dict]:
+    sub = out / name
+    sub.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    ft = stage_finetune(sub, cfg, base, False, device)
+    sample = stage_sample(sub, cfg, ft, False, device)
+    rows = stage_evaluate(sub, cfg, sample, None, False, device, full=False)
+    say(f"{name}: {time.time() - t0:.0f} s")
+    return rows, ft, sample
+
+
+def _shared(out: Path, cfg: dict, device) -> tuple[dict, list[dict]]:
+    base = stage_base(out, cfg, False, device)
+    bl = stage_baselines(out, cfg, False, device)
+    rows = stage_evaluate(out, cfg, None, bl, False, device, full=False, write_results=False)
+    return base, rows
+
+
+def _cell(rows: list[dict], k: int) -> str:
+    r = next((r for r in rows if r["ipc"] == k), None)
+    return "" if r is None else f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
+
+
+def run_ablation(base: str, data: str, ipcs, objectives: list[str], out: str | Path, repeats: int = 3,
+                 overrides: dict | None = None, device: str = "auto") -> dict:
+    bad = [o for o in objectives if o != "none" and o not in OBJECTIVES]
+    if bad:
+        raise UserError(f"unknown objective(s) {bad}; choose from none, {', '.join(OBJECTIVES)}")
+    out = Path(out)
+    dev = pick_device(device)
+    cfg = _config(base, data, ipcs, repeats, overrides or {})
+    cfg["device"] = str(dev)
+    write_json(out / "config.json", {**cfg, "objectives": objectives})
+    base_rec, random_rows = _shared(out, cfg, dev)
+    table = []
+    for obj in objectives:
+        c = {**cfg, "finetune": {**(cfg["finetune"] or {}), "objective": obj}}
+        rows, ft, sample = _variant(out, obj, c, base_rec, dev)
+        gen = [r.get("generation_accuracy") for r in rows if r["ipc"] == max(cfg["ipc"])]
+        table.append({"objective": obj, "method": method_name(c), "rows": rows,
+                      "finetune_time_s": ft.get("time_s") if obj != "none" else 0.0,
+                      "finetune_steps": ft.get("steps"), "sample_time_s": sample.get("time_s"),
+                      "generation_accuracy": gen[0] if gen else None})
+    result = {"base": base, "data": data, "ipc": cfg["ipc"], "config": cfg, "variants": table, "random": random_rows}
+    write_json(out / "ablation.json", result)
+    (out / "ablation.md").write_text(ablation_markdown(result))
+    return result
+
+
+def ablation_markdown(res: dict) -> str:
+    ipcs = res["ipc"]
+    ev = res["config"]["evaluate"]
+    model = ev["models"][0]
+    lines = [f"Ablation of the fine-tuning objective (Table 5 of Gu et al. 2024) on `{res['data']}`, base "
+             f"`{res['base']}`; {model}, `{ev['protocol']}` protocol, final-epoch test accuracy (%), mean +- std "
+             f"over {ev['repeats']} repeats.", "",
+             "| objective | " + " | ".join(f"IPC {k}" for k in ipcs) +
+             f" | generation accuracy (IPC {max(ipcs)}) | fine-tuning time |",
+             "| --- | " + " | ".join("---:" for _ in ipcs) + " | ---: | ---: |"]
+    for v in res["variants"]:
+        label = "none (base model)" if v["objective"] == "none" else v["objective"]
+        rows = [r for r in v["rows"] if r["model"] == model]
+        gen = "" if v["generation_accuracy"] is None else f"{100 * v['generation_accuracy']:.1f}%"
+        lines.append(f"| {label} | " + " | ".join(_cell(rows, k) for k in ipcs) +
+                     f" | {gen} | {v['finetune_time_s'] or 0:.0f} s ({v['finetune_steps'] or 0} steps) |")
+    rnd = [r for r in res["random"] if r["model"] == model]
+    lines.append("| random real | " + " | ".join(_cell(rnd, k) for k in ipcs) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
+def run_sweep(base: str, data: str, ipcs, param: str, values: list, out: str | Path, objective: str = "minimax",
+              repeats: int = 3, overrides: dict | None = None, device: str = "auto") -> dict:
+    if param not in SWEEP_PARAMS:
+        raise UserError(f"--param must be one of {', '.join(SWEEP_PARAMS)}, got {param!r}")
+    try:
+        values = [SWEEP_PARAMS[param](v) for v in values]
+    except ValueError as e:
+        raise UserError(f"--values for {param} must be numbers: {e}") from e
+    out = Path(out)
+    dev = pick_device(device)
+    cfg = _config(base, data, ipcs, repeats, overrides or {})
+    cfg["device"] = str(dev)
+    base_rec, random_rows = _shared(out, cfg, dev)
+    points = []
+    for v in values:
+        f = {**(cfg["finetune"] or {}), "objective": objective, param: v}
+        if param in ("epochs", "steps"):
+            f["epochs" if param == "steps" else "steps"] = None
+        rows, ft, _ = _variant(out, f"{param}={v}", {**cfg, "finetune": f}, base_rec, dev)
+        points.append({"value": v, "rows": rows, "finetune_time_s": ft.get("time_s")})
+    res = {"base": base, "data": data, "param": param, "objective": objective, "ipc": cfg["ipc"], "config": cfg,
+           "points": points, "random": random_rows}
+    write_json(out / f"sweep-{param}.json", res)
+    res["plot"] = str(sweep_plot(res, out / f"sweep-{param}.png"))
+    write_json(out / f"sweep-{param}.json", res)
+    return res
+
+
+def sweep_plot(res: dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for k in res["ipc"]:
+        xs, ys, es = [], [], []
+        for p in res["points"]:
+            r = next((r for r in p["rows"] if r["ipc"] == k), None)
+            if r is not None:
+                xs.append(p["value"])
+                ys.append(100 * r["mean"])
+                es.append(100 * r["std"])
+        line = ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{res['objective']}, IPC {k}")
+        rnd = next((r for r in res["random"] if r["ipc"] == k), None)
+        if rnd is not None:
+            ax.axhline(100 * rnd["mean"], ls="--", lw=1, color=line[0].get_color(), label=f"random real, IPC {k}")
+    ax.set_xlabel(res["param"])
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def load(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

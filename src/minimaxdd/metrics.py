@@ -1,0 +1,272 @@
+"""`minimaxdd metrics`: how a synthetic set sits against the real training set, in a feature space.
+
+Per class and overall (all classes pooled), between synthetic features Y (M of them) and real
+features X (N of them):
+
+- `mmd`: squared maximum mean discrepancy with a Gaussian kernel (biased V-statistic, so it is
+  >= 0 and 0 for identical sets); the bandwidth is the median pairwise distance of the real
+  features, fixed per class, so every synthetic set is measured with the same kernel. The
+  Minimax paper's Table 2 compares sets by MMD of classifier features.
+- `fid`: the Frechet distance between Gaussian fits (Heusel et al. 2017), of *these* features,
+  not Inception's unless the user gives Inception as a TorchScript file.
+- `precision`, `recall`: k-NN manifold estimates (Kynkaanniemi et al. 2019, k = 3): the share of
+  synthetic samples inside some real sample's k-NN ball, and of real samples inside some
+  synthetic sample's ball.
+- `density`, `coverage`: Naeem et al. 2020 (k = 5), from the real samples' k-NN balls only.
+- `representativeness`: mean cosine similarity of each real sample to its nearest synthetic
+  sample of the same class (higher: every real sample has a synthetic one near it).
+- `diversity`: 1 - mean pairwise cosine similarity among a class's synthetic samples (higher:
+  more diverse; 0 for a set of one repeated image).
+
+Higher is better for all but `mmd` and `fid`. Features default to the penultimate layer of the
+harness's cached reference classifier (trained on the full real training set); the `features`
+key names the extractor in every output.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+PR_K = 3        # Kynkaanniemi et al. 2019
+DC_K = 5        # Naeem et al. 2020
+MAX_REAL_PER_CLASS = 2000   # real features per class used for the k-NN and kernel estimates
+KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "diversity")
+LOWER_IS_BETTER = ("mmd", "fid")
+
+
+def _pdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(a.double(), b.double())
+
+
+def _knn_radius(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row of x to its k-th nearest other row (k clipped to len(x) - 1)."""
+    k = min(k, len(x) - 1)
+    if k < 1:
+        return torch.zeros(len(x), dtype=torch.float64)
+    d = _pdist(x, x)
+    return d.kthvalue(k + 1, dim=1).values      # the row itself is at distance 0
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
+    """Biased squared MMD with a Gaussian kernel exp(-d^2 / (2 s^2)); s = median real distance."""
+    if bandwidth is None:
+        d = _pdist(x, x)
+        bandwidth = float(d[d > 0].median()) if (d > 0).any() else 1.0
+    g = -1.0 / (2 * bandwidth ** 2)
+    kxx = torch.exp(g * _pdist(x, x) ** 2).mean()
+    kyy = torch.exp(g * _pdist(y, y) ** 2).mean()
+    kxy = torch.exp(g * _pdist(x, y) ** 2).mean()
+    return max(0.0, float(kxx + kyy - 2 * kxy))
+
+
+def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """||mu_x - mu_y||^2 + Tr(Sx + Sy - 2 (Sx^1/2 Sy Sx^1/2)^1/2); sample covariances (zero for one sample)."""
+    x, y = x.double(), y.double()
+
+    def cov(a):
+        return torch.cov(a.T) if len(a) > 1 else torch.zeros(a.shape[1], a.shape[1], dtype=a.dtype)
+
+    mx, my, sx, sy = x.mean(0), y.mean(0), cov(x), cov(y)
+    ex, vx = torch.linalg.eigh(sx)
+    rx = (vx * ex.clamp(min=0).sqrt()) @ vx.T                       # Sx^1/2
+    mid = torch.linalg.eigvalsh(rx @ sy @ rx).clamp(min=0).sqrt()   # eigenvalues of (Sx^1/2 Sy Sx^1/2)^1/2
+    return max(0.0, float(((mx - my) ** 2).sum() + sx.trace() + sy.trace() - 2 * mid.sum()))
+
+
+def precision_recall(x: torch.Tensor, y: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
+    rx, ry = _knn_radius(x, k), _knn_radius(y, k)
+    d = _pdist(x, y)                                       # (N real, M synthetic)
+    precision = (d <= rx[:, None]).any(0).double().mean()  # synthetic inside a real ball
+    recall = (d <= ry[None, :]).any(1).double().mean()     # real inside a synthetic ball
+    return float(precision), float(recall)
+
+
+def density_coverage(x: torch.Tensor, y: torch.Tensor, k: int = DC_K) -> tuple[float, float]:
+    rx = _knn_radius(x, k)
+    inside = _pdist(x, y) <= rx[:, None]                   # (N, M)
+    kk = min(k, len(x) - 1) or 1
+    density = inside.double().sum() / (kk * len(y))
+    coverage = inside.any(1).double().mean()
+    return float(density), float(coverage)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = torch.nn.functional.normalize(a.double(), dim=1, eps=1e-12)
+    b = torch.nn.functional.normalize(b.double(), dim=1, eps=1e-12)
+    return a @ b.T
+
+
+def representativeness(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(_cos(x, y).max(1).values.mean())
+
+
+def diversity(y: torch.Tensor) -> float:
+    if len(y) < 2:
+        return 0.0
+    s = _cos(y, y)
+    m = len(y)
+    return float(1 - (s.sum() - s.diagonal().sum()) / (m * (m - 1)))
+
+
+def compare(x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Every metric between real features x and synthetic features y (one class, or pooled)."""
+    p, r = precision_recall(x, y)
+    d, c = density_coverage(x, y)
+    return {"mmd": mmd2(x, y), "fid": frechet_distance(x, y), "precision": p, "recall": r, "density": d,
+            "coverage": c, "representativeness": representativeness(x, y), "diversity": diversity(y)}
+
+
+def set_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor, syn_y: torch.Tensor,
+                num_classes: int, seed: int = 0, max_real: int = MAX_REAL_PER_CLASS) -> dict:
+    """Per-class and overall metrics. Real features are subsampled to `max_real` per class (seeded).
+
+    Overall: mmd, fid, precision, recall, density and coverage on all features pooled (class-blind);
+    representativeness and diversity are per-class quantities, averaged over classes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    keep, per_class = [], []
+    for c in range(num_classes):
+        xi = (real_y == c).nonzero().squeeze(1)
+        xi = xi[torch.randperm(len(xi), generator=g)[:max_real]]
+        yi = (syn_y == c).nonzero().squeeze(1)
+        keep.append(xi)
+        if len(xi) < 2 or len(yi) < 1:
+            per_class.append(None)
+            continue
+        per_class.append(compare(real_f[xi], syn_f[yi]))
+    xs = real_f[torch.cat(keep)]
+    overall = compare(xs, syn_f)
+    valid = [m for m in per_class if m is not None]
+    for k in ("representativeness", "diversity"):
+        overall[k] = float(np.mean([m[k] for m in valid])) if valid else float("nan")
+    return {**overall, "per_class": per_class}
+
+
+# ---------------------------------------------------------------------------------------------
+# features
+
+
+class Features:
+    """A feature extractor for uint8 images: the reference classifier, or a TorchScript file."""
+
+    def __init__(self, ds, spec: str = "reference", device: str | torch.device = "cpu"):
+        from .evaluate import channel_stats
+
+        self.device = torch.device(device)
+        self.stats = channel_stats(ds.x_train)
+        if spec == "reference":
+            from .reference import ReferenceConfig, reference_classifier
+
+            cfg = ReferenceConfig()
+            self.net = reference_classifier(ds, cfg, self.device)
+            self.name = (f"{cfg.model} reference classifier trained on all of {ds.name} ({cfg.epochs_for(len(ds.x_train))} "
+                         "epochs, dc protocol), penultimate layer; not Inception")
+            self.script = False
+        elif spec.startswith("torchscript:"):
+            path = Path(spec.split(":", 1)[1])
+            if not path.exists():
+                raise UserError(f"feature extractor {path} not found; export one with torch.jit.save (e.g. an "
+                                "Inception-v3 pool3 model taking float images in [0, 1] at its own size)")
+            self.net = torch.jit.load(str(path), map_location=self.device).eval()
+            self.name = f"TorchScript {path.name} (images in [0, 1])"
+            self.script = True
+        else:
+            raise UserError(f"--features must be 'reference' or 'torchscript:PATH', got {spec!r}")
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        from .reference import embed
+
+        if not self.script:
+            return embed(self.net, x, self.stats, batch_size)
+        out = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(self.device).float() / 255
+            out.append(self.net(xb).float().flatten(1).cpu())
+        return torch.cat(out)
+
+
+def tsne_plot(real_f: torch.Tensor, real_y: torch.Tensor, sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              class_names: list[str], path: str | Path, per_class: int = 100, seed: int = 0) -> Path:
+    """t-SNE of real features (a seeded subsample per class) with each set's features on top."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.cat([(real_y == c).nonzero().squeeze(1)[torch.randperm(int((real_y == c).sum()), generator=g)[:per_class]]
+                     for c in range(len(class_names))])
+    parts = [real_f[idx]] + [f for f, _ in sets.values()]
+    emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, max(5, len(idx) // 20))).fit_transform(
+        torch.cat(parts).numpy())
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.6 * len(sets), 4.4), squeeze=False)
+    n_real = len(idx)
+    off = n_real
+    for ax, (name, (f, y)) in zip(axes[0], sets.items()):
+        ax.scatter(emb[:n_real, 0], emb[:n_real, 1], c=[cmap(int(c) % cmap.N) for c in real_y[idx]], s=4, alpha=0.25)
+        e = emb[off:off + len(f)]
+        ax.scatter(e[:, 0], e[:, 1], c=[cmap(int(c) % cmap.N) for c in y], s=40, marker="*", edgecolors="k", linewidths=0.5)
+        ax.set_title(f"{name} (stars) on real (dots)")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        off += len(f)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_metrics(d: dict) -> str:
+    """A Markdown table of overall metrics, one row per set."""
+    sets = d["sets"]
+    head = "| set | accuracy (%) | " + " | ".join(f"{k} ({'lower' if k in LOWER_IS_BETTER else 'higher'} better)"
+                                                 for k in KEYS) + " |"
+    out = [f"Features: {d['features']}.", "", head, "| --- | ---: | " + " | ".join("---:" for _ in KEYS) + " |"]
+    for name, m in sets.items():
+        acc = m.get("accuracy")
+        acc = "" if acc is None else f"{100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}"
+        out.append(f"| {name} | {acc} | " + " | ".join(_fmt(m[k]) for k in KEYS) + " |")
+    return "\n".join(out)
+
+
+def _fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def run(synth: list[str], real: str, out: str | None = None, features: str = "reference", size: int | None = None,
+        device: str = "auto", seed: int = 0, tsne: str | None = None) -> dict:
+    """Metrics of one or more synthetic sets against `real`'s training set (one feature pass over it)."""
+    from .data import load_dataset
+    from .synthset import conform, load_synthetic
+    from .utils import pick_device, write_json
+
+    ds = load_dataset(real, size=size)
+    fx = Features(ds, features, pick_device(device))
+    real_f = fx(ds.x_train)
+    result = {"features": fx.name, "real": real, "seed": seed, "k_precision_recall": PR_K, "k_density_coverage": DC_K,
+              "max_real_per_class": MAX_REAL_PER_CLASS, "class_names": list(ds.class_names), "sets": {}}
+    feats = {}
+    for path in synth:
+        s = conform(load_synthetic(path), ds.class_names, ds.channels, ds.size)
+        f = fx(s.images)
+        feats[Path(path).name] = (f, s.labels)
+        result["sets"][Path(path).name] = {"path": str(path), "num_images": len(s.labels),
+                                           **set_metrics(real_f, ds.y_train, f, s.labels, ds.num_classes, seed)}
+    if len(synth) == 1:   # the single-set form: metrics at the top level, as `m.json` users expect
+        result.update({k: v for k, v in next(iter(result["sets"].values())).items()})
+    if tsne:
+        result["tsne"] = str(tsne_plot(real_f, ds.y_train, feats, list(ds.class_names), tsne, seed=seed))
+    if out:
+        write_json(out, result)
+    return result

@@ -1,0 +1,163 @@
+"""`minimaxdd report RUN`: RUN/report.md with its figures, from what the distill stages wrote.
+
+Everything comes from files in RUN (config.json, <stage>/stage.json, evaluate/*.json, the
+synthetic and baseline sets), so the report can be rebuilt at any time without rerunning.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+
+ORDER = ("random", "herding", "kcenter", "dm", "full")
+
+
+def _load_rows(run: Path) -> list[dict]:
+    rows = [json.loads(p.read_text()) for p in sorted((run / "evaluate").glob("*.json"))]
+    return [r for r in rows if "mean" in r]
+
+
+def _method_order(rows: list[dict]) -> list[str]:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ours = [m for m in methods if m not in ORDER]
+    return ours + [m for m in ORDER if m in methods]
+
+
+def accuracy_tables(rows: list[dict]) -> str:
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rs = [r for r in rows if r["model"] == model]
+        ipcs = sorted({r["ipc"] for r in rs if r["ipc"] is not None})
+        proto = rs[0]["protocol"]
+        out += [f"**{model}**, `{proto}` protocol, final-epoch test accuracy (%), mean +- std over "
+                f"{len(rs[0]['runs'])} repeats (epochs in brackets)", "",
+                "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " | full data |",
+                "| --- | " + " | ".join("---:" for _ in ipcs) + " | ---: |"]
+        for m in _method_order(rs):
+            cells = []
+            for k in [*ipcs, None]:
+                r = next((r for r in rs if r["method"] == m and r["ipc"] == k), None)
+                cells.append("" if r is None else f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['epochs']})")
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def accuracy_plot(rows: list[dict], path: Path) -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rs = [r for r in rows if r["ipc"] is not None]
+    if not rs:
+        return None
+    models = list(dict.fromkeys(r["model"] for r in rs))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sub = [r for r in rs if r["model"] == model]
+        ipcs = sorted({r["ipc"] for r in sub})
+        methods = [m for m in _method_order(sub) if m != "full"]
+        w = 0.8 / max(1, len(methods))
+        for i, m in enumerate(methods):
+            xs, ys, es = [], [], []
+            for j, k in enumerate(ipcs):
+                r = next((r for r in sub if r["method"] == m and r["ipc"] == k), None)
+                if r is not None:
+                    xs.append(j + i * w - 0.4 + w / 2)
+                    ys.append(100 * r["mean"])
+                    es.append(100 * r["std"])
+            ax.bar(xs, ys, w, yerr=es, label=m, capsize=2)
+        full = next((r for r in rows if r["model"] == model and r["ipc"] is None), None)
+        if full is not None:
+            ax.axhline(100 * full["mean"], color="k", ls="--", lw=1, label=f"full data ({full['epochs']} ep.)")
+        ax.set_xticks(range(len(ipcs)), [f"IPC {k}" for k in ipcs])
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _stage_table(run: Path) -> str:
+    from .distill import STAGES
+
+    out = ["| stage | wall time | peak memory (process RSS; CUDA) | images/s | notes |", "| --- | ---: | ---: | ---: | --- |"]
+    for s in STAGES[:-1]:
+        f = run / s / "stage.json"
+        if not f.exists():
+            continue
+        d = json.loads(f.read_text())
+        if not d.get("done"):
+            out.append(f"| {s} | (interrupted) | | | |")
+            continue
+        mem = f"{d.get('peak_rss_mb', 0):.0f} MB" + (f"; {d['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in d else "")
+        notes = []
+        for k in ("steps", "objective", "stopped", "trainable_params", "checkpoint"):
+            if d.get(k) not in (None, ""):
+                notes.append(f"{k} {d[k]}")
+        out.append(f"| {s} | {d['time_s']:.0f} s | {mem} | {d.get('images_per_s', '')} | {'; '.join(notes)} |")
+    ev = _load_rows(run)
+    if ev:
+        out.append(f"| evaluate | {sum(r['time_s'] for r in ev):.0f} s | | | {len(ev)} rows (classifier training) |")
+    return "\n".join(out)
+
+
+def write_report(run: str | Path) -> Path:
+    from .grid import save_grid
+    from .synthset import load_synthetic
+
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise UserError(f"{run} is not a distill run (no config.json); run `minimaxdd distill --out {run}` first")
+    cfg = json.loads((run / "config.json").read_text())
+    rows = _load_rows(run)
+    fig_dir = run / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    lines = [f"# Distillation report: `{run.name}`", "",
+             f"Data `{cfg['data']}`; IPC {', '.join(map(str, cfg['ipc']))}; seed {cfg['seed']}; device {cfg['device']}.", ""]
+    if not rows:
+        lines += ["No evaluation has finished yet.", ""]
+    else:
+        lines += ["## Accuracy", "", accuracy_tables(rows)]
+        gen = [r for r in rows if "generation_accuracy" in r]
+        for r in gen:
+            lines.append(f"- Generation accuracy of the {r['method']} set at IPC {r['ipc']}: "
+                         f"{100 * r['generation_accuracy']:.1f}% of its images are assigned to their own class by a "
+                         f"classifier trained on the full data ({100 * r['reference_test_accuracy']:.1f}% on the real "
+                         "test set).")
+        if gen:
+            lines.append("")
+        plot = accuracy_plot(rows, fig_dir / "accuracy.png")
+        if plot:
+            lines += [f"![accuracy]({plot.relative_to(run)})", ""]
+    # grids: synthetic next to random real images of the same classes
+    k = max(cfg["ipc"])
+    syn = run / "sample" / f"ipc{k}"
+    rnd = run / "baselines" / f"random-ipc{k}"
+    if (syn / "data.pt").exists():
+        s = load_synthetic(syn)
+        save_grid(s.images, s.labels, fig_dir / "synthetic.png", per_row=min(10, k))
+        cells = ["synthetic", f"![synthetic](figures/synthetic.png)"]
+        if (rnd / "data.pt").exists():
+            r = load_synthetic(rnd)
+            save_grid(r.images, r.labels, fig_dir / "random-real.png", per_row=min(10, k))
+            cells += ["random real", "![random real](figures/random-real.png)"]
+        lines += ["## Images (one row per class)", "", "| " + " | ".join(cells[0::2]) + " |",
+                  "| " + " | ".join("---" for _ in cells[0::2]) + " |", "| " + " | ".join(cells[1::2]) + " |", ""]
+    for extra in ("tsne.png",):
+        if (fig_dir / extra).exists():
+            lines += [f"![{extra}](figures/{extra})", ""]
+    metrics = run / "metrics.json"
+    if metrics.exists():
+        from .metrics import format_metrics
+        lines += ["## Diagnostics", "", format_metrics(json.loads(metrics.read_text())), ""]
+    lines += ["## Stages", "", _stage_table(run), "",
+              "## Config", "", "```json", json.dumps(cfg, indent=2), "```", ""]
+    path = run / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,138 @@
+"""The distill pipeline end to end on digits with tiny settings: outputs, stage skipping and reruns."""
+import json
+import os
+
+import pytest
+
+from minimaxdd.cli import main
+from minimaxdd.distill import build_config, parse_set
+from minimaxdd.errors import UserError
+
+TINY = ["--data", "digits", "--ipc", "2,3", "--device", "cpu",
+        "--set", 'base.train={"model": "dit-n/2", "steps": 12, "batch": 32, "checkpoint_every": 6}',
+        "--set", "finetune.steps=4", "--set", "sample.steps=3", "--set", "evaluate.repeats=1",
+        "--set", "evaluate.epochs=2", "--set", "evaluate.full_epochs=1", "--set", 'evaluate.baselines=["random"]']
+
+
+def mtimes(run, names):
+    return {n: os.stat(run / n).st_mtime_ns for n in names}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("distill") / "run"
+    assert main(["distill", *TINY, "--out", str(run)]) == 0
+    return run
+
+
+def test_outputs(run_dir):
+    rows = json.loads((run_dir / "results.json").read_text())
+    methods = {(r["method"], r["ipc"]) for r in rows}
+    assert methods == {("minimax", 2), ("minimax", 3), ("random", 2), ("random", 3), ("full", None)}
+    for r in rows:
+        assert {"method", "ipc", "model", "protocol", "mean", "std", "runs"} <= set(r)
+        assert 0 <= r["mean"] <= 1 and len(r["runs"]) == 1
+    for k in (2, 3):
+        d = json.loads((run_dir / "sample" / f"ipc{k}" / "manifest.json").read_text())
+        assert d["config"]["ipc"] == k
+    report = (run_dir / "report.md").read_text()
+    assert "| minimax |" in report and "figures/synthetic.png" in report and "## Stages" in report
+    for f in ("accuracy.png", "synthetic.png", "random-real.png", "tsne.png"):
+        assert (run_dir / "figures" / f).stat().st_size > 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert set(m["sets"]) == {"minimax (IPC 3)", "random (IPC 3)"}
+    assert m["sets"]["random (IPC 3)"]["accuracy"]["mean"] >= 0
+
+
+def test_smaller_ipc_is_prefix_of_larger(run_dir):
+    import torch
+    a = torch.load(run_dir / "sample" / "ipc2" / "data.pt", weights_only=True)
+    b = torch.load(run_dir / "sample" / "ipc3" / "data.pt", weights_only=True)
+    for c in range(10):
+        assert torch.equal(a["images"][a["labels"] == c], b["images"][b["labels"] == c][:2])
+
+
+def test_rerun_skips_and_changes_rerun_only_what_depends(run_dir, capsys):
+    stage_files = ["base/stage.json", "finetune/stage.json", "sample/stage.json", "baselines/stage.json",
+                   "evaluate/random-ipc2-convnet3.json", "evaluate/minimax-ipc2-convnet3.json"]
+    before = mtimes(run_dir, stage_files)
+    assert main(["distill", *TINY, "--out", str(run_dir)]) == 0
+    assert mtimes(run_dir, stage_files) == before
+    assert "base: done" in capsys.readouterr().out
+    # another sampler step count: sampling and our rows rerun; base, finetune, baselines and theirs do not
+    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(run_dir)]) == 0
+    after = mtimes(run_dir, stage_files)
+    for f in ("base/stage.json", "finetune/stage.json", "baselines/stage.json", "evaluate/random-ipc2-convnet3.json"):
+        assert after[f] == before[f], f
+    for f in ("sample/stage.json", "evaluate/minimax-ipc2-convnet3.json"):
+        assert after[f] != before[f], f
+    # --from-stage forces that stage and later ones
+    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(run_dir), "--from-stage", "baselines"]) == 0
+    again = mtimes(run_dir, stage_files)
+    assert again["finetune/stage.json"] == after["finetune/stage.json"]
+    assert again["baselines/stage.json"] != after["baselines/stage.json"]
+
+
+def test_interrupted_training_resumes(run_dir):
+    st = run_dir / "base" / "stage.json"
+    d = json.loads(st.read_text())
+    d["done"] = False
+    st.write_text(json.dumps(d))
+    final = run_dir / "base" / "ckpt-00000012.safetensors"
+    final.unlink()
+    final.with_suffix(".optim.pt").unlink()
+    assert (run_dir / "base" / "ckpt-00000006.safetensors").exists()
+    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(run_dir)]) == 0
+    assert final.exists() and json.loads(st.read_text())["done"]
+    steps = [json.loads(l)["step"] for l in (run_dir / "base" / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 12
+
+
+def test_config_errors(tmp_path, capsys):
+    with pytest.raises(UserError, match="unknown sample setting"):
+        build_config(None, {"data": "digits", "sample": {"stepz": 3}})
+    with pytest.raises(UserError, match="finetune"):
+        build_config(None, {"data": "digits", "finetune": {"objectiv": "minimax"}})
+    with pytest.raises(UserError, match="--ipc"):
+        build_config(None, {"data": "digits", "ipc": "ten"})
+    with pytest.raises(UserError, match="--data"):
+        build_config(None, {})
+    assert parse_set(["a.b=3", "a.c=[1,2]", "d=x"]) == {"a": {"b": 3, "c": [1, 2]}, "d": "x"}
+    rc = main(["distill", "--data", "digits", "--set", "base.pretrained=/nope/DiT-XL-2-256x256.pt",
+               "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "/nope/DiT-XL-2-256x256.pt not found" in capsys.readouterr().err
+
+
+def test_presets_list_and_resolve(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "digits  [distill]" in out
+    assert main(["distill", "--preset", "digits", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["data"] == "digits" and cfg["ipc"] == [10] and cfg["finetune"]["objective"] == "minimax"
+
+
+def test_ablation_and_sweep_share_the_base(run_dir, tmp_path):
+    base = str(run_dir / "base")
+    sets = ["--set", "finetune.steps=3", "--set", "sample.steps=3", "--set", "evaluate.epochs=2"]
+    out = tmp_path / "abl"
+    assert main(["ablation", "--base", base, "--data", "digits", "--ipc", "2", "--objectives", "none,simple,minimax",
+                 "--repeats", "1", "--out", str(out), "--device", "cpu", *sets]) == 0
+    res = json.loads((out / "ablation.json").read_text())
+    assert [v["objective"] for v in res["variants"]] == ["none", "simple", "minimax"]
+    md = (out / "ablation.md").read_text()
+    assert "| none (base model) |" in md and "| random real |" in md and "| minimax |" in md
+    # `none` samples the base model's own weights; simple and minimax have their own fine-tuned checkpoints
+    assert res["variants"][1]["finetune_steps"] == 3
+    # with both lambdas zero, minimax fine-tuning is simple fine-tuning step for step
+    sw = tmp_path / "sw"
+    assert main(["sweep", "--base", base, "--data", "digits", "--ipc", "2", "--param", "lambda_r", "--values", "0,0.5",
+                 "--repeats", "1", "--out", str(sw), "--device", "cpu", *sets]) == 0
+    r = json.loads((sw / "sweep-lambda_r.json").read_text())
+    assert [p["value"] for p in r["points"]] == [0.0, 0.5]
+    assert (sw / "sweep-lambda_r.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        main(["sweep", "--base", base, "--data", "digits"])   # argparse: --param and --values are required
+    assert main(["sweep", "--base", base, "--data", "digits", "--param", "gamma", "--values", "1", "--out",
+                 str(sw)]) == 2
