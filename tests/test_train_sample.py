@@ -71,6 +71,14 @@ def test_sample_writes_a_synthetic_set(tmp_path):
     assert diff.max() <= 1   # float rounding of a different batch may move a pixel by one level
     assert torch.equal(a.images[14:16], b.images[2:4]) or (a.images[14:16].int() - b.images[2:4].int()).abs().max() <= 1
     assert main(["sample", str(tmp_path / "r"), "--ipc", "2", "--out", str(out), "--device", "cpu"]) == 2  # exists
+    # a time budget keeps whole class-balanced rounds, each a per-class prefix of the unbudgeted set
+    c, info = sample_checkpoint(SampleConfig(**{**base, "ipc": 3}, batch_size=20, budget_minutes=10))
+    assert info["budget"]["per_class"] == 3 and info["budget"]["stopped"] == "ipc cap" and info["budget"]["rounds"] == 2
+    assert c.labels.tolist() == [k for k in range(10) for _ in range(3)]
+    assert (c.images.view(10, 3, 1, 8, 8)[:, :2].int() - a.images.view(10, 2, 1, 8, 8).int()).abs().max() <= 1
+    d, info = sample_checkpoint(SampleConfig(**{**base, "ipc": 10**6}, batch_size=10, budget_minutes=0.02))
+    assert info["budget"]["stopped"] == "budget" and len(d.labels) == 10 * info["budget"]["per_class"] >= 10
+    assert main(["sample", str(tmp_path / "r"), "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2  # no --ipc
 
 
 def test_cli_train_errors(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from minimaxdd import dist
 from minimaxdd.errors import UserError
 
 
@@ -87,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="IPC images per class from a checkpoint (synthetic-set format)")
     p.add_argument("ckpt", help="a run directory (its latest checkpoint) or a ckpt-*.safetensors file")
-    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--ipc", type=int, default=None, help="images per class (with --budget-minutes: the cap)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="generate class-balanced rounds until this budget ends and keep what finished "
+                        "(the challenge's generative track: 10)")
     p.add_argument("--out", required=True, help="output directory (synthetic-set format)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50, the paper's)")
     p.add_argument("--sampler", default="ddpm", choices=sorted(SAMPLERS), help="default ddpm (ancestral, respaced)")
@@ -113,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduction", default=None, choices=REDUCTIONS,
                    help="matrix: one min/max per class (reference code, default); sample: per prediction (paper)")
     p.add_argument("--trainable", default=None, choices=("difffit", "full"))
+    p.add_argument("--sync-memory", action="store_true",
+                   help="under torchrun: every rank enqueues every rank's batch (default: per-rank memories)")
     p.add_argument("--batch", type=int, default=None, help="default 8 (paper)")
     p.add_argument("--epochs", type=float, default=None, help="default 8 (paper)")
     p.add_argument("--steps", type=int, default=None)
@@ -197,6 +203,8 @@ def cmd_evaluate(a) -> int:
     r = run(EvaluateConfig(synth=a.synth, real=a.real, model=a.model, protocol=a.protocol, repeats=a.repeats,
                            epochs=a.epochs, seed=a.seed, full=a.full, size=a.size, device=a.device,
                            precision=a.precision, out=a.out, generation_accuracy=a.generation_accuracy))
+    if not dist.is_main():
+        return 0
     print(format_table([r]))
     if "generation" in r:
         g = r["generation"]
@@ -240,7 +248,8 @@ def cmd_train(a) -> int:
         if not kw.get(need):
             raise UserError(f"train needs --{need} (or a --preset that sets it)")
     info = run(TrainConfig(**kw, seed=a.seed, device=a.device, resume=a.resume, overwrite=a.overwrite, preset=a.preset))
-    print(f"trained {info['steps']} steps ({info['images_per_s']} images/s); checkpoint {info['checkpoint']}"
+    if dist.is_main():
+        print(f"trained {info['steps']} steps ({info['images_per_s']} images/s); checkpoint {info['checkpoint']}"
           + (f" (stopped early: {info['stopped']})" if info["stopped"] else ""))
     return 0
 
@@ -248,11 +257,18 @@ def cmd_train(a) -> int:
 def cmd_sample(a) -> int:
     from minimaxdd.sample import SampleConfig, run
 
-    path, info = run(SampleConfig(ckpt=a.ckpt, out=a.out, ipc=a.ipc, steps=a.steps, sampler=a.sampler, cfg=a.cfg,
+    if a.ipc is None and a.budget_minutes is None:
+        raise UserError("sample needs --ipc K, or --budget-minutes M (optionally with --ipc as a cap)")
+    ipc = a.ipc if a.ipc is not None else 10**6
+    path, info = run(SampleConfig(ckpt=a.ckpt, out=a.out, ipc=ipc, budget_minutes=a.budget_minutes, steps=a.steps, sampler=a.sampler, cfg=a.cfg,
                                   cfg_channels=a.cfg_channels, seed=a.seed, batch_size=a.batch_size,
                                   weights=a.weights, precision=a.precision, device=a.device, overwrite=a.overwrite,
                                   compile=a.compile))
-    print(f"wrote {path} ({info['images_per_s']} images/s sampling)")
+    if not dist.is_main():
+        return 0
+    b = info.get("budget")
+    extra = f"; budget {b['minutes']} min: {b['per_class']} per class, stopped by {b['stopped']}" if b else ""
+    print(f"wrote {path}: {info['num_images']} images ({info['images_per_s']} images/s sampling{extra})")
     return 0
 
 
@@ -270,8 +286,10 @@ def cmd_finetune(a) -> int:
         except ValueError as e:
             raise UserError(f"--class-map must be comma-separated integers, got {a.class_map!r}") from e
     info = run(FinetuneConfig(ckpt=a.ckpt, data=a.data, out=a.out, objective=a.objective, seed=a.seed,
-                              device=a.device, resume=a.resume, overwrite=a.overwrite, **kw))
-    print(f"fine-tuned {info['steps']} steps ({info['images_per_s']} images/s); checkpoint {info['checkpoint']}")
+                              device=a.device, resume=a.resume, overwrite=a.overwrite, sync_memory=a.sync_memory,
+                              **kw))
+    if dist.is_main():
+        print(f"fine-tuned {info['steps']} steps ({info['images_per_s']} images/s); checkpoint {info['checkpoint']}")
     return 0
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from minimaxdd import augment
+from minimaxdd import augment, dist
 from minimaxdd.errors import UserError
 from minimaxdd.models import build_model
 from minimaxdd.protocols import Protocol
@@ -181,15 +181,18 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     mean, std = stats if stats is not None else channel_stats(x_train)
     xtr, ytr = normalise(x_train, mean, std, device), y_train.to(device)
     xte = normalise(x_test, mean, std, device)
-    runs, per_class = [], []
     t0 = time.time()
-    for r in range(repeats):
+    done = {}
+    for r in range(dist.rank(), repeats, dist.world()):   # under torchrun, repeats are spread over ranks
         net = train_classifier(xtr, ytr, model, num_classes, protocol, n_epochs, seed + r, device, precision,
                                desc=f"{model} run {r + 1}/{repeats}")
-        acc, per = accuracy(predict(net, xte, precision), y_test, num_classes)
-        runs.append(acc)
-        per_class.append(per)
-        progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {acc:.4f}")
+        done[r] = accuracy(predict(net, xte, precision), y_test, num_classes)
+        progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {done[r][0]:.4f}")
+    if dist.world() > 1:
+        for part in dist.all_gather_objects(done):
+            done.update(part)
+    runs = [done[r][0] for r in range(repeats)]
+    per_class = [done[r][1] for r in range(repeats)]
     return EvalResult(
         mean=float(np.mean(runs)), std=float(np.std(runs)), runs=runs,
         per_class=np.nanmean(np.array(per_class, dtype=float), axis=0).tolist(),
@@ -239,13 +242,13 @@ def run(cfg: EvaluateConfig) -> dict:
         s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size)
         x, y = s.images, s.labels
     res = evaluate_set(x, y, real.x_test, real.y_test, real.num_classes, cfg.model, protocol, cfg.repeats,
-                       cfg.epochs, cfg.seed, pick_device(cfg.device), cfg.precision, stats=channel_stats(real.x_train))
+                       cfg.epochs, cfg.seed, dist.setup(pick_device(cfg.device)), cfg.precision, stats=channel_stats(real.x_train))
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
            "class_names": real.class_names, "config": asdict(cfg)}
     if cfg.generation_accuracy and not cfg.full:
         from minimaxdd.reference import generation_accuracy
         out["generation"] = generation_accuracy(real, x, y, device=pick_device(cfg.device))
-    if cfg.out:
+    if cfg.out and dist.is_main():
         write_json(cfg.out, out)
     return out
 

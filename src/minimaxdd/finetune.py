@@ -14,6 +14,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from . import checkpoint as ckpt
+from . import dist
 from .classes import imagenet_indices
 from .codecs import PixelCodec, build_codec
 from .denoisers import difffit_parameters, load_diffusers_dit, load_official_dit
@@ -50,6 +51,7 @@ class FinetuneConfig:
     class_map: list[int] | None = None
     synsets: str | None = None         # LOC_synset_mapping.txt, to map WordNet-id classes to ImageNet indices
     size: int | None = None
+    sync_memory: bool = False          # under torchrun: share the memories across ranks (default: per rank)
     checkpoint_every: int = 1000
     log_every: int = 50
     seed: int = 0
@@ -143,7 +145,7 @@ def run(cfg: FinetuneConfig) -> dict:
     def extra(terms, y, x0, drop, step):
         # memories are keyed by the dataset label, whatever the label dropout did to the conditioning
         return minimax_terms(terms["x0_hat"], x0, y, real, pred, cfg.objective, cfg.lambda_r, cfg.lambda_d,
-                             cfg.reduction)
+                             cfg.reduction, gather=dist.all_gather_cat if cfg.sync_memory else None)
 
     tcfg = TrainConfig(data=cfg.data, out=cfg.out, model="(base)", codec=codec.spec, size=cfg.size, epochs=cfg.epochs,
                        steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, weight_decay=0.0, ema=cfg.ema,

@@ -24,7 +24,6 @@ key names the extractor in every output.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

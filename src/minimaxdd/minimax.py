@@ -120,7 +120,7 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
 
 def minimax_terms(x0_hat: torch.Tensor, x0: torch.Tensor, labels: torch.Tensor, real: ClassMemory,
                   pred: ClassMemory, objective: str, lambda_r: float, lambda_d: float,
-                  reduction: str = "matrix") -> tuple[torch.Tensor, dict[str, float]]:
+                  reduction: str = "matrix", gather=None) -> tuple[torch.Tensor, dict[str, float]]:
     """The added loss for one batch, then enqueue the batch (Algorithm 1 of the paper).
 
     x0_hat: predicted clean samples (N, ...) with gradients; x0: the real clean samples (N, ...);
@@ -128,7 +128,9 @@ def minimax_terms(x0_hat: torch.Tensor, x0: torch.Tensor, labels: torch.Tensor, 
     the representativeness term compares x0_hat of that class with the real memory and the diversity
     term with the prediction memory; each is weighted by its lambda and averaged over the distinct
     classes of the batch (as the reference does). The batch is enqueued afterwards, so it never
-    meets itself.
+    meets itself. `gather` (e.g. dist.all_gather_cat) makes every process enqueue every process's
+    batch, so the memories stay identical across ranks (--sync-memory); by default each rank keeps
+    its own, as the reference does.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
@@ -154,6 +156,9 @@ def minimax_terms(x0_hat: torch.Tensor, x0: torch.Tensor, labels: torch.Tensor, 
         n = len(classes)
         total = (lambda_r * rep_sum + lambda_d * div_sum) / n
         logs = {"rep": float(rep_sum.detach()) / n, "div": float(div_sum.detach()) / n}
+    x0_hat = x0_hat.detach()
+    if gather is not None:
+        labels, x0, x0_hat = gather(labels), gather(x0), gather(x0_hat)
     real.push(labels, x0)
     pred.push(labels, x0_hat)
     return total, logs

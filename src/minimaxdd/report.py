@@ -140,7 +140,7 @@ def write_report(run: str | Path) -> Path:
     if (syn / "data.pt").exists():
         s = load_synthetic(syn)
         save_grid(s.images, s.labels, fig_dir / "synthetic.png", per_row=min(10, k))
-        cells = ["synthetic", f"![synthetic](figures/synthetic.png)"]
+        cells = ["synthetic", "![synthetic](figures/synthetic.png)"]
         if (rnd / "data.pt").exists():
             r = load_synthetic(rnd)
             save_grid(r.images, r.labels, fig_dir / "random-real.png", per_row=min(10, k))

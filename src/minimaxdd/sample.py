@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import torch
 
 from . import checkpoint as ckpt
+from . import dist
 from .codecs import build_codec
 from .errors import UserError
 from .sampling import SAMPLERS, generate, image_seed
@@ -31,6 +33,7 @@ class SampleConfig:
     classes: list[int] | None = None   # dataset labels to sample (default all)
     compile: bool = False
     overwrite: bool = False
+    budget_minutes: float | None = None  # generate class-balanced rounds until this budget ends (ipc: the cap)
 
 
 def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
@@ -40,7 +43,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
         raise UserError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if cfg.steps < 1:
         raise UserError(f"--steps must be at least 1, got {cfg.steps}")
-    device = pick_device(cfg.device)
+    device = dist.setup(pick_device(cfg.device))
     model, meta = ckpt.load(cfg.ckpt, cfg.weights, device)
     codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
     labels = list(range(len(meta.class_names))) if cfg.classes is None else cfg.classes
@@ -52,20 +55,63 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
     seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
     t0 = time.time()
-    latents = generate(model, net_labels, seeds, sampler=cfg.sampler, steps=cfg.steps, cfg_scale=cfg.cfg,
-                       cfg_channels=cfg.cfg_channels, clip=meta.codec == "pixel", precision=cfg.precision,
-                       batch_size=cfg.batch_size, device=device, compile=cfg.compile, desc=f"sample {cfg.sampler} {cfg.steps} steps")
+    kw = dict(sampler=cfg.sampler, steps=cfg.steps, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels,
+              clip=meta.codec == "pixel", precision=cfg.precision, batch_size=cfg.batch_size, device=device,
+              compile=cfg.compile)
+    budget = None
+    if cfg.budget_minutes is None:
+        latents = generate(model, net_labels, seeds, desc=f"sample {cfg.sampler} {cfg.steps} steps", **kw)
+        images = codec.decode(latents)
+    else:
+        images, ds_labels, budget = _budgeted(model, codec, labels, meta.class_map, cfg, kw)
     t_sample = time.time() - t0
-    images = codec.decode(latents)
     s = SyntheticSet(images, ds_labels, list(meta.class_names))
-    info = {"sample_time_s": round(t_sample, 3), "decode_time_s": round(time.time() - t0 - t_sample, 3),
-            "images_per_s": round(len(images) / max(t_sample, 1e-9), 3), "checkpoint": str(ckpt.resolve(cfg.ckpt)),
-            "checkpoint_step": meta.step, "class_map": meta.class_map}
+    info = {"sample_time_s": round(t_sample, 3), "images_per_s": round(len(images) / max(t_sample, 1e-9), 3),
+            "checkpoint": str(ckpt.resolve(cfg.ckpt)), "checkpoint_step": meta.step, "class_map": meta.class_map,
+            "num_images": len(images)}
+    if budget is not None:
+        info["budget"] = budget
     return s, info
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _budgeted(model, codec, labels: list[int], class_map: list[int], cfg: SampleConfig, kw: dict):
+    """Rounds of `per_round` images per class (decoded as they finish) until the next round would overrun
+    the budget or `ipc` per class is reached. Image i of class c has the same seed as in an unbudgeted
+    run, so what a budget keeps is a per-class prefix of the full set."""
+    if cfg.budget_minutes <= 0:
+        raise UserError(f"--budget-minutes must be positive, got {cfg.budget_minutes}")
+    budget_s = 60 * cfg.budget_minutes
+    per_round = max(1, cfg.batch_size // len(labels))
+    t0 = time.time()
+    images, out_labels, done, last = [], [], 0, 0.0
+    while done < cfg.ipc:
+        n = min(per_round, cfg.ipc - done)
+        elapsed = time.time() - t0
+        if done and dist.any_flag(elapsed + last * n / per_round > budget_s, model_device(model)):
+            break
+        ds_labels = torch.tensor([c for c in labels for _ in range(n)])
+        net_labels = torch.as_tensor(class_map)[ds_labels]
+        seeds = [image_seed(cfg.seed, c, done + i % n) for i, c in enumerate(net_labels.tolist())]
+        t1 = time.time()
+        images.append(codec.decode(generate(model, net_labels, seeds, desc=f"round {done // per_round + 1}", **kw)))
+        out_labels.append(ds_labels)
+        last = (time.time() - t1) * per_round / n
+        done += n
+    x, y = torch.cat(images), torch.cat(out_labels)
+    order = torch.sort(y, stable=True).indices   # class-major; within a class, in generation order
+    spent = time.time() - t0
+    return x[order], y[order], {"minutes": cfg.budget_minutes, "spent_s": round(spent, 2), "per_class": done,
+                                "rounds": -(-done // per_round), "stopped": "budget" if done < cfg.ipc else "ipc cap"}
 
 
 def run(cfg: SampleConfig):
     t0 = time.time()
     s, info = sample_checkpoint(cfg)
+    if not dist.is_main():
+        return Path(cfg.out), info
     path = write_synthetic(cfg.out, s, manifest(asdict(cfg), cfg.seed, time.time() - t0, **info), cfg.overwrite)
     return path, info

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import dist
 from .diffusion import NUM_TIMESTEPS, Diffusion
 from .evaluate import autocast
 from .utils import progress
@@ -157,11 +158,18 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
         model = copy.deepcopy(model).to(torch.bfloat16)
     if compile:
         model = torch.compile(model)   # attribute access (num_classes, parameters) passes through
-    outs = []
-    with progress(total=len(labels) * steps, desc=desc, unit="step") as bar:
-        for s in range(0, len(labels), batch_size):
+    # Under torchrun, batch b runs on rank b % world: every batch is the one a single process would
+    # run (same images, same size), so the gathered result is the same bytes.
+    starts = list(range(0, len(labels), batch_size))
+    mine = starts[dist.rank()::dist.world()]
+    outs = {}
+    with progress(total=sum(len(labels[s:s + batch_size]) for s in mine) * steps, desc=desc, unit="step") as bar:
+        for s in mine:
             y = labels[s:s + batch_size].to(device)
             noise = PerImageNoise(seeds[s:s + batch_size], shape, device)
             net = guided_fn(model, y, cfg_scale, cfg_channels, precision)
-            outs.append(SAMPLERS[sampler](net, noise, steps, clip, lambda k=len(y): bar.update(k)).float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0, *shape)
+            outs[s] = SAMPLERS[sampler](net, noise, steps, clip, lambda k=len(y): bar.update(k)).float().cpu()
+    if dist.world() > 1:
+        for part in dist.all_gather_objects(outs):
+            outs.update(part)
+    return torch.cat([outs[s] for s in starts]) if starts else torch.empty(0, *shape)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
+from . import dist
 from .codecs import PixelCodec, build_codec, encode_dataset
 from .denoisers import build_denoiser
 from .diffusion import Diffusion
@@ -128,12 +129,21 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
     `params`: the parameters to optimise (default all); `extra_loss(terms, y, step)` may add terms
     to the per-batch loss and returns (loss_add, {name: value}) for logging.
     """
-    device = pick_device(cfg.device)
+    device = dist.setup(pick_device(cfg.device))
     if cfg.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     if cfg.batch < 1 or cfg.batch > len(targets):
         raise UserError(f"--batch {cfg.batch} must be between 1 and the number of training images ({len(targets)})")
-    run, resume_from = _prepare_run(cfg)
+    world, rank = dist.world(), dist.rank()
+    if cfg.batch % world:
+        raise UserError(f"--batch {cfg.batch} (the global batch) must be divisible by the {world} processes")
+    local = cfg.batch // world            # each rank trains on its slice of the global batch
+    if dist.is_main():
+        run, resume_from = _prepare_run(cfg)
+    dist.barrier()
+    if not dist.is_main():
+        run = Path(cfg.out)
+        resume_from = ckpt.list_checkpoints(run)[-1] if cfg.resume else None
     per_epoch = len(targets) // cfg.batch
     if cfg.steps is not None:
         total = int(cfg.steps)
@@ -158,8 +168,14 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
         if opt_path.exists():
             opt.load_state_dict(torch.load(opt_path, map_location=device, weights_only=True))
         step = old.step
-    write_json(run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
-                                     "class_names": meta.class_names, "class_map": meta.class_map})
+    if dist.is_main():
+        write_json(run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
+                                         "class_names": meta.class_names, "class_map": meta.class_map,
+                                         "world_size": world})
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(model, device_ids=[device] if device.type == "cuda" else None)
     diffusion = Diffusion()
     null = model.num_classes
     t0, seen, t_start = time.time(), 0, time.time()
@@ -167,10 +183,12 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
     epoch_sums: dict[str, float] = {}
     epoch_means: list[dict] = []
     epoch_n, cur_epoch = 0, step // per_epoch
-    log = open(run / "log.jsonl", "a")
+    log = open(run / "log.jsonl", "a") if dist.is_main() else None
     model.train()
 
     def checkpoint(s: int):
+        if not dist.is_main():
+            return
         meta.step = s
         ckpt.save(ckpt.ckpt_path(run, s), model, ema, meta, opt)
         old = ckpt.list_checkpoints(run)[:-1]
@@ -185,21 +203,24 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
             perm = torch.randperm(len(targets), generator=step_generator(cfg.seed, epoch, stream=1))
             idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
             g = step_generator(cfg.seed, step)
-            x0 = targets.batch(idx, g, cfg.flip).to(device)
+            # every draw is made for the global batch, then sliced: N processes train as one would
+            x0 = targets.batch(idx, g, cfg.flip)
             y = targets.y[idx].clone()
             drop = torch.rand(len(y), generator=g) < cfg.class_dropout
             y[drop] = null
             t = torch.randint(0, diffusion.num_timesteps, (len(y),), generator=g)
             noise = torch.randn(x0.shape, generator=g)
-            y, t, noise = y.to(device), t.to(device), noise.to(device)
+            mine = slice(rank * local, (rank + 1) * local)
+            labels = targets.y[idx][mine]
+            x0, y, t, noise, drop = (v[mine].to(device) for v in (x0, y, t, noise, drop))
             with autocast(device, cfg.precision):
-                terms = diffusion.training_losses(model, x0, t, y, noise)
+                terms = diffusion.training_losses(net, x0, t, y, noise)
             loss = terms["loss"].mean()
             logs = {"loss": loss.item(), "mse": terms["mse"].mean().item()}
             if "vb" in terms:
                 logs["vb"] = terms["vb"].mean().item()
             if extra_loss is not None:
-                add, more = extra_loss(terms, targets.y[idx].to(device), x0, drop.to(device), step)
+                add, more = extra_loss(terms, labels.to(device), x0, drop, step)
                 loss = loss + add
                 logs.update(more)
             opt.zero_grad(set_to_none=True)
@@ -210,7 +231,7 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
             step += 1
             decay = min(cfg.ema, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema
             update_ema(ema, model, decay)
-            seen += len(y)
+            seen += len(y) * world
             if epoch != cur_epoch and epoch_n:
                 epoch_means.append({"epoch": cur_epoch, **{n: v / epoch_n for n, v in epoch_sums.items()}})
                 epoch_sums, epoch_n, cur_epoch = {}, 0, epoch
@@ -220,27 +241,31 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
             for n, v in logs.items():
                 running[n] = v if n not in running else 0.98 * running[n] + 0.02 * v
             bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
+            if log is not None and (step % cfg.log_every == 0 or step == total):
                 rate = seen / max(time.time() - t0, 1e-9)
                 bar.set_postfix(loss=f"{running['loss']:.4f}", img_s=f"{rate:.1f}")
                 log.write(json.dumps({"step": step, **{n: round(v, 6) for n, v in logs.items()},
                                       "images_per_s": round(rate, 2)}) + "\n")
                 log.flush()
-            if cfg.time_limit is not None and time.time() - t_start > cfg.time_limit:
+            if cfg.time_limit is not None and dist.any_flag(time.time() - t_start > cfg.time_limit, device):
                 stopped = "time limit"
                 break
             if step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint(step)
-    log.close()
+    if log is not None:
+        log.close()
     if epoch_n:
         epoch_means.append({"epoch": cur_epoch, "partial": epoch_n < per_epoch,
                             **{n: v / epoch_n for n, v in epoch_sums.items()}})
     checkpoint(step)
+    dist.barrier()              # the final checkpoint exists for every rank before any returns
     wall = time.time() - t_start
     info = {"steps": step, "planned_steps": total, "stopped": stopped, "images_seen": seen,
             "images_per_s": round(seen / max(wall, 1e-9), 2), "final_loss": running.get("loss"),
             "running": running, "checkpoint": str(ckpt.ckpt_path(run, step)), "epoch_means": epoch_means}
-    write_json(run / "manifest.json", manifest(asdict(cfg), cfg.seed, wall, **info,
+    if not dist.is_main():
+        return info
+    write_json(run / "manifest.json", manifest(asdict(cfg), cfg.seed, wall, **info, world_size=world,
                                                trainable_params=sum(p.numel() for p in params),
                                                total_params=sum(p.numel() for p in model.parameters()),
                                                **(manifest_extra or {})))

@@ -116,7 +116,9 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 def progress(iterable=None, total: int | None = None, desc: str = "", leave: bool = False, **kw):
     """A tqdm bar on stderr; silent when MINIMAXDD_QUIET=1 (tests, benchmarks)."""
-    disable = os.environ.get("MINIMAXDD_QUIET") == "1"
+    from minimaxdd import dist
+
+    disable = os.environ.get("MINIMAXDD_QUIET") == "1" or not dist.is_main()
     return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, dynamic_ncols=True, **kw)
 
 
