@@ -5,8 +5,13 @@ cd "$(dirname "$0")/.."
 py=${PY:-.venv/bin/python}
 {
   cat benchmarks/BENCHMARKS.head.md
-  $py benchmarks/tables.py | sed -n '/^### calibration/,/^### throughput/p' | sed '$d'
+  $py benchmarks/tables.py calibration
   cat benchmarks/BENCHMARKS.tail.md
-  $py benchmarks/tables.py | sed -n '/^### throughput/,$p' | tail -n +3
+  $py benchmarks/tables.py throughput
   cat benchmarks/BENCHMARKS.end.md
+  if [ -f benchmarks/BENCHMARKS.dm.md ]; then
+    cat benchmarks/BENCHMARKS.dm.md
+    $py benchmarks/tables.py dm
+  fi
+  if [ -f benchmarks/BENCHMARKS.distill.md ]; then cat benchmarks/BENCHMARKS.distill.md; fi
 } > BENCHMARKS.md

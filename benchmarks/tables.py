@@ -17,6 +17,8 @@ def calibration(path: Path) -> str:
            "| --- | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         ipc = "full" if r["method"] == "full" else str(r["ipc_asked"])
+        if "dm" in r:
+            r = {**r, "method": f"dm ({r['dm']['iterations']} it., real batch {r['dm']['batch_real']})"}
         runs = ", ".join(f"{100 * v:.1f}" for v in r["runs"])
         out.append(f"| {r['method']} | {ipc} | {r['epochs']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {runs} | "
                    f"{r['train_time_s'] + r['select_time_s']:.0f} s |")
@@ -42,10 +44,18 @@ def throughput(path: Path) -> str:
 
 
 def main() -> None:
-    for p in sorted(RESULTS.glob("calibration-*.json")):
-        print(f"### {p.stem}\n\n{calibration(p)}\n")
-    if (RESULTS / "throughput.json").exists():
-        print(f"### throughput\n\n{throughput(RESULTS / 'throughput.json')}\n")
+    """python benchmarks/tables.py [calibration|dm|throughput] (default: all)."""
+    import sys
+
+    want = sys.argv[1:] or ["calibration", "dm", "throughput"]
+    if "calibration" in want:
+        for p in sorted(RESULTS.glob("calibration-*.json")):
+            print(f"### {p.stem}\n\n{calibration(p)}\n")
+    if "dm" in want:
+        for p in sorted(RESULTS.glob("dm-*.json")):
+            print(f"### {p.stem}\n\n{calibration(p)}\n")
+    if "throughput" in want and (RESULTS / "throughput.json").exists():
+        print(throughput(RESULTS / "throughput.json"))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ features X (N of them):
   sample of the same class (higher: every real sample has a synthetic one near it).
 - `diversity`: 1 - mean pairwise cosine similarity among a class's synthetic samples (higher:
   more diverse; 0 for a set of one repeated image).
+  Both cosines are taken on features centred on the real class mean.
 
 Higher is better for all but `mmd` and `fid`. Features default to the penultimate layer of the
 harness's cached reference classifier (trained on the full real training set); the `features`
@@ -114,11 +115,15 @@ def diversity(y: torch.Tensor) -> float:
 
 
 def compare(x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Every metric between real features x and synthetic features y (one class, or pooled)."""
+    """Every metric between real features x and synthetic features y (one class, or pooled).
+
+    The cosine-based terms use features centred on the real mean: post-ReLU features share a large
+    positive component, which makes raw cosines all close to 1 and hides the differences."""
     p, r = precision_recall(x, y)
     d, c = density_coverage(x, y)
+    mu = x.mean(0, keepdim=True)
     return {"mmd": mmd2(x, y), "fid": frechet_distance(x, y), "precision": p, "recall": r, "density": d,
-            "coverage": c, "representativeness": representativeness(x, y), "diversity": diversity(y)}
+            "coverage": c, "representativeness": representativeness(x - mu, y - mu), "diversity": diversity(y - mu)}
 
 
 def set_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor, syn_y: torch.Tensor,
