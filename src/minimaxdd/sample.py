@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -50,16 +50,16 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     bad = [c for c in labels if not 0 <= c < len(meta.class_names)]
     if bad:
         raise UserError(f"--classes {bad} out of range: the checkpoint has {len(meta.class_names)} classes")
-    ds_labels = torch.tensor([c for c in labels for _ in range(cfg.ipc)])
-    net_labels = torch.as_tensor(meta.class_map)[ds_labels]
-    # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
-    seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
     t0 = time.time()
     kw = dict(sampler=cfg.sampler, steps=cfg.steps, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels,
               clip=meta.codec == "pixel", precision=cfg.precision, batch_size=cfg.batch_size, device=device,
               compile=cfg.compile)
     budget = None
     if cfg.budget_minutes is None:
+        ds_labels = torch.tensor([c for c in labels for _ in range(cfg.ipc)])
+        net_labels = torch.as_tensor(meta.class_map)[ds_labels]
+        # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
+        seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
         latents = generate(model, net_labels, seeds, desc=f"sample {cfg.sampler} {cfg.steps} steps", **kw)
         images = codec.decode(latents)
     else:
@@ -72,10 +72,6 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     if budget is not None:
         info["budget"] = budget
     return s, info
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _budgeted(model, codec, labels: list[int], class_map: list[int], cfg: SampleConfig, kw: dict):
@@ -91,7 +87,7 @@ def _budgeted(model, codec, labels: list[int], class_map: list[int], cfg: Sample
     while done < cfg.ipc:
         n = min(per_round, cfg.ipc - done)
         elapsed = time.time() - t0
-        if done and dist.any_flag(elapsed + last * n / per_round > budget_s, model_device(model)):
+        if done and dist.any_flag(elapsed + last * n / per_round > budget_s, kw["device"]):
             break
         ds_labels = torch.tensor([c for c in labels for _ in range(n)])
         net_labels = torch.as_tensor(class_map)[ds_labels]
