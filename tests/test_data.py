@@ -403,3 +403,44 @@ def test_dataset_repr_is_short():
     assert repr(ds) == "Dataset('t', train=(2, 1, 4, 4), test=(1, 1, 4, 4), classes=2)"
     data._validate(ds)
     assert ds.num_classes == 2 and ds.size == 4 and ds.channels == 1
+
+
+def make_tiny_imagenet(root: Path, wnids=("n01443537", "n01629819", "n01641577"), per_class: int = 3) -> None:
+    """A tiny-imagenet-200-shaped folder: each class's train images share a colour; val labels from the txt."""
+    root.mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n")
+    (root / "val" / "images").mkdir(parents=True)
+    lines = []
+    for k, w in enumerate(wnids):
+        (root / "train" / w / "images").mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (64, 64), (40 * k, 0, 0)).save(root / "train" / w / "images" / f"{w}_{i}.JPEG")
+        name = f"val_{k}.JPEG"
+        Image.new("RGB", (64, 64), (40 * k, 0, 0)).save(root / "val" / "images" / name)
+        lines.append(f"{name}\t{w}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines[::-1]) + "\n")
+
+
+def test_tinyimagenet_layout_labels_and_names(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    make_tiny_imagenet(root)
+    ds = load_dataset(f"tinyimagenet:{root}")
+    assert ds.x_train.shape == (9, 3, 64, 64) and ds.x_test.shape == (3, 3, 64, 64)
+    assert ds.class_names == ["goldfish", "European fire salamander", "n01641577"]   # words.txt, else the wnid
+    assert ds.y_train.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # val labels come from val_annotations.txt (written in reverse order), not from the file order
+    assert ds.y_test.tolist() == [2, 1, 0]
+    assert (ds.x_test[:, 0, 0, 0].float() / 40).round().tolist() == [2, 1, 0]   # each image's colour is its class (JPEG)
+    assert load_dataset(f"tinyimagenet:{root}", size=32).x_train.shape[-1] == 32
+
+
+def test_tinyimagenet_errors_name_the_problem(tmp_path):
+    with pytest.raises(DatasetError, match="wnids.txt"):
+        load_dataset(f"tinyimagenet:{tmp_path}")
+    root = tmp_path / "t"
+    make_tiny_imagenet(root)
+    with open(root / "val" / "val_annotations.txt", "a") as f:
+        f.write("val_9.JPEG\tn99999999\t0\t0\t1\t1\n")
+    with pytest.raises(DatasetError, match="line 4 .* names no class"):
+        load_dataset(f"tinyimagenet:{root}")

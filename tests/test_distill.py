@@ -136,3 +136,32 @@ def test_ablation_and_sweep_share_the_base(run_dir, tmp_path):
         main(["sweep", "--base", base, "--data", "digits"])   # argparse: --param and --values are required
     assert main(["sweep", "--base", base, "--data", "digits", "--param", "gamma", "--values", "1", "--out",
                  str(sw)]) == 2
+
+
+def test_every_shipped_preset_resolves():
+    from minimaxdd.distill import build_config, load_distill_preset
+    from minimaxdd.presets import describe, list_presets
+
+    distill = [p for p in list_presets() if describe(p)[0] == "distill"]
+    assert {"digits", "fashion-mnist", "cifar10-500pc", "cifar10", "imagewoof", "imagenette", "imageidc",
+            "cifar100", "tinyimagenet"} <= set(distill)
+    for name in distill:
+        cfg = build_config(load_distill_preset(name), {})
+        assert cfg["data"] and cfg["ipc"], name
+    woof = build_config(load_distill_preset("imagewoof"), {})
+    assert woof["ipc"] == [10, 20, 50, 70, 100] and woof["evaluate"]["protocol"] == "idc"
+    assert woof["sample"]["cfg"] == 4.0 and woof["sample"]["cfg_channels"] == 3   # the reference's sampling
+
+
+def test_paper_preset_names_missing_weights_and_where_they_are_published(tmp_path, capsys):
+    dit = tmp_path / "DiT-XL-2-256x256.pt"
+    rc = main(["distill", "--preset", "imagewoof", "--set", f"base.pretrained={dit}", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(dit) in err and "dl.fbaipublicfiles.com/DiT" in err
+    dit.write_bytes(b"not read before the VAE is checked")
+    rc = main(["distill", "--preset", "imagewoof", "--set", f"base.pretrained={dit}",
+               "--set", f"base.codec=vae:{tmp_path / 'sd-vae-ft-ema'}", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "VAE folder" in err and "sd-vae-ft-ema" in err and "huggingface.co/stabilityai" in err

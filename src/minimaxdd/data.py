@@ -418,6 +418,13 @@ def _load_folder(name: str, root: Path, test_split: str, class_dirs: list[str], 
                  size: int, cache: bool) -> Dataset:
     """Decode root/train/<class>/* and root/<test_split>/<class>/*, through a cache keyed by the files."""
     items = {"train": _list_split(root, "train", class_dirs), test_split: _list_split(root, test_split, class_dirs)}
+    return _load_items(name, root, items, class_dirs, class_names, size, cache)
+
+
+def _load_items(name: str, root: Path, items: dict[str, list[tuple[Path, int]]], class_dirs: list[str],
+                class_names: list[str], size: int, cache: bool) -> Dataset:
+    """Decode {"train": [(file, label)], test_split: [...]} through a cache keyed by the files."""
+    test_split = next(k for k in items if k != "train")
     listing = [(str(p.relative_to(root)), st.st_mtime_ns, st.st_size)
                for split in items.values() for p, _ in split for st in [p.stat()]]
     key = hashlib.sha256(json.dumps([1, str(root.resolve()), size, class_dirs, listing]).encode()).hexdigest()
@@ -500,3 +507,44 @@ for _subset in classes.SUBSETS:
         return _imagenet_subset(_name, arg, size, cache)
     _subset_loader.__doc__ = f"The 10 {_subset} WordNet ids from an ImageNet-style folder (see classes.py)."
     register(_subset)(_subset_loader)
+
+
+# Tiny ImageNet (Stanford CS231n, 200 classes, 500 train / 50 val images each, 64 px), the
+# challenge's second dataset: wnids.txt, words.txt, train/<wnid>/images/*.JPEG,
+# val/images/*.JPEG labelled by val/val_annotations.txt (file, wnid, box).
+TINY_SIZE = 64
+
+
+@register("tinyimagenet")
+def load_tinyimagenet(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
+    """The extracted tiny-imagenet-200 folder; its val split is the test set (the test labels are not public)."""
+    root = Path(_need(arg, "tinyimagenet", "DIR (the extracted tiny-imagenet-200 folder)"))
+    need = [root / "wnids.txt", root / "train", root / "val" / "images", root / "val" / "val_annotations.txt"]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        raise DatasetError(f"tinyimagenet: {', '.join(missing)} not found; expected the tiny-imagenet-200 layout "
+                           "(wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt)")
+    wnids = [w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip()]
+    index = {w: i for i, w in enumerate(wnids)}
+    words = {}
+    if (root / "words.txt").is_file():
+        for line in (root / "words.txt").read_text().splitlines():
+            w, _, name = line.partition("\t")
+            words[w] = name.split(",")[0].strip()
+    train = []
+    for w in wnids:
+        folder = root / "train" / w / "images"
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+        if not files:
+            raise DatasetError(f"tinyimagenet: {folder} has no images; re-extract tiny-imagenet-200")
+        train += [(p, index[w]) for p in files]
+    val = []
+    for n, line in enumerate((root / "val" / "val_annotations.txt").read_text().splitlines(), 1):
+        parts = line.split("\t")
+        if len(parts) < 2 or parts[1] not in index:
+            raise DatasetError(f"tinyimagenet: line {n} of {root / 'val' / 'val_annotations.txt'} names no class of "
+                               f"wnids.txt: {line[:80]!r}")
+        val.append((root / "val" / "images" / parts[0], index[parts[1]]))
+    names = [words.get(w, w) for w in wnids]
+    names = [f"{n} ({w})" if names.count(n) > 1 else n for n, w in zip(names, wnids)]  # class names must be unique
+    return _load_items("tinyimagenet", root, {"train": train, "val": val}, wnids, names, size or TINY_SIZE, cache)

@@ -117,7 +117,7 @@ def build_config(preset: dict | None, overrides: dict) -> dict:
     cfg = DEFAULTS
     for layer in (preset or {}, overrides):
         _check_keys(layer, [*DEFAULTS, "description"], "distill")
-        for sec in ("base", "sample", "evaluate"):
+        for sec in ("base", "evaluate"):    # sample and finetune are checked against their configs below
             if isinstance(layer.get(sec), dict):
                 _check_keys(layer[sec], DEFAULTS[sec], sec)
         cfg = merge(cfg, layer)
@@ -219,6 +219,10 @@ def stage_base(run: Path, cfg: dict, force: bool, device: torch.device) -> dict:
         if not p.exists():
             help_ = b.get("weights_help") or "download the weights once and give their local path"
             raise UserError(f"pretrained weights {p} not found: {help_}; or set base.pretrained=PATH")
+        codec = b["codec"] or ""
+        if codec.startswith("vae:") and not Path(codec[4:]).expanduser().exists():
+            help_ = b.get("weights_help") or "download the VAE once (a diffusers AutoencoderKL folder) and give its path"
+            raise UserError(f"VAE folder {codec[4:]} not found: {help_}; or set base.codec=vae:DIR")
         stat = (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else sorted(x.name for x in p.iterdir())
         st = Stage(run, "base", key_of("pretrained", str(p.resolve()), stat, b["codec"]), b, force)
         if st.done:
