@@ -131,3 +131,19 @@ def test_imagenet_class_mapping():
     assert imagenet_indices(IMAGEWOOF) == [193, 182, 258, 162, 155, 167, 159, 273, 207, 229]
     with pytest.raises(UserError, match="synset"):
         imagenet_indices(["n99999999"])
+
+
+def test_resumed_finetune_restores_the_memories(base_run, tmp_path):
+    kw = {**FT, "objective": "minimax", "lambda_r": 1.0, "lambda_d": 1.0, "checkpoint_every": 2}
+    finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "a"), **{**kw, "steps": 4}))
+    finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "b"), **{**kw, "steps": 2}))
+    assert (tmp_path / "b" / "ckpt-00000002.state0.pt").exists()
+    finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "b"), resume=True, **{**kw, "steps": 4}))
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # without the saved memories the resumed run starts them empty and ends elsewhere
+    finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "c"), **{**kw, "steps": 2}))
+    (tmp_path / "c" / "ckpt-00000002.state0.pt").unlink()
+    finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "c"), resume=True, **{**kw, "steps": 4}))
+    c = _weights(tmp_path / "c")
+    assert any(not torch.equal(a[k], c[k]) for k in a)

@@ -155,6 +155,7 @@ def run(cfg: FinetuneConfig) -> dict:
     info = fit(model, targets, meta, tcfg, params=params, extra_loss=None if cfg.objective == "simple" else extra,
                desc=f"finetune {cfg.objective}", manifest_extra={
                    "objective": cfg.objective, "lambda_r": cfg.lambda_r, "lambda_d": cfg.lambda_d,
-                   "memory": cfg.memory, "reduction": cfg.reduction, "finetune_config": asdict(cfg)})
+                   "memory": cfg.memory, "reduction": cfg.reduction, "finetune_config": asdict(cfg)},
+               state={"real_memory": real, "pred_memory": pred})
     return info
 

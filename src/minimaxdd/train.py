@@ -26,7 +26,7 @@ from .denoisers import build_denoiser
 from .diffusion import Diffusion
 from .errors import UserError
 from .evaluate import PRECISIONS, autocast
-from .utils import manifest, pick_device, progress, write_json
+from .utils import manifest, pick_device, progress, save_atomic, write_json
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -123,11 +123,14 @@ def _prepare_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
 
 def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: TrainConfig,
         params: list[nn.Parameter] | None = None,
-        extra_loss: Callable | None = None, desc: str = "train", manifest_extra: dict | None = None) -> dict:
+        extra_loss: Callable | None = None, desc: str = "train", manifest_extra: dict | None = None,
+        state: dict | None = None) -> dict:
     """The training loop shared by `train` and `finetune`.
 
     `params`: the parameters to optimise (default all); `extra_loss(terms, y, step)` may add terms
-    to the per-batch loss and returns (loss_add, {name: value}) for logging.
+    to the per-batch loss and returns (loss_add, {name: value}) for logging. `state`: more objects
+    with state_dict / load_state_dict (the Minimax memories), saved by every rank beside each
+    checkpoint (`ckpt-N.state<rank>.pt`) and restored on resume, so a resumed run continues exactly.
     """
     device = dist.setup(pick_device(cfg.device))
     if cfg.precision not in PRECISIONS:
@@ -168,6 +171,11 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
         if opt_path.exists():
             opt.load_state_dict(torch.load(opt_path, map_location=device, weights_only=True))
         step = old.step
+        state_path = _state_path(resume_from, rank)
+        if state and state_path.exists():
+            saved = torch.load(state_path, map_location="cpu", weights_only=True)
+            for name, obj in state.items():
+                obj.load_state_dict(saved[name])
     if dist.is_main():
         write_json(run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
                                          "class_names": meta.class_names, "class_map": meta.class_map,
@@ -187,14 +195,20 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
     model.train()
 
     def checkpoint(s: int):
+        path = ckpt.ckpt_path(run, s)
+        if state:                  # each rank its own; written before the weights, which mark completion
+            save_atomic({name: obj.state_dict() for name, obj in state.items()}, _state_path(path, rank))
+            dist.barrier()
         if not dist.is_main():
             return
         meta.step = s
-        ckpt.save(ckpt.ckpt_path(run, s), model, ema, meta, opt)
+        ckpt.save(path, model, ema, meta, opt)
         old = ckpt.list_checkpoints(run)[:-1]
         for p in old[:max(0, len(old) - cfg.keep)]:
             p.unlink()
             p.with_suffix(".optim.pt").unlink(missing_ok=True)
+            for f in p.parent.glob(p.stem + ".state*.pt"):
+                f.unlink()
 
     stopped = None
     with progress(total=total, initial=step, desc=desc, unit="step") as bar:
@@ -270,6 +284,10 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
                                                total_params=sum(p.numel() for p in model.parameters()),
                                                **(manifest_extra or {})))
     return info
+
+
+def _state_path(ckpt_file: Path, rank: int) -> Path:
+    return ckpt_file.with_suffix(f".state{rank}.pt")
 
 
 def run(cfg: TrainConfig) -> dict:
