@@ -13,5 +13,6 @@ py=${PY:-.venv/bin/python}
     cat benchmarks/BENCHMARKS.dm.md
     $py benchmarks/tables.py dm
   fi
+  if [ -f benchmarks/BENCHMARKS.fashion.md ]; then cat benchmarks/BENCHMARKS.fashion.md; fi
   if [ -f benchmarks/BENCHMARKS.distill.md ]; then cat benchmarks/BENCHMARKS.distill.md; fi
 } > BENCHMARKS.md
