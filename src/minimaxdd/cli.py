@@ -378,11 +378,16 @@ COMMANDS = {"select": cmd_select, "evaluate": cmd_evaluate, "demo": cmd_demo, "d
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ok = False
     try:
-        return COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
+        ok = True
+        return rc
     except UserError as e:
         print(f"minimaxdd {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    finally:
+        dist.shutdown(sync=ok)

@@ -38,6 +38,16 @@ def setup(device: torch.device | None = None) -> torch.device | None:
     return device
 
 
+def shutdown(sync: bool = True) -> None:
+    """Leave the process group before the interpreter exits. Left to the exit, one rank can close its
+    sockets while gloo's threads on the other still use them ("terminate called without an active
+    exception", SIGABRT). `sync`: wait for every rank first (not after an error, which could hang)."""
+    if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if world() > 1:
         dist.barrier()
