@@ -418,13 +418,12 @@ def _load_folder(name: str, root: Path, test_split: str, class_dirs: list[str], 
                  size: int, cache: bool) -> Dataset:
     """Decode root/train/<class>/* and root/<test_split>/<class>/*, through a cache keyed by the files."""
     items = {"train": _list_split(root, "train", class_dirs), test_split: _list_split(root, test_split, class_dirs)}
-    return _load_items(name, root, items, class_dirs, class_names, size, cache)
+    return _load_items(name, root, items, test_split, class_dirs, class_names, size, cache)
 
 
-def _load_items(name: str, root: Path, items: dict[str, list[tuple[Path, int]]], class_dirs: list[str],
-                class_names: list[str], size: int, cache: bool) -> Dataset:
+def _load_items(name: str, root: Path, items: dict[str, list[tuple[Path, int]]], test_split: str,
+                class_dirs: list[str], class_names: list[str], size: int, cache: bool) -> Dataset:
     """Decode {"train": [(file, label)], test_split: [...]} through a cache keyed by the files."""
-    test_split = next(k for k in items if k != "train")
     listing = [(str(p.relative_to(root)), st.st_mtime_ns, st.st_size)
                for split in items.values() for p, _ in split for st in [p.stat()]]
     key = hashlib.sha256(json.dumps([1, str(root.resolve()), size, class_dirs, listing]).encode()).hexdigest()
@@ -547,4 +546,5 @@ def load_tinyimagenet(arg: str | None, size: int | None, cache: bool = True) -> 
         val.append((root / "val" / "images" / parts[0], index[parts[1]]))
     names = [words.get(w, w) for w in wnids]
     names = [f"{n} ({w})" if names.count(n) > 1 else n for n, w in zip(names, wnids)]  # class names must be unique
-    return _load_items("tinyimagenet", root, {"train": train, "val": val}, wnids, names, size or TINY_SIZE, cache)
+    return _load_items("tinyimagenet", root, {"train": train, "val": val}, "val", wnids, names, size or TINY_SIZE,
+                       cache)

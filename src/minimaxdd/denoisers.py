@@ -92,7 +92,8 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
                 lines.append(f"  {title}: {shown}")
         lines.append("  check --model (size and patch) and the data's size and channels against the checkpoint")
         raise UserError("\n".join(lines))
-    model.load_state_dict(state, strict=False)   # strictness checked above; only absent gammas stay at one
+    # absent Difffit gammas keep the model's own values (ones), so the load itself can be strict
+    model.load_state_dict({**{k: v for k, v in own.items() if k not in state}, **state})
 
 
 def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -> dict:
