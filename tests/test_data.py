@@ -339,9 +339,12 @@ def test_imagefolder_cache_hit_and_invalidation(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- ImageNet subsets
 
 def test_class_lists():
-    for wnids in classes.SUBSETS.values():
-        assert len(wnids) == 10 and len(set(wnids)) == 10
-        assert all(w.startswith("n") and len(w) == 9 for w in wnids)
+    for name, wnids in classes.SUBSETS.items():
+        n = 100 if name == "imagenet100" else 10
+        assert len(wnids) == n and len(set(wnids)) == n
+        assert all(classes.WNID.fullmatch(w) for w in wnids)
+    assert classes.IMAGENET100[:10] == classes.IMAGEIDC       # IDC's ImageNet-10 is its first 10 classes
+    assert classes.IMAGENET100[20] == "n02086910" and classes.IMAGENET100[-1] == "n02090622"
     assert not set(classes.IMAGEWOOF) & set(classes.IMAGENETTE)
     assert classes.readable("n02099601") == "golden retriever" and classes.readable("n0") == "n0"
 
@@ -444,3 +447,33 @@ def test_tinyimagenet_errors_name_the_problem(tmp_path):
         f.write("val_9.JPEG\tn99999999\t0\t0\t1\t1\n")
     with pytest.raises(DatasetError, match="line 4 .* names no class"):
         load_dataset(f"tinyimagenet:{root}")
+
+
+def test_imagenet_indices_from_a_full_train_folder(tmp_path):
+    """With all 1000 ImageNet class folders present, a WordNet id's index is its position in their sorted list."""
+    from minimaxdd.errors import UserError
+
+    ids = sorted({f"n{i * 9973 % 10**8:08d}" for i in range(1, 999)} | {"n02086910", "n02090622"})[:1000]
+    assert len(ids) == 1000
+    for w in ids:
+        (tmp_path / "train" / w).mkdir(parents=True)
+    got = classes.imagenet_indices(["n02090622", "n02086910"], folder=tmp_path / "train")
+    assert got == [ids.index("n02090622"), ids.index("n02086910")]
+    assert classes.train_folder(f"imagenet100:{tmp_path}") == tmp_path / "train"
+    assert classes.train_folder("cifar10:/x") is None
+    (tmp_path / "train" / ids[0]).rmdir()          # 999 folders: not the whole of ImageNet, so no index is read
+    with pytest.raises(UserError, match="all 1000 class folders"):
+        classes.imagenet_indices(["n02090622"], folder=tmp_path / "train")
+
+
+def test_subset_classes_relabels_in_the_given_order():
+    from minimaxdd.data import DatasetError
+
+    ds = load_dataset("digits")
+    sub = ds.subset_classes([7, 2])
+    assert sub.class_names == [ds.class_names[7], ds.class_names[2]]
+    assert torch.equal(sub.x_train[sub.y_train == 0], ds.x_train[ds.y_train == 7])
+    assert torch.equal(sub.x_test[sub.y_test == 1], ds.x_test[ds.y_test == 2])
+    for bad in ([], [3, 3], [10]):
+        with pytest.raises(DatasetError):
+            ds.subset_classes(bad)

@@ -144,13 +144,15 @@ def test_every_shipped_preset_resolves():
 
     distill = [p for p in list_presets() if describe(p)[0] == "distill"]
     assert {"digits", "fashion-mnist", "cifar10-500pc", "cifar10", "imagewoof", "imagenette", "imageidc",
-            "cifar100", "tinyimagenet"} <= set(distill)
+            "imagenet100", "cifar100", "tinyimagenet"} <= set(distill)
     for name in distill:
         cfg = build_config(load_distill_preset(name), {})
         assert cfg["data"] and cfg["ipc"], name
     woof = build_config(load_distill_preset("imagewoof"), {})
     assert woof["ipc"] == [10, 20, 50, 70, 100] and woof["evaluate"]["protocol"] == "idc"
     assert woof["sample"]["cfg"] == 4.0 and woof["sample"]["cfg_channels"] == 3   # the reference's sampling
+    in100 = build_config(load_distill_preset("imagenet100"), {})
+    assert in100["phases"] == 5 and in100["ipc"] == [10, 20] and in100["data"].startswith("imagenet100:")
 
 
 def test_paper_preset_names_missing_weights_and_where_they_are_published(tmp_path, capsys):
@@ -165,3 +167,35 @@ def test_paper_preset_names_missing_weights_and_where_they_are_published(tmp_pat
     assert rc == 2
     err = capsys.readouterr().err
     assert "VAE folder" in err and "sd-vae-ft-ema" in err and "huggingface.co/stabilityai" in err
+
+
+def test_phases_fine_tune_one_model_per_class_group(run_dir, tmp_path):
+    """ImageNet-100 style: classes split into contiguous phases, one fine-tuned model each, one merged set."""
+    import torch
+
+    from minimaxdd import checkpoint as ckpt
+    from minimaxdd.distill import phase_groups
+
+    assert phase_groups(100, 5)[1] == list(range(20, 40)) and phase_groups(10, 3) == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+    out = tmp_path / "phased"
+    args = ["2" if a == "2,3" else a for a in TINY]
+    assert main(["distill", *args, "--set", f"base.pretrained={run_dir / 'base'}", "--set", "phases=3",
+                 "--set", "evaluate.full_epochs=0", "--set", "evaluate.metrics=false", "--out", str(out)]) == 0
+    metas = [ckpt.load(out / "finetune" / f"phase{p}")[1] for p in range(3)]
+    assert [m.class_names for m in metas] == [["0", "1", "2"], ["3", "4", "5", "6"], ["7", "8", "9"]]
+    assert [m.class_map for m in metas] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]   # labels keep their network class
+    s = torch.load(out / "sample" / "ipc2" / "data.pt", weights_only=True)
+    assert s["labels"].tolist() == [c for c in range(10) for _ in range(2)]
+    # classes of different phases come from different fine-tuned models: resampling class 4 from phase 1's
+    # checkpoint reproduces the merged set's images of class 4 exactly
+    from minimaxdd.sample import SampleConfig, sample_checkpoint
+    part, _ = sample_checkpoint(SampleConfig(ckpt=str(out / "finetune" / "phase1"), out=str(tmp_path / "x"),
+                                             ipc=2, steps=3, classes=[1], device="cpu"))
+    assert torch.equal(part.images, s["images"][s["labels"] == 4])
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in rows} == {"minimax", "random"}
+    # the phase count is part of the fine-tuning key: changing it reruns fine-tuning
+    stage = json.loads((out / "finetune" / "stage.json").read_text())
+    assert stage["config"]["phases"] == 3 and len(stage["phases"]) == 3
+    assert main(["distill", *args, "--set", f"base.pretrained={run_dir / 'base'}", "--set", "phases=0",
+                 "--out", str(out)]) == 2

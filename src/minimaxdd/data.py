@@ -75,6 +75,18 @@ class Dataset:
             h.update(t.contiguous().numpy())  # hashes the buffer, no copy
         return h.hexdigest()[:16]
 
+    def subset_classes(self, labels: list[int]) -> "Dataset":
+        """The classes `labels` only, relabelled 0..len(labels)-1 in that order (one fine-tuning phase)."""
+        bad = [c for c in labels if not 0 <= c < self.num_classes]
+        if bad or len(set(labels)) != len(labels) or not labels:
+            raise DatasetError(f"classes {list(labels)} are not distinct labels of {self.name} "
+                               f"(0..{self.num_classes - 1})")
+        lut = torch.full((self.num_classes,), -1, dtype=torch.long)
+        lut[torch.as_tensor(labels)] = torch.arange(len(labels))
+        tr, te = lut[self.y_train] >= 0, lut[self.y_test] >= 0
+        return Dataset(self.name, self.x_train[tr].contiguous(), lut[self.y_train[tr]], self.x_test[te].contiguous(),
+                       lut[self.y_test[te]], [self.class_names[c] for c in labels])
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
                 f"classes={self.num_classes})")
@@ -504,7 +516,7 @@ def _imagenet_subset(name: str, arg: str | None, size: int | None, cache: bool) 
 for _subset in classes.SUBSETS:
     def _subset_loader(arg: str | None, size: int | None, cache: bool = True, _name: str = _subset) -> Dataset:
         return _imagenet_subset(_name, arg, size, cache)
-    _subset_loader.__doc__ = f"The 10 {_subset} WordNet ids from an ImageNet-style folder (see classes.py)."
+    _subset_loader.__doc__ = f"The {len(classes.SUBSETS[_subset])} {_subset} WordNet ids from an ImageNet-style folder (see classes.py)."
     register(_subset)(_subset_loader)
 
 

@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "ipc": [10],
+    # fine-tune one model per contiguous group of classes and sample each group from its own model
+    # (the paper's ImageNet-100: 5 phases of 20 classes); 1 = one model for all classes
+    "phases": 1,
     # pretrained: a checkpoint path (ours, the official DiT .pt, or a diffusers DiT folder); else train
     "base": {"pretrained": None, "codec": None, "weights_help": None, "train": {}},
     "finetune": {"objective": "minimax"},
@@ -125,11 +128,15 @@ def build_config(preset: dict | None, overrides: dict) -> dict:
     if not cfg["data"]:
         raise UserError("distill needs a dataset: --data SPEC (or a --preset that sets it)")
     cfg["ipc"] = parse_ipcs(cfg["ipc"])
+    if not isinstance(cfg["phases"], int) or isinstance(cfg["phases"], bool) or cfg["phases"] < 1:
+        raise UserError(f"phases must be a positive integer (classes are split into that many fine-tuning "
+                        f"groups), got {cfg['phases']!r}")
     reserved = {"data", "out", "seed", "device", "size", "resume", "overwrite"}
     train_ok = {f.name for f in fields(TrainConfig)} - reserved
     _check_keys(cfg["base"]["train"], train_ok, "base.train")
     if cfg["finetune"] is not None:
-        _check_keys(cfg["finetune"], {f.name for f in fields(FinetuneConfig)} - reserved - {"ckpt", "codec"}, "finetune")
+        _check_keys(cfg["finetune"], {f.name for f in fields(FinetuneConfig)} - reserved - {"ckpt", "codec", "classes"},
+                    "finetune")
         obj = cfg["finetune"].get("objective", "minimax")
         if obj != "none" and obj not in OBJECTIVES:
             raise UserError(f"unknown objective {obj!r}; choose none or one of {', '.join(OBJECTIVES)}")
@@ -249,7 +256,9 @@ def stage_finetune(run: Path, cfg: dict, base: dict, force: bool, device: torch.
 
     f = cfg["finetune"] or {"objective": "none"}
     objective = f.get("objective", "minimax")
-    st = Stage(run, "finetune", key_of(base["key"], f, cfg["data"], cfg["size"], cfg["seed"]), f, force)
+    phases = cfg.get("phases", 1) if objective != "none" else 1
+    key = key_of(base["key"], f, cfg["data"], cfg["size"], cfg["seed"], *([phases] if phases > 1 else []))
+    st = Stage(run, "finetune", key, {**f, "phases": phases} if phases > 1 else f, force)
     if st.done:
         say(f"finetune: done ({st.record['checkpoint']}), skipped")
         return st.record
@@ -260,6 +269,8 @@ def stage_finetune(run: Path, cfg: dict, base: dict, force: bool, device: torch.
         st.begin(device)
         path = export_pretrained(base, cfg, st.dir, device)
         return st.finish(device, checkpoint=str(path), objective="none")
+    if phases > 1:
+        return _finetune_phases(st, cfg, f, base, phases, device)
     resume = st.resumable and bool(ckpt.list_checkpoints(st.dir))
     st.begin(device)
     say(f"finetune: {'resuming' if resume else 'starting'} {objective} fine-tuning of {base['checkpoint']}")
@@ -272,6 +283,44 @@ def stage_finetune(run: Path, cfg: dict, base: dict, force: bool, device: torch.
                      total_params=man.get("total_params"), epoch_means=info["epoch_means"])
 
 
+def phase_groups(num_classes: int, phases: int) -> list[list[int]]:
+    """Contiguous groups of labels, as even as possible (100 classes, 5 phases: 0-19, 20-39, ...)."""
+    if phases > num_classes:
+        raise UserError(f"phases={phases} is more than the dataset's {num_classes} classes; use at most {num_classes}")
+    cuts = [round(i * num_classes / phases) for i in range(phases + 1)]
+    return [list(range(a, b)) for a, b in zip(cuts, cuts[1:])]
+
+
+def _finetune_phases(st: Stage, cfg: dict, f: dict, base: dict, phases: int, device: torch.device) -> dict:
+    """One fine-tuning per group of classes, in RUN/finetune/phase<P>/; a finished phase writes
+    phase.json and is skipped on resume, an unfinished one resumes from its latest checkpoint."""
+    from .data import load_dataset
+    from .finetune import FinetuneConfig
+    from .finetune import run as finetune
+
+    st.begin(device)
+    names = list(load_dataset(cfg["data"], size=cfg["size"]).class_names)
+    recs = []
+    for p, group in enumerate(phase_groups(len(names), phases)):
+        pdir = st.dir / f"phase{p}"
+        if (pdir / "phase.json").exists():
+            recs.append(json.loads((pdir / "phase.json").read_text()))
+            continue
+        resume = bool(ckpt.list_checkpoints(pdir))
+        say(f"finetune: phase {p + 1}/{phases}, classes {group[0]}-{group[-1]}: "
+            f"{'resuming' if resume else 'starting'} {f.get('objective', 'minimax')} fine-tuning of {base['checkpoint']}")
+        fc = FinetuneConfig(**f, classes=group, ckpt=base["checkpoint"], data=cfg["data"], out=str(pdir),
+                            codec=base.get("codec"), size=cfg["size"], seed=cfg["seed"], device=str(device),
+                            resume=resume, overwrite=not resume)
+        info = finetune(fc)
+        rec = {"phase": p, "classes": group, "checkpoint": info["checkpoint"], "steps": info["steps"],
+               "images_per_s": info["images_per_s"], "epoch_means": info["epoch_means"]}
+        write_json(pdir / "phase.json", rec)
+        recs.append(rec)
+    return st.finish(device, checkpoint=recs[0]["checkpoint"], objective=f.get("objective", "minimax"),
+                     steps=sum(r["steps"] for r in recs), phases=recs, class_names=names)
+
+
 def export_pretrained(base: dict, cfg: dict, out: Path, device: torch.device) -> Path:
     """Pretrained weights as one of our checkpoints (model = EMA = the weights), with the class map."""
     from .codecs import PixelCodec, build_codec
@@ -282,7 +331,7 @@ def export_pretrained(base: dict, cfg: dict, out: Path, device: torch.device) ->
     ds = load_dataset(cfg["data"], size=cfg["size"])
     codec = build_codec(base.get("codec") or "pixel", ds.channels, ds.size, device)
     f = cfg["finetune"] or {}
-    cmap = class_mapping(list(ds.class_names), model, meta0, f.get("class_map"), f.get("synsets"))
+    cmap = class_mapping(list(ds.class_names), model, meta0, f.get("class_map"), f.get("synsets"), cfg["data"])
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
                                class_map=cmap, image_size=ds.size, channels=ds.channels, data=cfg["data"],
                                extra={"base": base["checkpoint"], "pixel": isinstance(codec, PixelCodec)})
@@ -304,8 +353,12 @@ def stage_sample(run: Path, cfg: dict, ft: dict, force: bool, device: torch.devi
         return st.record
     st.begin(device)
     say(f"sample: {max(ipcs)} images per class, {s.get('sampler', 'ddpm')} {s.get('steps', 50)} steps")
-    sc = SampleConfig(**s, ckpt=ft["checkpoint"], out=str(st.dir), ipc=max(ipcs), seed=cfg["seed"], device=str(device))
-    full, info = sample_checkpoint(sc)
+    if ft.get("phases"):
+        full, info = _sample_phases(ft, s, st.dir, max(ipcs), cfg["seed"], device)
+    else:
+        sc = SampleConfig(**s, ckpt=ft["checkpoint"], out=str(st.dir), ipc=max(ipcs), seed=cfg["seed"],
+                          device=str(device))
+        full, info = sample_checkpoint(sc)
     sets = {}
     for k in ipcs:
         keep = torch.cat([(full.labels == c).nonzero().squeeze(1)[:k] for c in range(len(full.class_names))])
@@ -315,6 +368,33 @@ def stage_sample(run: Path, cfg: dict, ft: dict, force: bool, device: torch.devi
         sets[str(k)] = str(path)
     save_grid(full.images, full.labels, st.dir / "grid.png", per_row=min(10, max(ipcs)))
     return st.finish(device, sets=sets, **info)
+
+
+def _sample_phases(ft: dict, s: dict, out: Path, ipc: int, seed: int, device: torch.device):
+    """Each phase's classes from that phase's checkpoint, relabelled into the whole class list."""
+    from .sample import SampleConfig, sample_checkpoint
+    from .synthset import SyntheticSet
+
+    names = ft["class_names"]
+    images, labels, class_map, t, steps = [], [], [None] * len(names), 0.0, []
+    for rec in ft["phases"]:
+        say(f"sample: phase {rec['phase'] + 1}/{len(ft['phases'])} from {rec['checkpoint']}")
+        part, info = sample_checkpoint(SampleConfig(**s, ckpt=rec["checkpoint"], out=str(out), ipc=ipc, seed=seed,
+                                                    device=str(device)))
+        glob = torch.tensor([names.index(n) for n in part.class_names])
+        images.append(part.images)
+        labels.append(glob[part.labels])
+        for local, g in enumerate(glob.tolist()):
+            class_map[g] = info["class_map"][local]
+        t += info["sample_time_s"]
+        steps.append(info["checkpoint_step"])
+    y = torch.cat(labels)
+    order = torch.sort(y, stable=True).indices       # class-major, as a one-model run writes it
+    full = SyntheticSet(torch.cat(images)[order], y[order], names)
+    info = {"sample_time_s": round(t, 3), "images_per_s": round(len(y) / max(t, 1e-9), 3),
+            "checkpoint": [r["checkpoint"] for r in ft["phases"]], "checkpoint_step": steps, "class_map": class_map,
+            "num_images": len(y)}
+    return full, info
 
 
 def stage_baselines(run: Path, cfg: dict, force: bool, device: torch.device) -> dict:

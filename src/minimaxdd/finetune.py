@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import dist
-from .classes import imagenet_indices
+from .classes import imagenet_indices, train_folder
 from .codecs import PixelCodec, build_codec
 from .denoisers import difffit_parameters, load_diffusers_dit, load_official_dit
 from .errors import UserError
@@ -51,6 +52,7 @@ class FinetuneConfig:
     class_map: list[int] | None = None
     synsets: str | None = None         # LOC_synset_mapping.txt, to map WordNet-id classes to ImageNet indices
     size: int | None = None
+    classes: list[int] | None = None   # fine-tune on these dataset labels only (one phase of a class split)
     sync_memory: bool = False          # under torchrun: share the memories across ranks (default: per rank)
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -77,7 +79,7 @@ def load_base(path: str, codec_spec: str | None) -> tuple[nn.Module, ckpt.Checkp
 
 
 def class_mapping(names: list[str], model: nn.Module, meta: ckpt.CheckpointMeta | None,
-                  explicit: list[int] | None, synsets: str | None) -> list[int]:
+                  explicit: list[int] | None, synsets: str | None, data: str | None = None) -> list[int]:
     """Network class index of each dataset class, stored in the fine-tuned checkpoint."""
     K = model.num_classes
     if explicit is not None:
@@ -87,7 +89,7 @@ def class_mapping(names: list[str], model: nn.Module, meta: ckpt.CheckpointMeta 
     elif meta is not None and all(n in meta.class_names for n in names):
         m = [meta.class_map[meta.class_names.index(n)] for n in names]
     elif K == 1000 and all(n.startswith("n") and n[1:].isdigit() for n in names):
-        m = imagenet_indices(names, synsets)   # an ImageNet model: each subset class keeps its ImageNet index
+        m = imagenet_indices(names, synsets, train_folder(data))   # an ImageNet model: each subset class keeps its ImageNet index
     elif K == len(names):
         m = list(range(K))
     else:
@@ -127,24 +129,30 @@ def run(cfg: FinetuneConfig) -> dict:
     if codec_spec is None:
         raise UserError("pretrained weights need --codec vae:DIR (the VAE the model was trained with), or pixel")
     ds = load_dataset(cfg.data, size=cfg.size or (meta0.image_size if meta0 else None))
+    if cfg.classes is not None:
+        ds = ds.subset_classes(list(cfg.classes))
     codec = build_codec(codec_spec, ds.channels, ds.size, device)
     if (codec.latent_channels, codec.latent_size) != (model.in_channels, model.input_size):
         raise UserError(f"the data encode to {codec.latent_channels}x{codec.latent_size}x{codec.latent_size} but the "
                         f"model takes {model.in_channels}x{model.input_size}x{model.input_size}; use --size "
                         f"{model.input_size * ds.size // codec.latent_size} or another model")
-    class_map = class_mapping(list(ds.class_names), model, meta0, cfg.class_map, cfg.synsets)
+    class_map = class_mapping(list(ds.class_names), model, meta0, cfg.class_map, cfg.synsets, cfg.data)
     params = select_trainable(model, cfg.trainable)
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
                                class_map=class_map, image_size=ds.size, channels=ds.channels, data=cfg.data,
                                extra={"finetune": asdict(cfg), "base": cfg.ckpt, "pixel": isinstance(codec, PixelCodec)})
     targets = make_targets(codec, ds, class_map)
     dim = model.in_channels * model.input_size ** 2
-    real = ClassMemory(ds.num_classes, cfg.memory, dim, device)
-    pred = ClassMemory(ds.num_classes, cfg.memory, dim, device)
+    # The batches carry network classes (an ImageWoof label is its ImageNet index, e.g. 193); the
+    # memories have one slot per class the data use, whatever the label dropout did to the conditioning.
+    used = sorted(set(class_map))
+    slot = torch.full((model.num_classes,), -1, dtype=torch.long, device=device)
+    slot[torch.as_tensor(used, device=device)] = torch.arange(len(used), device=device)
+    real = ClassMemory(len(used), cfg.memory, dim, device)
+    pred = ClassMemory(len(used), cfg.memory, dim, device)
 
     def extra(terms, y, x0, drop, step):
-        # memories are keyed by the dataset label, whatever the label dropout did to the conditioning
-        return minimax_terms(terms["x0_hat"], x0, y, real, pred, cfg.objective, cfg.lambda_r, cfg.lambda_d,
+        return minimax_terms(terms["x0_hat"], x0, slot[y], real, pred, cfg.objective, cfg.lambda_r, cfg.lambda_d,
                              cfg.reduction, gather=dist.all_gather_cat if cfg.sync_memory else None)
 
     tcfg = TrainConfig(data=cfg.data, out=cfg.out, model="(base)", codec=codec.spec, size=cfg.size, epochs=cfg.epochs,
