@@ -45,7 +45,7 @@ def collect(runs: list[Path], ipcs: list[int], model: str) -> list[dict]:
 
 
 def markdown(d: dict) -> str:
-    out = [f"Features: {d["features"]}. Real: `{d['real']}`.", "",
+    out = [f"Features: {d['features']}. Real: `{d['real']}`.", "",
            "| set | IPC | accuracy (%) | MMD | FID | precision | recall | density | coverage | represent. | diversity |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in sorted(d["sets"], key=lambda s: (s["ipc"], s["method"])):
