@@ -26,11 +26,15 @@ KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representat
 def collect(runs: list[Path], ipcs: list[int], model: str) -> list[dict]:
     sets, seen = [], set()
     for run in runs:
-        cfg = json.loads((run / "config.json").read_text())
-        ours = (cfg.get("finetune") or {}).get("objective", "minimax") if cfg.get("finetune") else "none"
+        if (run / "config.json").exists():      # a distill run: its objective and its baselines
+            cfg = json.loads((run / "config.json").read_text())
+            ours = (cfg.get("finetune") or {}).get("objective", "minimax") if cfg.get("finetune") else "none"
+            baselines = cfg["evaluate"]["baselines"]
+        else:                                    # an ablation variant, OUT/<objective>/
+            ours, baselines = run.name, []
         ours = "diffusion" if ours == "none" else ours
         found = [(ours, run / "sample" / f"ipc{k}", k) for k in ipcs]
-        for m in cfg["evaluate"]["baselines"]:
+        for m in baselines:
             found += [(m, run / "baselines" / f"{m}-ipc{k}", k) for k in ipcs]
         for method, path, k in found:
             if (method, k) in seen or not (path / "data.pt").exists():
@@ -60,7 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--ipc", default="10,50")
-    ap.add_argument("--run", action="append", required=True, help="a distill (or ablation variant) run directory")
+    ap.add_argument("--run", action="append", required=True,
+                    help="a distill run directory, or an ablation variant (ABL/simple); repeat for more")
     ap.add_argument("--model", default="convnet3", help="whose accuracy to show")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cpu")
