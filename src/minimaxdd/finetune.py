@@ -89,7 +89,8 @@ def class_mapping(names: list[str], model: nn.Module, meta: ckpt.CheckpointMeta 
     elif meta is not None and all(n in meta.class_names for n in names):
         m = [meta.class_map[meta.class_names.index(n)] for n in names]
     elif K == 1000 and all(n.startswith("n") and n[1:].isdigit() for n in names):
-        m = imagenet_indices(names, synsets, train_folder(data))   # an ImageNet model: each subset class keeps its ImageNet index
+        # an ImageNet model: each subset class keeps its ImageNet index
+        m = imagenet_indices(names, synsets, train_folder(data))
     elif K == len(names):
         m = list(range(K))
     else:
