@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from minimaxdd import metrics
+from minimaxdd.distill import method_name
 from minimaxdd.utils import write_json
 
 KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "diversity")
@@ -28,11 +29,9 @@ def collect(runs: list[Path], ipcs: list[int], model: str) -> list[dict]:
     for run in runs:
         if (run / "config.json").exists():      # a distill run: its objective and its baselines
             cfg = json.loads((run / "config.json").read_text())
-            ours = (cfg.get("finetune") or {}).get("objective", "minimax") if cfg.get("finetune") else "none"
-            baselines = cfg["evaluate"]["baselines"]
+            ours, baselines = method_name(cfg), cfg["evaluate"]["baselines"]
         else:                                    # an ablation variant, OUT/<objective>/
-            ours, baselines = run.name, []
-        ours = "diffusion" if ours == "none" else ours
+            ours, baselines = method_name({"finetune": {"objective": run.name}}), []
         found = [(ours, run / "sample" / f"ipc{k}", k) for k in ipcs]
         for m in baselines:
             found += [(m, run / "baselines" / f"{m}-ipc{k}", k) for k in ipcs]

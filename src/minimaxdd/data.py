@@ -516,7 +516,8 @@ def _imagenet_subset(name: str, arg: str | None, size: int | None, cache: bool) 
 for _subset in classes.SUBSETS:
     def _subset_loader(arg: str | None, size: int | None, cache: bool = True, _name: str = _subset) -> Dataset:
         return _imagenet_subset(_name, arg, size, cache)
-    _subset_loader.__doc__ = f"The {len(classes.SUBSETS[_subset])} {_subset} WordNet ids from an ImageNet-style folder (see classes.py)."
+    _subset_loader.__doc__ = (f"The {len(classes.SUBSETS[_subset])} {_subset} WordNet ids from an ImageNet-style "
+                              "folder (see classes.py).")
     register(_subset)(_subset_loader)
 
 

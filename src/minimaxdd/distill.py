@@ -251,7 +251,6 @@ def stage_base(run: Path, cfg: dict, force: bool, device: torch.device) -> dict:
 
 
 def stage_finetune(run: Path, cfg: dict, base: dict, force: bool, device: torch.device) -> dict:
-    from .finetune import FinetuneConfig
     from .finetune import run as finetune
 
     f = cfg["finetune"] or {"objective": "none"}
@@ -274,13 +273,20 @@ def stage_finetune(run: Path, cfg: dict, base: dict, force: bool, device: torch.
     resume = st.resumable and bool(ckpt.list_checkpoints(st.dir))
     st.begin(device)
     say(f"finetune: {'resuming' if resume else 'starting'} {objective} fine-tuning of {base['checkpoint']}")
-    fc = FinetuneConfig(**f, ckpt=base["checkpoint"], data=cfg["data"], out=str(st.dir), codec=base.get("codec"),
-                        size=cfg["size"], seed=cfg["seed"], device=str(device), resume=resume, overwrite=not resume)
-    info = finetune(fc)
+    info = finetune(_finetune_config(cfg, f, base, st.dir, resume, device))
     man = json.loads((st.dir / "manifest.json").read_text())
     return st.finish(device, checkpoint=info["checkpoint"], objective=objective, steps=info["steps"],
                      images_per_s=info["images_per_s"], trainable_params=man.get("trainable_params"),
                      total_params=man.get("total_params"), epoch_means=info["epoch_means"])
+
+
+def _finetune_config(cfg: dict, f: dict, base: dict, out: Path, resume: bool, device: torch.device,
+                     classes: list[int] | None = None):
+    from .finetune import FinetuneConfig
+
+    return FinetuneConfig(**f, classes=classes, ckpt=base["checkpoint"], data=cfg["data"], out=str(out),
+                          codec=base.get("codec"), size=cfg["size"], seed=cfg["seed"], device=str(device),
+                          resume=resume, overwrite=not resume)
 
 
 def phase_groups(num_classes: int, phases: int) -> list[list[int]]:
@@ -295,7 +301,6 @@ def _finetune_phases(st: Stage, cfg: dict, f: dict, base: dict, phases: int, dev
     """One fine-tuning per group of classes, in RUN/finetune/phase<P>/; a finished phase writes
     phase.json and is skipped on resume, an unfinished one resumes from its latest checkpoint."""
     from .data import load_dataset
-    from .finetune import FinetuneConfig
     from .finetune import run as finetune
 
     st.begin(device)
@@ -309,10 +314,7 @@ def _finetune_phases(st: Stage, cfg: dict, f: dict, base: dict, phases: int, dev
         resume = bool(ckpt.list_checkpoints(pdir))
         say(f"finetune: phase {p + 1}/{phases}, classes {group[0]}-{group[-1]}: "
             f"{'resuming' if resume else 'starting'} {f.get('objective', 'minimax')} fine-tuning of {base['checkpoint']}")
-        fc = FinetuneConfig(**f, classes=group, ckpt=base["checkpoint"], data=cfg["data"], out=str(pdir),
-                            codec=base.get("codec"), size=cfg["size"], seed=cfg["seed"], device=str(device),
-                            resume=resume, overwrite=not resume)
-        info = finetune(fc)
+        info = finetune(_finetune_config(cfg, f, base, pdir, resume, device, classes=group))
         rec = {"phase": p, "classes": group, "checkpoint": info["checkpoint"], "steps": info["steps"],
                "images_per_s": info["images_per_s"], "epoch_means": info["epoch_means"]}
         write_json(pdir / "phase.json", rec)

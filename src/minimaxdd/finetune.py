@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import dist
-from .classes import imagenet_indices, train_folder
+from .classes import WNID, imagenet_indices, train_folder
 from .codecs import PixelCodec, build_codec
 from .denoisers import difffit_parameters, load_diffusers_dit, load_official_dit
 from .errors import UserError
@@ -88,7 +88,7 @@ def class_mapping(names: list[str], model: nn.Module, meta: ckpt.CheckpointMeta 
             raise UserError(f"--class-map has {len(m)} entries for {len(names)} classes")
     elif meta is not None and all(n in meta.class_names for n in names):
         m = [meta.class_map[meta.class_names.index(n)] for n in names]
-    elif K == 1000 and all(n.startswith("n") and n[1:].isdigit() for n in names):
+    elif K == 1000 and all(WNID.fullmatch(n) for n in names):
         # an ImageNet model: each subset class keeps its ImageNet index
         m = imagenet_indices(names, synsets, train_folder(data))
     elif K == len(names):
