@@ -127,11 +127,20 @@ def test_ablation_and_sweep_share_the_base(run_dir, tmp_path):
     assert res["variants"][1]["finetune_steps"] == 3
     # with both lambdas zero, minimax fine-tuning is simple fine-tuning step for step
     sw = tmp_path / "sw"
-    assert main(["sweep", "--base", base, "--data", "digits", "--ipc", "2", "--param", "lambda_r", "--values", "0,0.5",
+    assert main(["sweep", "--base", base, "--data", "digits", "--ipc", "2", "--param", "lambda_r", "--values", "0,0.002",
                  "--repeats", "1", "--out", str(sw), "--device", "cpu", *sets]) == 0
     r = json.loads((sw / "sweep-lambda_r.json").read_text())
-    assert [p["value"] for p in r["points"]] == [0.0, 0.5]
+    assert [p["value"] for p in r["points"]] == [0.0, 0.002]
+    assert [p["dir"] for p in r["points"]] == ["lambda_r=0.0", "default"]    # 0.002 is the paper's default
     assert (sw / "sweep-lambda_r.png").stat().st_size > 0
+    # a second sweep in the same folder reuses the point at the defaults instead of fine-tuning it again
+    stamp = (sw / "default" / "finetune" / "stage.json").stat().st_mtime_ns
+    assert main(["sweep", "--base", base, "--data", "digits", "--ipc", "2", "--param", "memory", "--values", "64,8",
+                 "--repeats", "1", "--out", str(sw), "--device", "cpu", *sets]) == 0
+    r = json.loads((sw / "sweep-memory.json").read_text())
+    assert [p["dir"] for p in r["points"]] == ["default", "memory=8"]
+    assert (sw / "default" / "finetune" / "stage.json").stat().st_mtime_ns == stamp
+    assert r["points"][0]["rows"] == json.loads((sw / "sweep-lambda_r.json").read_text())["points"][1]["rows"]
     with pytest.raises(SystemExit):
         main(["sweep", "--base", base, "--data", "digits"])   # argparse: --param and --values are required
     assert main(["sweep", "--base", base, "--data", "digits", "--param", "gamma", "--values", "1", "--out",

@@ -113,19 +113,31 @@ def run_sweep(base: str, data: str, ipcs, param: str, values: list, out: str | P
     cfg = _config(base, data, ipcs, repeats, overrides or {})
     cfg["device"] = str(dev)
     base_rec, random_rows = _shared(out, cfg, dev)
+    # Every point spells out all the swept knobs, so the point at the default values is the same
+    # run whichever knob is swept: it lives in OUT/default/ and sweeps sharing OUT run it once.
+    default = {**_explicit(cfg["finetune"] or {}), "objective": objective}
     points = []
     for v in values:
-        f = {**(cfg["finetune"] or {}), "objective": objective, param: v}
+        f = {**default, param: v}
         if param in ("epochs", "steps"):
             f["epochs" if param == "steps" else "steps"] = None
-        rows, ft, _ = _variant(out, f"{param}={v}", {**cfg, "finetune": f}, base_rec, dev)
-        points.append({"value": v, "rows": rows, "finetune_time_s": ft.get("time_s")})
+        name = "default" if f == default else f"{param}={v}"
+        rows, ft, _ = _variant(out, name, {**cfg, "finetune": f}, base_rec, dev)
+        points.append({"value": v, "dir": name, "rows": rows, "finetune_time_s": ft.get("time_s")})
     res = {"base": base, "data": data, "param": param, "objective": objective, "ipc": cfg["ipc"], "config": cfg,
            "points": points, "random": random_rows}
     write_json(out / f"sweep-{param}.json", res)
     res["plot"] = str(sweep_plot(res, out / f"sweep-{param}.png"))
     write_json(out / f"sweep-{param}.json", res)
     return res
+
+
+def _explicit(f: dict) -> dict:
+    """The fine-tuning config with every swept knob written out (FinetuneConfig's defaults where unset)."""
+    from .finetune import FinetuneConfig
+
+    d = {k: getattr(FinetuneConfig, k) for k in ("lambda_r", "lambda_d", "memory", "epochs", "steps")}
+    return {**d, **f}
 
 
 def sweep_plot(res: dict, path: Path) -> Path:
