@@ -8,7 +8,8 @@ bf16 autocast; fine-tuning at the same batch 8 in bf16; training from scratch at
 Every figure is also given as a fraction of this machine's matmul rate, measured in the same run
 (a square GEMM, fp32 and bf16), with FLOPs per image counted from the model by torch's
 FlopCounterMode. Ours and the pattern alternate within each trial; the ratio is per trial, then
-mean +- std over trials.
+mean +- std over trials. `--compile` adds torch.compile'd bf16 fine-tuning and sampling (the
+`--compile` flags of `finetune` and `sample`), compiled once per model before the trials.
 
     python benchmarks/diffusion_speed.py --out benchmarks/results/diffusion_speed.json
 """
@@ -101,6 +102,8 @@ def main():
     ap.add_argument("--sample-batch", type=int, default=50)
     ap.add_argument("--train-batch", type=int, default=64)
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd fine-tuning and sampling")
+    ap.add_argument("--no-train", action="store_true", help="skip training from scratch (batch --train-batch)")
     a = ap.parse_args()
     rows = []
     rate = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
@@ -116,8 +119,16 @@ def main():
             p.requires_grad_(False)
         for p in diff:
             p.requires_grad_(True)
-        res = {k: [] for k in ("pattern_sample", "ours_sample_fp32", "ours_sample_bf16", "pattern_ft", "ours_ft_bf16",
-                               "train_fp32", "train_bf16")}
+        keys = ["pattern_sample", "ours_sample_fp32", "ours_sample_bf16", "pattern_ft", "ours_ft_bf16"]
+        keys += [] if a.no_train else ["train_fp32", "train_bf16"]
+        if a.compile:
+            keys += ["ours_sample_bf16_compiled", "ours_ft_bf16_compiled"]
+            compiled, compiled_bf16 = torch.compile(model), torch.compile(model_bf16)
+            t0 = time.perf_counter()
+            time_train_step(compiled, 8, "bf16", diff, reps=1)
+            time_sampling_step(compiled_bf16, a.sample_batch, "fp32", reps=1)
+            print(f"{name}: compiled in {time.perf_counter() - t0:.0f} s", flush=True)
+        res = {k: [] for k in keys}
         for _ in range(a.trials):
             # images/s of 50-step sampling = batch / (50 * seconds per step)
             res["pattern_sample"].append(1 / (50 * time_sampling_step(model, 1, "fp32")))
@@ -126,6 +137,12 @@ def main():
             res["ours_sample_bf16"].append(a.sample_batch / (50 * time_sampling_step(model_bf16, a.sample_batch, "fp32")))
             res["pattern_ft"].append(8 / time_train_step(model, 8, "fp32", diff))
             res["ours_ft_bf16"].append(8 / time_train_step(model, 8, "bf16", diff))
+            if a.compile:
+                res["ours_ft_bf16_compiled"].append(8 / time_train_step(compiled, 8, "bf16", diff))
+                res["ours_sample_bf16_compiled"].append(
+                    a.sample_batch / (50 * time_sampling_step(compiled_bf16, a.sample_batch, "fp32")))
+            if a.no_train:
+                continue
             for p in all_params:
                 p.requires_grad_(True)
             res["train_fp32"].append(a.train_batch / time_train_step(model, a.train_batch, "fp32", all_params))
@@ -143,10 +160,16 @@ def main():
         for k, per_img, prec in (("ours_sample_bf16", 2 * 50 * fl, "bf16"), ("ours_sample_fp32", 2 * 50 * fl, "fp32"),
                                  ("pattern_sample", 2 * 50 * fl, "fp32"), ("train_bf16", 3 * fl, "bf16"),
                                  ("train_fp32", 3 * fl, "fp32"), ("ours_ft_bf16", 2 * fl, "bf16"),
-                                 ("pattern_ft", 2 * fl, "fp32")):
+                                 ("pattern_ft", 2 * fl, "fp32"), ("ours_sample_bf16_compiled", 2 * 50 * fl, "bf16"),
+                                 ("ours_ft_bf16_compiled", 2 * fl, "bf16")):
+            if k not in r:
+                continue
             r[k]["matmul_fraction"] = r[k]["mean"] * per_img / rate[prec]
         for ours, base in (("ours_sample_bf16", "pattern_sample"), ("ours_sample_fp32", "pattern_sample"),
-                           ("ours_ft_bf16", "pattern_ft"), ("train_bf16", "train_fp32")):
+                           ("ours_ft_bf16", "pattern_ft"), ("train_bf16", "train_fp32"),
+                           ("ours_sample_bf16_compiled", "pattern_sample"), ("ours_ft_bf16_compiled", "pattern_ft")):
+            if ours not in res:
+                continue
             ratios = np.array(res[ours]) / np.array(res[base])
             r[f"{ours}/{base}"] = {"mean": float(ratios.mean()), "std": float(ratios.std())}
         rows.append(r)
@@ -154,8 +177,12 @@ def main():
               f"ours fp32 {r['ours_sample_fp32']['mean']:.3f}, bf16 {r['ours_sample_bf16']['mean']:.3f} "
               f"({r['ours_sample_bf16/pattern_sample']['mean']:.2f}x, {100 * r['ours_sample_bf16']['matmul_fraction']:.0f}% "
               f"of bf16 matmul); fine-tune img/s pattern {r['pattern_ft']['mean']:.2f}, ours {r['ours_ft_bf16']['mean']:.2f} "
-              f"({r['ours_ft_bf16/pattern_ft']['mean']:.2f}x); train img/s fp32 {r['train_fp32']['mean']:.1f}, "
-              f"bf16 {r['train_bf16']['mean']:.1f}", flush=True)
+              f"({r['ours_ft_bf16/pattern_ft']['mean']:.2f}x)", flush=True)
+        for k in ("ours_ft_bf16_compiled", "ours_sample_bf16_compiled", "train_fp32", "train_bf16"):
+            if k in r:
+                base = {"ours_ft_bf16_compiled": "pattern_ft", "ours_sample_bf16_compiled": "pattern_sample"}.get(k)
+                ratio = f" ({r[k + '/' + base]['mean']:.2f}x the pattern)" if base else ""
+                print(f"  {k}: {r[k]['mean']:.3f} img/s{ratio}", flush=True)
     write_json(a.out, {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                    "cores": os.cpu_count(), "torch": torch.__version__},
                        "matmul_gflops": {k: v / 1e9 for k, v in rate.items()}, "config": vars(a), "rows": rows})

@@ -147,3 +147,20 @@ def test_resumed_finetune_restores_the_memories(base_run, tmp_path):
     finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "c"), resume=True, **{**kw, "steps": 4}))
     c = _weights(tmp_path / "c")
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_compiled_finetune_matches_eager(base_run, tmp_path):
+    # torch.compile changes how the step is computed (fused kernels), not what it computes
+    finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "e"), **FT))
+    from torch._dynamo.utils import counters
+    counters.clear()
+    finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "c"), compile=True, **FT))
+    assert counters["stats"]["unique_graphs"] >= 1          # the network really went through the compiler
+    a, b = _weights(tmp_path / "e"), _weights(tmp_path / "c")
+    moved = [k for k in a if k.startswith("model.") and not torch.equal(a[k], _weights(base_run)["ema." + k[6:]])]
+    assert moved
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    la = [json.loads(s)["loss"] for s in (tmp_path / "e" / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(s)["loss"] for s in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert len(la) == 3 and la == pytest.approx(lb, rel=1e-4)

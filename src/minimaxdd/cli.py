@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-dropout", type=float, default=None, help="label dropout for guidance (default 0.1)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 1000)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="autocast (default bf16)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network (a minute or more to compile; pays off over long runs)")
     p.add_argument("--out", default=None, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synsets", default=None, help="LOC_synset_mapping.txt, to map WordNet ids to ImageNet indices")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"))
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network (about a minute to compile; pays off over long runs)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     _add_common(p)
@@ -237,7 +241,7 @@ def cmd_train(a) -> int:
     from minimaxdd.train import TrainConfig, run
 
     fields = ("data", "model", "codec", "epochs", "steps", "batch", "lr", "weight_decay", "ema", "class_dropout",
-              "checkpoint_every", "precision", "out", "size")
+              "checkpoint_every", "precision", "compile", "out", "size")
     kw = dict(load_preset(a.preset, "train")) if a.preset else {}
     kw.update({f: getattr(a, f) for f in fields if getattr(a, f) is not None})
     if a.time_limit is not None:
@@ -276,7 +280,7 @@ def cmd_finetune(a) -> int:
     from minimaxdd.finetune import FinetuneConfig, run
 
     kw = {f: getattr(a, f) for f in ("lambda_r", "lambda_d", "memory", "reduction", "trainable", "batch", "lr",
-                                      "codec", "synsets", "checkpoint_every", "precision", "size")
+                                      "codec", "synsets", "checkpoint_every", "precision", "compile", "size")
           if getattr(a, f) is not None}
     if a.epochs is not None or a.steps is not None:
         kw["epochs"], kw["steps"] = a.epochs, a.steps

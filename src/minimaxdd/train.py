@@ -62,6 +62,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     precision: str = "bf16"
+    compile: bool = False                # torch.compile the network: a one-off compile, then fused elementwise ops
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
@@ -184,6 +185,8 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(model, device_ids=[device] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)     # shares the parameters: the optimiser, EMA and checkpoints see `model`
     diffusion = Diffusion()
     null = model.num_classes
     t0, seen, t_start = time.time(), 0, time.time()
