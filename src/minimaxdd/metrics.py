@@ -40,8 +40,18 @@ KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representat
 LOWER_IS_BETTER = ("mmd", "fid")
 
 
+CHUNK = 2048                # rows per block of a distance matrix: memory stays O(CHUNK x N), not O(N^2)
+BANDWIDTH_ROWS = 2000       # rows of real features whose distances set the MMD bandwidth (the median heuristic)
+
+
 def _pdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a.double(), b.double())
+
+
+def _row_blocks(a: torch.Tensor, b: torch.Tensor):
+    """(start, distances of rows a[start:start + CHUNK] to all of b), block by block."""
+    for i in range(0, len(a), CHUNK):
+        yield i, _pdist(a[i:i + CHUNK], b)
 
 
 def _knn_radius(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,20 +59,24 @@ def _knn_radius(x: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, len(x) - 1)
     if k < 1:
         return torch.zeros(len(x), dtype=torch.float64)
-    d = _pdist(x, x)
-    return d.kthvalue(k + 1, dim=1).values      # the row itself is at distance 0
+    return torch.cat([d.kthvalue(k + 1, dim=1).values for _, d in _row_blocks(x, x)])  # the row itself is at 0
+
+
+def _kernel_mean(a: torch.Tensor, b: torch.Tensor, g: float) -> float:
+    return float(sum(torch.exp(g * d ** 2).sum() for _, d in _row_blocks(a, b))) / (len(a) * len(b))
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
-    """Biased squared MMD with a Gaussian kernel exp(-d^2 / (2 s^2)); s = median real distance."""
+    """Biased squared MMD with a Gaussian kernel exp(-d^2 / (2 s^2)); s = median real distance.
+
+    The median is over all pairs of real rows for up to BANDWIDTH_ROWS of them (every class alone);
+    beyond that (all classes pooled) over an evenly strided subset of that size, to bound memory."""
     if bandwidth is None:
-        d = _pdist(x, x)
+        sub = x[::math.ceil(len(x) / BANDWIDTH_ROWS)]
+        d = _pdist(sub, sub)
         bandwidth = float(d[d > 0].median()) if (d > 0).any() else 1.0
     g = -1.0 / (2 * bandwidth ** 2)
-    kxx = torch.exp(g * _pdist(x, x) ** 2).mean()
-    kyy = torch.exp(g * _pdist(y, y) ** 2).mean()
-    kxy = torch.exp(g * _pdist(x, y) ** 2).mean()
-    return max(0.0, float(kxx + kyy - 2 * kxy))
+    return max(0.0, _kernel_mean(x, x, g) + _kernel_mean(y, y, g) - 2 * _kernel_mean(x, y, g))
 
 
 def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -81,19 +95,23 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def precision_recall(x: torch.Tensor, y: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
     rx, ry = _knn_radius(x, k), _knn_radius(y, k)
-    d = _pdist(x, y)                                       # (N real, M synthetic)
-    precision = (d <= rx[:, None]).any(0).double().mean()  # synthetic inside a real ball
-    recall = (d <= ry[None, :]).any(1).double().mean()     # real inside a synthetic ball
-    return float(precision), float(recall)
+    inside_real = torch.zeros(len(y), dtype=torch.bool)    # synthetic inside some real ball
+    recalled = torch.zeros(len(x), dtype=torch.bool)       # real inside some synthetic ball
+    for i, d in _row_blocks(x, y):                         # blocks of the (N real, M synthetic) distances
+        inside_real |= (d <= rx[i:i + len(d), None]).any(0)
+        recalled[i:i + len(d)] = (d <= ry[None, :]).any(1)
+    return float(inside_real.double().mean()), float(recalled.double().mean())
 
 
 def density_coverage(x: torch.Tensor, y: torch.Tensor, k: int = DC_K) -> tuple[float, float]:
     rx = _knn_radius(x, k)
-    inside = _pdist(x, y) <= rx[:, None]                   # (N, M)
+    count, covered = 0.0, 0
+    for i, d in _row_blocks(x, y):
+        inside = d <= rx[i:i + len(d), None]               # (rows of real, M synthetic)
+        count += float(inside.double().sum())
+        covered += int(inside.any(1).sum())
     kk = min(k, len(x) - 1) or 1
-    density = inside.double().sum() / (kk * len(y))
-    coverage = inside.any(1).double().mean()
-    return float(density), float(coverage)
+    return count / (kk * len(y)), covered / len(x)
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
