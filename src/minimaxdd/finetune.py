@@ -160,7 +160,8 @@ def run(cfg: FinetuneConfig) -> dict:
     tcfg = TrainConfig(data=cfg.data, out=cfg.out, model="(base)", codec=codec.spec, size=cfg.size, epochs=cfg.epochs,
                        steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, weight_decay=0.0, ema=cfg.ema,
                        ema_warmup=cfg.ema_warmup, class_dropout=cfg.class_dropout, checkpoint_every=cfg.checkpoint_every,
-                       log_every=cfg.log_every, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile, device=cfg.device,
+                       log_every=cfg.log_every, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
+                       device=cfg.device,
                        resume=cfg.resume, overwrite=cfg.overwrite, extra={"objective": cfg.objective})
     info = fit(model, targets, meta, tcfg, params=params, extra_loss=None if cfg.objective == "simple" else extra,
                desc=f"finetune {cfg.objective}", manifest_extra={
