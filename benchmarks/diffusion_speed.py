@@ -180,8 +180,8 @@ def main():
               f"({r['ours_ft_bf16/pattern_ft']['mean']:.2f}x)", flush=True)
         for k in ("ours_ft_bf16_compiled", "ours_sample_bf16_compiled", "train_fp32", "train_bf16"):
             if k in r:
-                base = {"ours_ft_bf16_compiled": "pattern_ft", "ours_sample_bf16_compiled": "pattern_sample"}.get(k)
-                ratio = f" ({r[k + '/' + base]['mean']:.2f}x the pattern)" if base else ""
+                ratio = next((f" ({v['mean']:.2f}x {key.split('/')[1]})" for key, v in r.items()
+                              if key.startswith(k + "/")), "")
                 print(f"  {k}: {r[k]['mean']:.3f} img/s{ratio}", flush=True)
     write_json(a.out, {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                    "cores": os.cpu_count(), "torch": torch.__version__},

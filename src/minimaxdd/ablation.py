@@ -136,8 +136,7 @@ def _explicit(f: dict) -> dict:
     """The fine-tuning config with every swept knob written out (FinetuneConfig's defaults where unset)."""
     from .finetune import FinetuneConfig
 
-    d = {k: getattr(FinetuneConfig, k) for k in ("lambda_r", "lambda_d", "memory", "epochs", "steps")}
-    return {**d, **f}
+    return {**{k: getattr(FinetuneConfig, k) for k in SWEEP_PARAMS}, **f}
 
 
 def sweep_plot(res: dict, path: Path) -> Path:

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 1000)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"), help="autocast (default bf16)")
     p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the network (a minute or more to compile; pays off over long runs)")
+                   help="torch.compile the network (about a minute to compile; pays off over long runs)")
     p.add_argument("--out", default=None, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
