@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from minimaxdd.diffusion import Diffusion, linear_betas
-from minimaxdd.sampling import SAMPLERS, PerImageNoise, generate, guided_fn, image_seed
+from minimaxdd.sampling import SAMPLERS, PerImageNoise, dpm_time_points, generate, guided_fn, image_seed
 
 
 class Oracle(nn.Module):
@@ -86,6 +86,64 @@ def test_samplers_land_on_the_data(sampler, learn_sigma):
     out = generate(model, y, seeds, sampler=sampler, steps=20, batch_size=3)
     # DDPM's last step adds no noise; DPM-Solver stops at t=0 (sigma 0.01)
     assert (out - tg[y]).abs().max() < 0.05, (out - tg[y]).abs().max()
+
+
+class GaussianOracle(nn.Module):
+    """Class c is N(mu[c], s^2) per pixel; returns the exact epsilon (the posterior mean of x0 is linear)."""
+
+    def __init__(self, mu, s):
+        super().__init__()
+        self.mu, self.s = mu, s
+        self.num_classes, self.in_channels, self.input_size = len(mu), mu.shape[1], mu.shape[-1]
+        self.acp = torch.tensor(np.cumprod(1 - linear_betas()), dtype=torch.float32)
+
+    def forward(self, x, t, y):
+        a = self.acp[t].view(-1, 1, 1, 1)
+        m = self.mu[y]
+        x0 = m + a.sqrt() * self.s ** 2 * (x - a.sqrt() * m) / (a * self.s ** 2 + 1 - a)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def _gaussian_std(sampler, steps, spacing="time"):
+    mu = torch.tensor([-0.5, 0.5]).view(2, 1, 1, 1).expand(2, 1, 4, 4).contiguous()
+    y = torch.tensor([0, 1] * 200)
+    seeds = [image_seed(0, int(c), i) for i, c in enumerate(y)]
+    out = generate(GaussianOracle(mu, 0.3), y, seeds, sampler=sampler, steps=steps, batch_size=400, spacing=spacing)
+    assert torch.allclose(out[y == 0].mean(), torch.tensor(-0.5), atol=0.03)
+    return float(torch.stack([out[y == c].std() for c in (0, 1)]).mean())
+
+
+@pytest.mark.parametrize("sampler", ["dpm-solver", "sde-dpm-solver"])
+def test_dpm_solvers_match_the_spread_of_gaussian_data(sampler):
+    # Exact score, so the only error is the solver's: with log-SNR spacing 10 steps already give the
+    # data's std (0.3); time-uniform 20 steps fall short but must not overshoot (a second-order last
+    # step, r = prev_h / h small, gave 0.39 for the ODE solver and 0.47 for the SDE one).
+    assert abs(_gaussian_std(sampler, 10, "logsnr") - 0.3) < 0.015
+    assert 0.22 < _gaussian_std(sampler, 20, "time") < 0.31
+    assert abs(_gaussian_std(sampler, 50, "time") - 0.3) < 0.015
+
+
+def test_dpm_time_points():
+    for spacing in ("time", "logsnr"):
+        ts = dpm_time_points(20, spacing)
+        assert len(ts) == 21 and ts[0] == 999 and ts[-1] == 0 and np.all(np.diff(ts) < 0)
+    # log-SNR points crowd near t = 0, where lambda moves fast; at 500 steps some round together
+    lsnr = dpm_time_points(20, "logsnr")
+    assert lsnr[-2] < dpm_time_points(20, "time")[-2] / 4
+    many = dpm_time_points(500, "logsnr")
+    assert len(many) < 501 and np.all(np.diff(many) < 0) and many[-1] == 0
+    with pytest.raises(ValueError, match="spacing"):
+        dpm_time_points(20, "karras")
+
+
+def test_spacing_is_for_dpm_solvers_only():
+    tg = targets()
+    y = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="applies to dpm-solver"):
+        generate(Oracle(tg), y, [1, 2], sampler="ddpm", steps=5, spacing="logsnr")
+    # 500 log-SNR steps merge some points yet still land on the data
+    out = generate(Oracle(tg), y, [1, 2], sampler="dpm-solver", steps=500, spacing="logsnr")
+    assert (out - tg[y]).abs().max() < 0.05
 
 
 def test_per_image_noise_is_batch_independent():

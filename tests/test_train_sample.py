@@ -57,12 +57,15 @@ def test_sample_writes_a_synthetic_set(tmp_path):
     run(TrainConfig(out=str(tmp_path / "r"), steps=2, **{**TINY, "model": "dit-t/2"}))
     out = tmp_path / "s"
     assert main(["sample", str(tmp_path / "r"), "--ipc", "2", "--steps", "3", "--out", str(out),
-                 "--device", "cpu", "--sampler", "dpm-solver", "--cfg", "2"]) == 0
+                 "--device", "cpu", "--sampler", "dpm-solver", "--spacing", "logsnr", "--cfg", "2"]) == 0
     s = load_synthetic(out)
     assert s.images.shape == (20, 1, 8, 8) and s.images.dtype == torch.uint8
     assert s.labels.tolist() == [c for c in range(10) for _ in range(2)]
     man = json.loads((out / "manifest.json").read_text())
-    assert man["config"]["sampler"] == "dpm-solver" and man["checkpoint_step"] == 2
+    assert man["config"]["sampler"] == "dpm-solver" and man["config"]["spacing"] == "logsnr"
+    assert man["checkpoint_step"] == 2
+    with pytest.raises(UserError, match="--spacing logsnr applies to dpm-solver and sde-dpm-solver"):
+        sample_checkpoint(SampleConfig(ckpt=str(tmp_path / "r"), out="-", sampler="ddpm", spacing="logsnr"))
     # image i of class c does not depend on the batch size or on which classes are sampled
     base = dict(ckpt=str(tmp_path / "r"), out="-", ipc=2, steps=3, device="cpu")
     a, _ = sample_checkpoint(SampleConfig(**base, batch_size=20))

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list dataset sources")
 
     from minimaxdd.denoisers import DENOISERS
-    from minimaxdd.sampling import SAMPLERS
+    from minimaxdd.sampling import SAMPLERS, SPACINGS
     p = sub.add_parser("train", help="train a class-conditional diffusion model from scratch")
     p.add_argument("--preset", default=None, help="a named train preset (see `minimaxdd presets`); flags override it")
     p.add_argument("--data", default=None, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (synthetic-set format)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50, the paper's)")
     p.add_argument("--sampler", default="ddpm", choices=sorted(SAMPLERS), help="default ddpm (ancestral, respaced)")
+    p.add_argument("--spacing", default="time", choices=SPACINGS,
+                   help="time points of the DPM-Solvers: uniform in time (default) or in log-SNR "
+                        "(better for small pixel-space models)")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--cfg-channels", type=int, default=None, help="guide only the first K channels (DiT's quirk: 3)")
     p.add_argument("--batch-size", type=int, default=64, help="images per network call")
@@ -264,7 +267,8 @@ def cmd_sample(a) -> int:
     if a.ipc is None and a.budget_minutes is None:
         raise UserError("sample needs --ipc K, or --budget-minutes M (optionally with --ipc as a cap)")
     ipc = a.ipc if a.ipc is not None else 10**6
-    path, info = run(SampleConfig(ckpt=a.ckpt, out=a.out, ipc=ipc, budget_minutes=a.budget_minutes, steps=a.steps, sampler=a.sampler, cfg=a.cfg,
+    path, info = run(SampleConfig(ckpt=a.ckpt, out=a.out, ipc=ipc, budget_minutes=a.budget_minutes, steps=a.steps, sampler=a.sampler,
+                                  spacing=a.spacing, cfg=a.cfg,
                                   cfg_channels=a.cfg_channels, seed=a.seed, batch_size=a.batch_size,
                                   weights=a.weights, precision=a.precision, device=a.device, overwrite=a.overwrite,
                                   compile=a.compile))

@@ -11,7 +11,7 @@ from . import checkpoint as ckpt
 from . import dist
 from .codecs import build_codec
 from .errors import UserError
-from .sampling import SAMPLERS, generate, image_seed
+from .sampling import DPM_SAMPLERS, SAMPLERS, SPACINGS, generate, image_seed
 from .synthset import SyntheticSet, write_synthetic
 from .utils import manifest, pick_device
 
@@ -23,6 +23,7 @@ class SampleConfig:
     ipc: int = 10
     steps: int = 50                 # the paper samples with 50 respaced DDPM steps
     sampler: str = "ddpm"
+    spacing: str = "time"           # DPM-Solvers' time points: "time" or "logsnr"
     cfg: float = 1.0                # guidance scale; the reference fine-tuned DiT uses 4.0
     cfg_channels: int | None = None
     seed: int = 0
@@ -41,6 +42,11 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
         raise UserError(f"--ipc must be at least 1, got {cfg.ipc}")
     if cfg.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if cfg.spacing not in SPACINGS:
+        raise UserError(f"unknown spacing {cfg.spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if cfg.spacing != "time" and cfg.sampler not in DPM_SAMPLERS:
+        raise UserError(f"--spacing {cfg.spacing} applies to {' and '.join(DPM_SAMPLERS)} only; "
+                        f"use one of them or drop --spacing ({cfg.sampler} respaces uniformly in time)")
     if cfg.steps < 1:
         raise UserError(f"--steps must be at least 1, got {cfg.steps}")
     device = dist.setup(pick_device(cfg.device))
@@ -53,7 +59,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     t0 = time.time()
     kw = dict(sampler=cfg.sampler, steps=cfg.steps, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels,
               clip=meta.codec == "pixel", precision=cfg.precision, batch_size=cfg.batch_size, device=device,
-              compile=cfg.compile)
+              compile=cfg.compile, spacing=cfg.spacing)
     budget = None
     if cfg.budget_minutes is None:
         ds_labels = torch.tensor([c for c in labels for _ in range(cfg.ipc)])
