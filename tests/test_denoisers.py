@@ -157,3 +157,22 @@ def test_dit_learn_sigma_output_channels():
     m = tiny_dit(learn_sigma=False, in_channels=1)
     x, t, y = inputs(m)
     assert m(x, t, y).shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("tokens", [16, 256, 1024])
+def test_attention_paths_compute_the_same_function(tokens):
+    # The CPU matmul path (used where it is faster) and the fused kernel agree, values and gradients.
+    import torch.nn.functional as F
+
+    from minimaxdd.dit import CPU_MATMUL_ATTENTION_TOKENS, attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, tokens, 16, generator=g, requires_grad=True) for _ in range(3))
+    out = attention(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(out, ref, atol=1e-5)
+    gq, = torch.autograd.grad(out.square().sum(), q)
+    rq, = torch.autograd.grad(ref.square().sum(), q)
+    assert torch.allclose(gq, rq, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(attention(q, k, v), ref, atol=1e-5)
+    assert CPU_MATMUL_ATTENTION_TOKENS["infer"] <= CPU_MATMUL_ATTENTION_TOKENS["train"]

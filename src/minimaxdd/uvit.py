@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dit import timestep_embedding, unpatchify
+from .dit import attention, timestep_embedding, unpatchify
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Block(nn.Module):
     def attn(self, x):
         N, T, D = x.shape
         q, k, v = self.qkv(x).view(N, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)                            # (N, H, T, D/H)
+        x = attention(q, k, v)                                                 # (N, H, T, D/H)
         return self.proj(x.transpose(1, 2).reshape(N, T, D))
 
     def forward(self, x, skip=None):
