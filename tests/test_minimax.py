@@ -91,6 +91,9 @@ def test_difffit_gradients_reach_only_trainable_parameters(base_run, tmp_path):
     assert changed, "nothing was trained"
     assert all(any(s in k for s in ("bias", "gamma", "y_embed")) for k in changed), changed
     assert any("gamma" in k for k in changed) and "blocks.0.attn.qkv.weight" not in changed
+    # the EMA averages only what is trained: frozen tensors keep the base's EMA values, trained ones move
+    ema_changed = {k[4:] for k in after if k.startswith("ema.") and not torch.equal(after[k], before[k])}
+    assert ema_changed and ema_changed <= changed
     man = json.loads((tmp_path / "ft" / "manifest.json").read_text())
     assert man["objective"] == "minimax" and man["lambda_r"] == 0.002 and man["lambda_d"] == 0.008
     assert 0 < man["trainable_params"] < man["total_params"]

@@ -97,9 +97,16 @@ def make_targets(codec, ds, class_map: list[int]) -> Targets:
     return Targets(enc.get("x"), enc.get("mean"), enc.get("std"), y)
 
 
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+def ema_pairs(ema: nn.Module, model: nn.Module, params: list[nn.Parameter]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(EMA tensor, parameter) for the trained parameters only: a frozen one never moves, so its EMA
+    stays equal to it (Difffit trains ~0.5% of a DiT: lerping the rest cost a tenth of a CPU step)."""
+    trained = set(map(id, params))
+    return [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if id(p) in trained]
+
+
+def update_ema(pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
     with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
+        for e, p in pairs:
             e.lerp_(p.detach(), 1 - decay)
 
 
@@ -160,6 +167,7 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    averaged = ema_pairs(ema, model, params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     step = 0
     if resume_from is not None:
@@ -247,7 +255,7 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
             opt.step()
             step += 1
             decay = min(cfg.ema, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema
-            update_ema(ema, model, decay)
+            update_ema(averaged, decay)
             seen += len(y) * world
             if epoch != cur_epoch and epoch_n:
                 epoch_means.append({"epoch": cur_epoch, **{n: v / epoch_n for n, v in epoch_sums.items()}})
