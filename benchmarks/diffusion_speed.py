@@ -10,6 +10,12 @@ Every figure is also given as a fraction of this machine's matmul rate, measured
 FlopCounterMode. Ours and the pattern alternate within each trial; the ratio is per trial, then
 mean +- std over trials. `--compile` adds torch.compile'd bf16 fine-tuning and sampling (the
 `--compile` flags of `finetune` and `sample`), compiled once per model before the trials.
+The pattern's attention is the fused kernel (F.scaled_dot_product_attention, what the reference's
+timm Attention calls); ours picks matmuls where they are faster on a CPU (`dit.attention`).
+
+`--solver SAMPLER:SPACING:STEPS` (e.g. sde-dpm-solver:logsnr:20) also times whole `generate` calls
+of --sample-batch images, guided, bf16 (compiled with --compile): the 50-step ancestral sampler and
+the given solver, each against the pattern's 50 steps.
 
     python benchmarks/diffusion_speed.py --out benchmarks/results/diffusion_speed.json
 """
@@ -28,10 +34,31 @@ from torch.utils.flop_counter import FlopCounterMode
 from minimaxdd.denoisers import build_denoiser, difffit_parameters
 from minimaxdd.diffusion import Diffusion
 from minimaxdd.evaluate import autocast
-from minimaxdd.sampling import guided_fn
+import minimaxdd.dit as dit
+from minimaxdd.sampling import generate, guided_fn, image_seed
 from minimaxdd.utils import write_json
 
 DEV = torch.device("cpu")
+
+
+class fused_attention:
+    """Within: every attention call uses the fused kernel, as the reference code does."""
+
+    def __enter__(self):
+        self.saved = dict(dit.CPU_MATMUL_ATTENTION_TOKENS)
+        dit.CPU_MATMUL_ATTENTION_TOKENS.update(train=0, infer=0)
+
+    def __exit__(self, *exc):
+        dit.CPU_MATMUL_ATTENTION_TOKENS.update(self.saved)
+
+
+def time_generate(model, n, sampler, steps, spacing, cfg=4.0) -> float:
+    """Images/s of one `generate` call of n images (bf16 models run as they are, without autocast)."""
+    y = torch.arange(n) % model.num_classes
+    seeds = [image_seed(0, int(c), i) for i, c in enumerate(y)]
+    t0 = time.perf_counter()
+    generate(model, y, seeds, sampler=sampler, steps=steps, spacing=spacing, cfg_scale=cfg, batch_size=n)
+    return n / (time.perf_counter() - t0)
 
 
 def matmul_rate(dtype, n=2048, reps=10) -> float:
@@ -104,6 +131,7 @@ def main():
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd fine-tuning and sampling")
     ap.add_argument("--no-train", action="store_true", help="skip training from scratch (batch --train-batch)")
+    ap.add_argument("--solver", default=None, help="SAMPLER:SPACING:STEPS: also time whole generate calls")
     a = ap.parse_args()
     rows = []
     rate = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
@@ -121,6 +149,8 @@ def main():
             p.requires_grad_(True)
         keys = ["pattern_sample", "ours_sample_fp32", "ours_sample_bf16", "pattern_ft", "ours_ft_bf16"]
         keys += [] if a.no_train else ["train_fp32", "train_bf16"]
+        if a.solver:
+            keys += ["ours_generate_ddpm50", "ours_generate_solver"]
         if a.compile:
             keys += ["ours_sample_bf16_compiled", "ours_ft_bf16_compiled"]
             compiled, compiled_bf16 = torch.compile(model), torch.compile(model_bf16)
@@ -131,16 +161,23 @@ def main():
         res = {k: [] for k in keys}
         for _ in range(a.trials):
             # images/s of 50-step sampling = batch / (50 * seconds per step)
-            res["pattern_sample"].append(1 / (50 * time_sampling_step(model, 1, "fp32")))
+            with fused_attention():
+                res["pattern_sample"].append(1 / (50 * time_sampling_step(model, 1, "fp32")))
             res["ours_sample_fp32"].append(a.sample_batch / (50 * time_sampling_step(model, a.sample_batch, "fp32")))
             # bf16 sampling runs a bf16 copy of the network, as `generate(precision="bf16")` does
             res["ours_sample_bf16"].append(a.sample_batch / (50 * time_sampling_step(model_bf16, a.sample_batch, "fp32")))
-            res["pattern_ft"].append(8 / time_train_step(model, 8, "fp32", diff))
+            with fused_attention():
+                res["pattern_ft"].append(8 / time_train_step(model, 8, "fp32", diff))
             res["ours_ft_bf16"].append(8 / time_train_step(model, 8, "bf16", diff))
             if a.compile:
                 res["ours_ft_bf16_compiled"].append(8 / time_train_step(compiled, 8, "bf16", diff))
                 res["ours_sample_bf16_compiled"].append(
                     a.sample_batch / (50 * time_sampling_step(compiled_bf16, a.sample_batch, "fp32")))
+            if a.solver:
+                sampler, spacing, steps = a.solver.split(":")
+                gen_model = compiled_bf16 if a.compile else model_bf16
+                res["ours_generate_ddpm50"].append(time_generate(gen_model, a.sample_batch, "ddpm", 50, "time"))
+                res["ours_generate_solver"].append(time_generate(gen_model, a.sample_batch, sampler, int(steps), spacing))
             if a.no_train:
                 continue
             for p in all_params:
@@ -167,7 +204,8 @@ def main():
             r[k]["matmul_fraction"] = r[k]["mean"] * per_img / rate[prec]
         for ours, base in (("ours_sample_bf16", "pattern_sample"), ("ours_sample_fp32", "pattern_sample"),
                            ("ours_ft_bf16", "pattern_ft"), ("train_bf16", "train_fp32"),
-                           ("ours_sample_bf16_compiled", "pattern_sample"), ("ours_ft_bf16_compiled", "pattern_ft")):
+                           ("ours_sample_bf16_compiled", "pattern_sample"), ("ours_ft_bf16_compiled", "pattern_ft"),
+                           ("ours_generate_ddpm50", "pattern_sample"), ("ours_generate_solver", "pattern_sample")):
             if ours not in res:
                 continue
             ratios = np.array(res[ours]) / np.array(res[base])
@@ -178,7 +216,8 @@ def main():
               f"({r['ours_sample_bf16/pattern_sample']['mean']:.2f}x, {100 * r['ours_sample_bf16']['matmul_fraction']:.0f}% "
               f"of bf16 matmul); fine-tune img/s pattern {r['pattern_ft']['mean']:.2f}, ours {r['ours_ft_bf16']['mean']:.2f} "
               f"({r['ours_ft_bf16/pattern_ft']['mean']:.2f}x)", flush=True)
-        for k in ("ours_ft_bf16_compiled", "ours_sample_bf16_compiled", "train_fp32", "train_bf16"):
+        for k in ("ours_ft_bf16_compiled", "ours_sample_bf16_compiled", "train_fp32", "train_bf16",
+                  "ours_generate_ddpm50", "ours_generate_solver"):
             if k in r:
                 ratio = next((f" ({v['mean']:.2f}x {key.split('/')[1]})" for key, v in r.items()
                               if key.startswith(k + "/")), "")
