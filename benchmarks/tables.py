@@ -43,17 +43,42 @@ def throughput(path: Path) -> str:
     return "\n".join(out)
 
 
+def solvers(path: Path) -> str:
+    """Per sampler: each set's accuracy, then the mean and std over the sets (sampling seeds)."""
+    import numpy as np
+
+    d = json.loads(path.read_text())
+    groups: dict[tuple, list] = {}
+    for r in d["rows"]:
+        groups.setdefault((r["sampler"], r["spacing"], r["steps"]), []).append(r)
+    out = [f"`{d['ckpt']}`, IPC {d['ipc']}, ConvNet-3 `dc` {d['rows'][0]['epochs']} epochs x 3 repeats per set", "",
+           "| sampler | spacing | steps | sets (seeds) | accuracy per set (%) | mean +- std over sets | "
+           "generation accuracy per set | sampling img/s |",
+           "| --- | --- | ---: | --- | --- | ---: | --- | ---: |"]
+    for (sampler, spacing, steps), rows in groups.items():
+        acc = np.array([100 * r["mean"] for r in rows])
+        per = ", ".join(f"{a:.2f} +- {100 * r['std']:.2f}" for a, r in zip(acc, rows))
+        gen = ", ".join(f"{100 * r['generation_accuracy']:.0f}%" for r in rows)
+        ips = np.mean([r["images_per_s"] for r in rows])
+        out.append(f"| {sampler} | {spacing} | {steps} | {', '.join(str(r['seed']) for r in rows)} | {per} | "
+                   f"{acc.mean():.2f} +- {acc.std():.2f} | {gen} | {ips:.1f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
-    """python benchmarks/tables.py [calibration|dm|throughput] (default: all)."""
+    """python benchmarks/tables.py [calibration|dm|solvers|throughput] (default: all)."""
     import sys
 
-    want = sys.argv[1:] or ["calibration", "dm", "throughput"]
+    want = sys.argv[1:] or ["calibration", "dm", "solvers", "throughput"]
     if "calibration" in want:
         for p in sorted(RESULTS.glob("calibration-*.json")):
             print(f"### {p.stem}\n\n{calibration(p)}\n")
     if "dm" in want:
         for p in sorted(RESULTS.glob("dm-*.json")):
             print(f"### {p.stem}\n\n{calibration(p)}\n")
+    if "solvers" in want:
+        for p in sorted(RESULTS.glob("*-solvers.json")):
+            print(solvers(p))
     if "throughput" in want and (RESULTS / "throughput.json").exists():
         print(throughput(RESULTS / "throughput.json"))
 
