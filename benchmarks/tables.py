@@ -81,6 +81,8 @@ def main() -> None:
             print(solvers(p))
     if "throughput" in want and (RESULTS / "throughput.json").exists():
         print(throughput(RESULTS / "throughput.json"))
+    if "throughput-compiled" in want and (RESULTS / "throughput-compiled.json").exists():
+        print(throughput(RESULTS / "throughput-compiled.json"))
 
 
 if __name__ == "__main__":

@@ -77,11 +77,11 @@ def usual_train(x_u8: torch.Tensor, y: torch.Tensor, model_name: str, epochs: in
     return time.perf_counter() - t0
 
 
-def ours_train(x_u8, y, model_name, epochs, seed, precision) -> float:
+def ours_train(x_u8, y, model_name, epochs, seed, precision, compile=False) -> float:
     mean, std = channel_stats(x_u8)
     xn = normalise(x_u8, mean, std, "cpu")
     t0 = time.perf_counter()
-    train_classifier(xn, y, model_name, 10, DC, epochs, seed, torch.device("cpu"), precision)
+    train_classifier(xn, y, model_name, 10, DC, epochs, seed, torch.device("cpu"), precision, compile=compile)
     return time.perf_counter() - t0
 
 
@@ -98,22 +98,28 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20, help="epochs timed for the IPC 10 / 50 projections")
     ap.add_argument("--trials", type=int, default=3, help="alternating repeats of each pair (mean +- std)")
     ap.add_argument("--only", choices=("throughput", "dc"), default=None, help="run one half (appends to --out)")
+    ap.add_argument("--compile", action="store_true",
+                    help="ours trains through torch.compile (`evaluate --compile`); the compile is timed apart")
     a = ap.parse_args()
     os.environ["MINIMAXDD_QUIET"] = "1"
     rows = json.loads(Path(a.out).read_text())["rows"] if (a.only and Path(a.out).exists()) else []
 
     def pair(label, n, model, epochs, prec_ours, prec_usual="fp32"):
         x, y = data(n)
-        ours_train(x[:32], y[:32], model, 1, 0, prec_ours)  # warm-up: first-call costs land on neither side
+        # warm-up: first-call costs (and with --compile the compile, on these very shapes) land on neither side
+        t0 = time.perf_counter()
+        ours_train(x, y, model, 1, 0, prec_ours, a.compile)
+        warm = time.perf_counter() - t0
         usual_train(x[:32], y[:32], model, 1, 0, prec_usual)
         ours, usual = [], []
         for t in range(a.trials):  # interleaved, so drift in machine speed hits both
-            ours.append(ours_train(x, y, model, epochs, t, prec_ours))
+            ours.append(ours_train(x, y, model, epochs, t, prec_ours, a.compile))
             usual.append(usual_train(x, y, model, epochs, t, prec_usual))
         ours_ips = [n * epochs / s for s in ours]
         usual_ips = [n * epochs / s for s in usual]
         ratio = [u / o for o, u in zip(ours, usual)]
-        row = {"what": label, "model": model, "images": n, "epochs": epochs, "ours_precision": prec_ours,
+        row = {"what": label, "model": model, "images": n, "epochs": epochs,
+               "ours_precision": prec_ours + (" compiled" if a.compile else ""), "ours_warmup_s": round(warm, 1),
                "usual_precision": prec_usual, "ours_img_s": [round(v, 1) for v in ours_ips],
                "usual_img_s": [round(v, 1) for v in usual_ips], "speedup": [round(v, 2) for v in ratio],
                "speedup_mean": float(np.mean(ratio)), "speedup_std": float(np.std(ratio)),

@@ -166,3 +166,19 @@ def test_format_table():
     assert len(lines) == 4 and "accuracy (%)" in lines[0]
     assert "herding" in lines[2] and "81.23 +- 1.23" in lines[2] and " 10 " in lines[2] and "1000" in lines[2]
     assert "full data" in lines[3] and "full" in lines[3].replace("full data", "") and "97.00 +- 0.00" in lines[3]
+
+
+def test_compiled_classifier_training_matches_eager():
+    # torch.compile fuses the step's kernels; the trained weights must be the eager ones
+    from torch._dynamo.utils import counters
+
+    from minimaxdd.evaluate import train_classifier
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.arange(40) % 4
+    proto = PROTOCOLS["dc"]
+    eager = train_classifier(x, y, "convnet3", 4, proto, 2, 0, torch.device("cpu"), "fp32")
+    counters.clear()
+    compiled = train_classifier(x, y, "convnet3", 4, proto, 2, 0, torch.device("cpu"), "fp32", compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1
+    for (name, a), (_, b) in zip(eager.state_dict().items(), compiled.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-4), name

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--generation-accuracy", action="store_true",
                    help="also report how often a full-data classifier assigns each image to its own class")
+    p.add_argument("--compile", action="store_true",
+                   help="train the classifiers through torch.compile (~10 s once, then ~2x faster ConvNet steps on a CPU)")
     _add_eval_args(p)
     _add_common(p)
 
@@ -209,7 +211,8 @@ def cmd_evaluate(a) -> int:
 
     r = run(EvaluateConfig(synth=a.synth, real=a.real, model=a.model, protocol=a.protocol, repeats=a.repeats,
                            epochs=a.epochs, seed=a.seed, full=a.full, size=a.size, device=a.device,
-                           precision=a.precision, out=a.out, generation_accuracy=a.generation_accuracy))
+                           precision=a.precision, out=a.out, generation_accuracy=a.generation_accuracy,
+                           compile=a.compile))
     if not dist.is_main():
         return 0
     print(format_table([r]))

@@ -69,9 +69,12 @@ def _augment_fn(protocol: Protocol):
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_classes: int,
                      protocol: Protocol, epochs: int, seed: int, device: torch.device,
-                     precision: str = "bf16", desc: str = "train") -> nn.Module:
+                     precision: str = "bf16", desc: str = "train", compile: bool = False) -> nn.Module:
     """Train `model_name` from scratch on normalised images x (N, C, H, W) float on `device`
-    and labels y (N,) with `protocol`, for `epochs` epochs. Returns the model in eval mode."""
+    and labels y (N,) with `protocol`, for `epochs` epochs. Returns the model in eval mode.
+
+    `compile` trains through torch.compile (a one-off ~10 s compile on a CPU, then fused norm and
+    activation kernels: ConvNet-3 steps at IPC 10 ran 2.2x faster in bf16 on our 2-core machine)."""
     n, c, h, _ = x.shape
     with torch.random.fork_rng(devices=[]):  # initialisation from the seed, global RNG untouched
         torch.manual_seed(seed)
@@ -83,6 +86,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=protocol.gamma)
     aug = _augment_fn(protocol)
     bs = protocol.batch_size
+    net = torch.compile(model) if compile else model   # shares the parameters with `model`
     model.train()
     bar = progress(range(epochs), desc=desc)
     for _ in bar:
@@ -96,10 +100,10 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
             with autocast(device, precision):
                 if use_cutmix:
                     xb, ya, yb2, lam = augment.cutmix(xb, yb, g, protocol.cutmix_beta)
-                    out = model(xb)
+                    out = net(xb)
                     loss = lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb2)
                 else:
-                    out = model(xb)
+                    out = net(xb)
                     loss = F.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -160,7 +164,8 @@ def images_per_class(y: torch.Tensor, num_classes: int) -> int | None:
 def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                  num_classes: int, model: str = "convnet3", protocol: Protocol | None = None,
                  repeats: int = 3, epochs: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                 precision: str = "bf16", stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> EvalResult:
+                 precision: str = "bf16", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 compile: bool = False) -> EvalResult:
     """Train `repeats` classifiers on uint8 images x_train (N, C, H, W) with labels y_train and
     report their final test accuracy on (x_test, y_test).
 
@@ -185,7 +190,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     done = {}
     for r in range(dist.rank(), repeats, dist.world()):   # under torchrun, repeats are spread over ranks
         net = train_classifier(xtr, ytr, model, num_classes, protocol, n_epochs, seed + r, device, precision,
-                               desc=f"{model} run {r + 1}/{repeats}")
+                               desc=f"{model} run {r + 1}/{repeats}", compile=compile)
         done[r] = accuracy(predict(net, xte, precision), y_test, num_classes)
         progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {done[r][0]:.4f}")
     if dist.world() > 1:
@@ -222,6 +227,7 @@ class EvaluateConfig:
     device: str = "auto"
     precision: str = "bf16"
     out: str | None = None
+    compile: bool = False              # train the classifiers through torch.compile
     generation_accuracy: bool = False   # also score the set with the full-data reference classifier
 
 
@@ -242,7 +248,8 @@ def run(cfg: EvaluateConfig) -> dict:
         s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size)
         x, y = s.images, s.labels
     res = evaluate_set(x, y, real.x_test, real.y_test, real.num_classes, cfg.model, protocol, cfg.repeats,
-                       cfg.epochs, cfg.seed, dist.setup(pick_device(cfg.device)), cfg.precision, stats=channel_stats(real.x_train))
+                       cfg.epochs, cfg.seed, dist.setup(pick_device(cfg.device)), cfg.precision, stats=channel_stats(real.x_train),
+                       compile=cfg.compile)
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
            "class_names": real.class_names, "config": asdict(cfg)}
     if cfg.generation_accuracy and not cfg.full:
