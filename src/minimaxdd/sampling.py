@@ -110,9 +110,9 @@ SPACINGS = ("time", "logsnr")
 def dpm_time_points(steps: int, spacing: str = "time") -> np.ndarray:
     """The training steps a DPM-Solver visits, from 999 down to 0 (steps + 1 points, fewer if rounding merges some).
 
-    "time": uniform in t (diffusers' linspace; the DPM-Solver paper's choice for high-resolution and
-    latent models). "logsnr": uniform in lambda = log(alpha / sigma) (the paper's choice for
-    low-resolution pixel models; Lu et al. 2022, Sec. 3.3), rounded to the nearest training step.
+    "time": uniform in t (diffusers' linspace; the DPM-Solver authors' advice for high-resolution and
+    latent models). "logsnr": uniform in lambda = log(alpha / sigma) (their advice for low-resolution
+    pixel models; Lu et al. 2022), rounded to the nearest training step.
     Near t = 0 lambda moves fast, so at high step counts neighbouring points can round to the same
     step; those are merged (a zero-length step would divide by zero).
     """

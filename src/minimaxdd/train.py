@@ -99,7 +99,7 @@ def make_targets(codec, ds, class_map: list[int]) -> Targets:
 
 def ema_pairs(ema: nn.Module, model: nn.Module, params: list[nn.Parameter]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(EMA tensor, parameter) for the trained parameters only: a frozen one never moves, so its EMA
-    stays equal to it (Difffit trains ~0.5% of a DiT: lerping the rest cost a tenth of a CPU step)."""
+    stays equal to it (Difffit trains ~0.5% of a DiT; lerping the rest was memory traffic for nothing)."""
     trained = set(map(id, params))
     return [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if id(p) in trained]
 
