@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation-accuracy", action="store_true",
                    help="also report how often a full-data classifier assigns each image to its own class")
     p.add_argument("--compile", action="store_true",
-                   help="train the classifiers through torch.compile (~10 s once, then ~2x faster ConvNet steps on a CPU)")
+                   help="train the classifiers through torch.compile (a compile of seconds, then faster steps; BENCHMARKS.md)")
     _add_eval_args(p)
     _add_common(p)
 

@@ -73,8 +73,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
     """Train `model_name` from scratch on normalised images x (N, C, H, W) float on `device`
     and labels y (N,) with `protocol`, for `epochs` epochs. Returns the model in eval mode.
 
-    `compile` trains through torch.compile (a one-off ~10 s compile on a CPU, then fused norm and
-    activation kernels: ConvNet-3 steps at IPC 10 ran 2.2x faster in bf16 on our 2-core machine)."""
+    `compile` trains through torch.compile: a one-off compile of seconds on a CPU, then fused norm and
+    activation kernels (BENCHMARKS.md, "With `evaluate --compile`")."""
     n, c, h, _ = x.shape
     with torch.random.fork_rng(devices=[]):  # initialisation from the seed, global RNG untouched
         torch.manual_seed(seed)
