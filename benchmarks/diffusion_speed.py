@@ -13,9 +13,13 @@ mean +- std over trials. `--compile` adds torch.compile'd bf16 fine-tuning and s
 The pattern's attention is the fused kernel (F.scaled_dot_product_attention, what the reference's
 timm Attention calls); ours picks matmuls where they are faster on a CPU (`dit.attention`).
 
-`--solver SAMPLER:SPACING:STEPS` (e.g. sde-dpm-solver:logsnr:20) also times whole `generate` calls
-of --sample-batch images, guided, bf16 (compiled with --compile): the 50-step ancestral sampler and
-the given solver, each against the pattern's 50 steps.
+`--compile` runs the compiled sampling network as `sample --compile` does (`sampling_network`:
+frozen weights, matmul attention) at --compiled-batch images per call (16: on a 2-core CPU smaller
+batches keep the activations in cache; a dit-s/2 ran 28 guided image-steps/s at 16 against 23 at 50).
+
+`--solver SAMPLER:SPACING:STEPS[,...]` (e.g. ddpm:time:25,dpm-solver:time:20) also times whole
+`generate` calls of 3 x --compiled-batch images, guided, bf16 (compiled with --compile): the 50-step
+ancestral sampler and each given solver, against the pattern's 50 steps.
 
     python benchmarks/diffusion_speed.py --out benchmarks/results/diffusion_speed.json
 """
@@ -35,7 +39,7 @@ from minimaxdd.denoisers import build_denoiser, difffit_parameters
 from minimaxdd.diffusion import Diffusion
 from minimaxdd.evaluate import autocast
 import minimaxdd.dit as dit
-from minimaxdd.sampling import generate, guided_fn, image_seed
+from minimaxdd.sampling import frozen_weights, generate, guided_fn, image_seed, sampling_network
 from minimaxdd.utils import write_json
 
 DEV = torch.device("cpu")
@@ -46,18 +50,19 @@ class fused_attention:
 
     def __enter__(self):
         self.saved = dict(dit.CPU_MATMUL_ATTENTION_TOKENS)
-        dit.CPU_MATMUL_ATTENTION_TOKENS.update(train=0, infer=0)
+        dit.CPU_MATMUL_ATTENTION_TOKENS.update(train=0, infer=0, infer_compiled=0)
 
     def __exit__(self, *exc):
         dit.CPU_MATMUL_ATTENTION_TOKENS.update(self.saved)
 
 
-def time_generate(model, n, sampler, steps, spacing, cfg=4.0) -> float:
-    """Images/s of one `generate` call of n images (bf16 models run as they are, without autocast)."""
+def time_generate(model, network, compiled, n, batch, sampler, steps, spacing, cfg=4.0) -> float:
+    """Images/s of one bf16 `generate` call of n images through `network` (a `sampling_network`)."""
     y = torch.arange(n) % model.num_classes
     seeds = [image_seed(0, int(c), i) for i, c in enumerate(y)]
     t0 = time.perf_counter()
-    generate(model, y, seeds, sampler=sampler, steps=steps, spacing=spacing, cfg_scale=cfg, batch_size=n)
+    generate(model, y, seeds, sampler=sampler, steps=steps, spacing=spacing, cfg_scale=cfg, batch_size=batch,
+             precision="bf16", compile=compiled, network=network)
     return n / (time.perf_counter() - t0)
 
 
@@ -126,12 +131,13 @@ def main():
     ap.add_argument("--models", default="dit-t/4,dit-s/4,dit-s/2")
     ap.add_argument("--channels", type=int, default=4, help="4 = SD-VAE latents of 256 px images (32x32x4)")
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--sample-batch", type=int, default=50)
+    ap.add_argument("--sample-batch", type=int, default=50, help="images per call, eager rows")
+    ap.add_argument("--compiled-batch", type=int, default=16, help="images per call, compiled rows and generate")
     ap.add_argument("--train-batch", type=int, default=64)
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd fine-tuning and sampling")
     ap.add_argument("--no-train", action="store_true", help="skip training from scratch (batch --train-batch)")
-    ap.add_argument("--solver", default=None, help="SAMPLER:SPACING:STEPS: also time whole generate calls")
+    ap.add_argument("--solver", default=None, help="SAMPLER:SPACING:STEPS[,...]: also time whole generate calls")
     a = ap.parse_args()
     rows = []
     rate = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
@@ -149,14 +155,16 @@ def main():
             p.requires_grad_(True)
         keys = ["pattern_sample", "ours_sample_fp32", "ours_sample_bf16", "pattern_ft", "ours_ft_bf16"]
         keys += [] if a.no_train else ["train_fp32", "train_bf16"]
-        if a.solver:
-            keys += ["ours_generate_ddpm50", "ours_generate_solver"]
+        solvers = a.solver.split(",") if a.solver else []
+        keys += [f"ours_generate_{s}" for s in ["ddpm:time:50"] + solvers] if solvers else []
         if a.compile:
             keys += ["ours_sample_bf16_compiled", "ours_ft_bf16_compiled"]
-            compiled, compiled_bf16 = torch.compile(model), torch.compile(model_bf16)
+            compiled = torch.compile(model)
+            compiled_bf16 = sampling_network(model, "bf16", compile=True)
             t0 = time.perf_counter()
             time_train_step(compiled, 8, "bf16", diff, reps=1)
-            time_sampling_step(compiled_bf16, a.sample_batch, "fp32", reps=1)
+            with frozen_weights():
+                time_sampling_step(compiled_bf16, a.compiled_batch, "fp32", reps=1)
             print(f"{name}: compiled in {time.perf_counter() - t0:.0f} s", flush=True)
         res = {k: [] for k in keys}
         for _ in range(a.trials):
@@ -171,13 +179,14 @@ def main():
             res["ours_ft_bf16"].append(8 / time_train_step(model, 8, "bf16", diff))
             if a.compile:
                 res["ours_ft_bf16_compiled"].append(8 / time_train_step(compiled, 8, "bf16", diff))
-                res["ours_sample_bf16_compiled"].append(
-                    a.sample_batch / (50 * time_sampling_step(compiled_bf16, a.sample_batch, "fp32")))
-            if a.solver:
-                sampler, spacing, steps = a.solver.split(":")
-                gen_model = compiled_bf16 if a.compile else model_bf16
-                res["ours_generate_ddpm50"].append(time_generate(gen_model, a.sample_batch, "ddpm", 50, "time"))
-                res["ours_generate_solver"].append(time_generate(gen_model, a.sample_batch, sampler, int(steps), spacing))
+                with frozen_weights():
+                    res["ours_sample_bf16_compiled"].append(
+                        a.compiled_batch / (50 * time_sampling_step(compiled_bf16, a.compiled_batch, "fp32")))
+            for spec in (["ddpm:time:50"] + solvers) if solvers else []:
+                sampler, spacing, steps = spec.split(":")
+                net = compiled_bf16 if a.compile else model_bf16
+                res[f"ours_generate_{spec}"].append(time_generate(model, net, a.compile, 3 * a.compiled_batch,
+                                                                  a.compiled_batch, sampler, int(steps), spacing))
             if a.no_train:
                 continue
             for p in all_params:
@@ -202,10 +211,13 @@ def main():
             if k not in r:
                 continue
             r[k]["matmul_fraction"] = r[k]["mean"] * per_img / rate[prec]
+        gen_keys = [k for k in res if k.startswith("ours_generate_")]
+        for k in gen_keys:   # whole generate calls: the sampler's own arithmetic counts against them
+            r[k]["matmul_fraction"] = r[k]["mean"] * 2 * int(k.rsplit(":", 1)[1]) * fl / rate["bf16"]
         for ours, base in (("ours_sample_bf16", "pattern_sample"), ("ours_sample_fp32", "pattern_sample"),
                            ("ours_ft_bf16", "pattern_ft"), ("train_bf16", "train_fp32"),
                            ("ours_sample_bf16_compiled", "pattern_sample"), ("ours_ft_bf16_compiled", "pattern_ft"),
-                           ("ours_generate_ddpm50", "pattern_sample"), ("ours_generate_solver", "pattern_sample")):
+                           *((k, "pattern_sample") for k in gen_keys)):
             if ours not in res:
                 continue
             ratios = np.array(res[ours]) / np.array(res[base])
@@ -216,12 +228,12 @@ def main():
               f"({r['ours_sample_bf16/pattern_sample']['mean']:.2f}x, {100 * r['ours_sample_bf16']['matmul_fraction']:.0f}% "
               f"of bf16 matmul); fine-tune img/s pattern {r['pattern_ft']['mean']:.2f}, ours {r['ours_ft_bf16']['mean']:.2f} "
               f"({r['ours_ft_bf16/pattern_ft']['mean']:.2f}x)", flush=True)
-        for k in ("ours_ft_bf16_compiled", "ours_sample_bf16_compiled", "train_fp32", "train_bf16",
-                  "ours_generate_ddpm50", "ours_generate_solver"):
+        for k in ("ours_ft_bf16_compiled", "ours_sample_bf16_compiled", "train_fp32", "train_bf16", *gen_keys):
             if k in r:
                 ratio = next((f" ({v['mean']:.2f}x {key.split('/')[1]})" for key, v in r.items()
                               if key.startswith(k + "/")), "")
-                print(f"  {k}: {r[k]['mean']:.3f} img/s{ratio}", flush=True)
+                frac = f", {100 * r[k]['matmul_fraction']:.0f}% of matmul" if "matmul_fraction" in r[k] else ""
+                print(f"  {k}: {r[k]['mean']:.3f} img/s{ratio}{frac}", flush=True)
     write_json(a.out, {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                    "cores": os.cpu_count(), "torch": torch.__version__},
                        "matmul_gflops": {k: v / 1e9 for k, v in rate.items()}, "config": vars(a), "rows": rows})

@@ -192,3 +192,44 @@ def test_bf16_sampling_stays_close_to_fp32():
     assert a.dtype == b.dtype == torch.float32
     assert (a - b).abs().mean() < 0.05 * a.abs().mean() and not torch.equal(a, b)
     assert next(m.parameters()).dtype == torch.float32   # the caller's model is untouched
+
+
+def test_compiled_sampling_matches_eager_and_compiles_once():
+    # The compiled network (frozen weights, matmul attention, padded last batch) computes what the
+    # eager one does; a network built once by `sampling_network` serves later calls without
+    # recompiling; and a second model is not served the first one's frozen weights.
+    from torch._dynamo.utils import counters
+
+    from minimaxdd.dit import DiT, DiTConfig
+    from minimaxdd.sampling import sampling_network
+
+    def model(seed):
+        torch.manual_seed(seed)
+        m = DiT(DiTConfig(input_size=8, patch_size=2, in_channels=2, hidden_size=32, depth=2, num_heads=2,
+                          num_classes=3, learn_sigma=True))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_(0, 0.05)
+        return m
+
+    m = model(0)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    seeds = [image_seed(0, int(c), i) for i, c in enumerate(y)]
+    kw = dict(sampler="ddpm", steps=4, cfg_scale=2.0, batch_size=2)
+    eager = generate(m, y, seeds, **kw)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = generate(m, y, seeds, compile=True, **kw)     # batches of 2, 2, 1 padded to 2
+    assert counters["stats"]["unique_graphs"] == 1          # one graph: the padding kept one shape
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()
+    counters.clear()
+    net = sampling_network(m, "fp32", compile=True)
+    a = generate(m, y[:3], seeds[:3], compile=True, network=net, **kw)
+    b = generate(m, y[3:], seeds[3:], compile=True, network=net, **kw)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(torch.cat([a, b]), eager, rtol=1e-4, atol=1e-4)
+    other = model(1)
+    e2 = generate(other, y, seeds, **kw)
+    assert (e2 - eager).abs().max() > 0.1
+    torch.testing.assert_close(generate(other, y, seeds, compile=True, **kw), e2, rtol=1e-4, atol=1e-4)

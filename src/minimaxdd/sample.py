@@ -11,7 +11,7 @@ from . import checkpoint as ckpt
 from . import dist
 from .codecs import build_codec
 from .errors import UserError
-from .sampling import DPM_SAMPLERS, SAMPLERS, SPACINGS, generate, image_seed
+from .sampling import DPM_SAMPLERS, SAMPLERS, SPACINGS, generate, image_seed, sampling_network
 from .synthset import SyntheticSet, write_synthetic
 from .utils import manifest, pick_device
 
@@ -88,6 +88,9 @@ def _budgeted(model, codec, labels: list[int], class_map: list[int], cfg: Sample
         raise UserError(f"--budget-minutes must be positive, got {cfg.budget_minutes}")
     budget_s = 60 * cfg.budget_minutes
     per_round = max(1, cfg.batch_size // len(labels))
+    # One network for all rounds: with --compile it compiles once, and every round is padded to the
+    # first round's batch.
+    kw = dict(kw, network=sampling_network(model, cfg.precision, cfg.compile), batch_size=per_round * len(labels))
     t0 = time.time()
     images, out_labels, done, last = [], [], 0, 0.0
     while done < cfg.ipc:

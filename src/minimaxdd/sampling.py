@@ -6,6 +6,7 @@ guidance runs the conditional and the null-class halves in one network call.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from typing import Callable
@@ -192,16 +193,48 @@ SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpm-solver": dpm_s
 DPM_SAMPLERS = ("dpm-solver", "sde-dpm-solver")
 
 
+def sampling_network(model: nn.Module, precision: str = "fp32", compile: bool = False) -> nn.Module:
+    """The network as `generate` runs it: a bf16 copy for precision "bf16", compiled if asked.
+
+    `generate` runs a compiled network with its weights frozen (inductor's `freezing`): they become
+    constants, which lets inductor fold and prepack them for the CPU's matmul kernels (a bf16
+    dit-s/2 forward at batch 16: 0.28 s frozen against 0.33 s compiled without it). The result
+    serves inference only and does not see later changes to `model`'s weights.
+    """
+    model.eval()
+    if precision == "bf16":
+        model = copy.deepcopy(model).to(torch.bfloat16)
+    if compile:
+        model = torch.compile(model)   # attributes (num_classes, ...) pass through; frozen by `generate`
+    return model
+
+
+def frozen_weights(enabled: bool = True):
+    """Within: torch.compile freezes the weights of what it compiles (see `sampling_network`).
+
+    Inductor reads the setting while a first call traces and compiles, so a compiled sampling
+    network is called within this context every time.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(freezing=True)
+
+
 @torch.no_grad()
 def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sampler: str = "ddpm",
              steps: int = 50, cfg_scale: float = 1.0, cfg_channels: int | None = None, clip: bool = False,
              precision: str = "fp32", batch_size: int = 64, device="cpu", desc: str = "sample",
-             compile: bool = False, spacing: str = "time") -> torch.Tensor:
+             compile: bool = False, spacing: str = "time", network: nn.Module | None = None) -> torch.Tensor:
     """Sample one latent per (label, seed): (N, C, H, W) float32 on the CPU.
 
     `labels` are the network's class indices; the null class for guidance is model.num_classes.
     precision "bf16" runs a bf16 copy of the network (faster than autocast on CPUs: no per-call
-    weight casts); the sampler's arithmetic stays in fp32. `compile` wraps it in torch.compile.
+    weight casts); the sampler's arithmetic stays in fp32. `compile` compiles it with frozen
+    weights (`sampling_network`), about 20 s for a dit-s/2, so it pays off from a few hundred
+    network calls. `network`, a `sampling_network(model, precision, compile)` built once, serves
+    several calls without compiling again; with `compile`, every batch is then padded to
+    `batch_size`, one shape for all calls.
     `spacing` places the DPM-Solvers' time points ("time" or "logsnr", see `dpm_time_points`);
     DDPM and DDIM always respace uniformly in time, as DiT does.
     """
@@ -215,23 +248,30 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
     step_fn = SAMPLERS[sampler] if sampler not in DPM_SAMPLERS else functools.partial(SAMPLERS[sampler], spacing=spacing)
     if len(labels) != len(seeds):
         raise ValueError("one seed per label")
-    model.eval()
     shape = (model.in_channels, model.input_size, model.input_size)
-    if precision == "bf16":
-        model = copy.deepcopy(model).to(torch.bfloat16)
-    if compile:
-        model = torch.compile(model)   # attribute access (num_classes, parameters) passes through
+    if network is None:
+        model = sampling_network(model, precision, compile)
+        batch_size = max(1, min(batch_size, len(labels)))   # a compile here serves this call only
+    else:
+        model = network
     # Under torchrun, batch b runs on rank b % world: every batch is the one a single process would
     # run (same images, same size), so the gathered result is the same bytes.
     starts = list(range(0, len(labels), batch_size))
     mine = starts[dist.rank()::dist.world()]
     outs = {}
-    with progress(total=sum(len(labels[s:s + batch_size]) for s in mine) * steps, desc=desc, unit="step") as bar:
+    with frozen_weights(compile), progress(total=sum(len(labels[s:s + batch_size]) for s in mine) * steps, desc=desc, unit="step") as bar:
         for s in mine:
-            y = labels[s:s + batch_size].to(device)
-            noise = PerImageNoise(seeds[s:s + batch_size], shape, device)
-            net = guided_fn(model, y, cfg_scale, cfg_channels, precision)
-            outs[s] = step_fn(net, noise, steps, clip, lambda k=len(y): bar.update(k)).float().cpu()
+            y, seed = labels[s:s + batch_size], seeds[s:s + batch_size]
+            n = len(y)
+            if compile and n < batch_size:
+                # Pad a short last batch with copies of its last image (dropped below): one more batch
+                # shape would cost a recompile. Images do not interact in the network, so the others
+                # are unchanged.
+                y = torch.cat([y, y[-1:].expand(batch_size - n)])
+                seed = list(seed) + [seed[-1]] * (batch_size - n)
+            noise = PerImageNoise(seed, shape, device)
+            net = guided_fn(model, y.to(device), cfg_scale, cfg_channels, precision)
+            outs[s] = step_fn(net, noise, steps, clip, lambda k=n: bar.update(k))[:n].float().cpu()
     if dist.world() > 1:
         for part in dist.all_gather_objects(outs):
             outs.update(part)
