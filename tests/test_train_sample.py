@@ -133,3 +133,22 @@ def test_generation_accuracy_scores_real_images_high_and_wrong_labels_low(digits
     wrong = generation_accuracy(digits, x, (y + 1) % 10, cfg)
     assert right["generation_accuracy"] > 0.8 and wrong["generation_accuracy"] < 0.2
     assert abs(right["reference_test_accuracy"] - right["generation_accuracy"]) < 0.1
+
+
+def test_fused_adamw_steps_like_the_plain_one():
+    from minimaxdd.train import adamw
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    start = [p.detach().clone() for p in a]
+    fused, plain = adamw(a, lr=1e-2, weight_decay=0.1), torch.optim.AdamW(b, lr=1e-2, weight_decay=0.1)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(5):
+        for ps, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            sum((p ** 2).sum() for p in ps).backward()
+            opt.step()
+    for p, q, p0 in zip(a, b, start):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert (p - p0).abs().min() > 1e-3          # every entry moved

@@ -104,10 +104,18 @@ def ema_pairs(ema: nn.Module, model: nn.Module, params: list[nn.Parameter]) -> l
     return [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if id(p) in trained]
 
 
+def adamw(params: list[nn.Parameter], **kw) -> torch.optim.AdamW:
+    """AdamW, with the fused kernel where torch has one (CPU and CUDA floating-point parameters): one
+    call per step instead of a dozen small ops per tensor, which is 15-20% of a Difffit step of a
+    small DiT on a CPU (dit-t/4 at batch 8: 241 against 201 images/s)."""
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, fused=fused or None, **kw)
+
+
 def update_ema(pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
-    with torch.no_grad():
-        for e, p in pairs:
-            e.lerp_(p.detach(), 1 - decay)
+    if pairs:
+        with torch.no_grad():
+            torch._foreach_lerp_([e for e, _ in pairs], [p.detach() for _, p in pairs], 1 - decay)
 
 
 def _prepare_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
@@ -168,7 +176,7 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     averaged = ema_pairs(ema, model, params)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     step = 0
     if resume_from is not None:
         old = ckpt.read_meta(resume_from)
