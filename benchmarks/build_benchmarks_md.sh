@@ -14,7 +14,9 @@ end = open("benchmarks/BENCHMARKS.end.md").read()
 table = subprocess.run([sys.executable, "benchmarks/tables.py", "solvers"], capture_output=True, text=True, check=True).stdout
 compiled = subprocess.run([sys.executable, "benchmarks/tables.py", "throughput-compiled"], capture_output=True, text=True,
                           check=True).stdout
-sys.stdout.write(end.replace("SOLVERS_TABLE\n", table).replace("THROUGHPUT_COMPILED\n", compiled))
+speed = subprocess.run([sys.executable, "benchmarks/tables.py", "speed"], capture_output=True, text=True, check=True).stdout
+sys.stdout.write(end.replace("SOLVERS_TABLE\n", table).replace("THROUGHPUT_COMPILED\n", compiled)
+                 .replace("SPEED_TABLE\n", speed))
 PY
   if [ -f benchmarks/BENCHMARKS.dm.md ]; then
     cat benchmarks/BENCHMARKS.dm.md

@@ -65,8 +65,45 @@ def solvers(path: Path) -> str:
     return "\n".join(out)
 
 
+def speed(path: Path) -> str:
+    """A `diffusion_speed.py --compile --solver ...` run: img/s, ratio to the pattern, share of the matmul rate."""
+    d = json.loads(path.read_text())
+    c, g = d["config"], d["matmul_gflops"]
+    shape = f"{c['channels']}x{c['size']}x{c['size']}"
+    f = lambda r, k: f"{r[k]['mean']:.3g}"
+    ratio = lambda r, k, base: f"{r[f'{k}/{base}']['mean']:.2f} +- {r[f'{k}/{base}']['std']:.2f}x"
+    pct = lambda r, k: f"{100 * r[k]['matmul_fraction']:.0f}%"
+    out = [f"{shape} inputs, 1000 classes, learned sigma; {c['trials']} trials; GEMM rate in the run: fp32 "
+           f"{g['fp32']:.0f}, bf16 {g['bf16']:.0f} GFLOP/s. Ratios per trial, mean +- std.", "",
+           "**Fine-tuning and training** (img/s; % of the matmul rate of its precision)", "",
+           "| model | GFLOP / fwd | Difffit: pattern fp32 | ours bf16 | ours compiled | ratio eager / compiled | "
+           "training from scratch fp32 / bf16 (batch " + str(c["train_batch"]) + ") |",
+           "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in d["rows"]:
+        train = (f"{f(r, 'train_fp32')} ({pct(r, 'train_fp32')}) / {f(r, 'train_bf16')} ({pct(r, 'train_bf16')})"
+                 if "train_fp32" in r else "not run")
+        out.append(f"| {r['model']} | {r['forward_gflop_per_image']:.2f} | {f(r, 'pattern_ft')} ({pct(r, 'pattern_ft')}) | "
+                   f"{f(r, 'ours_ft_bf16')} | {f(r, 'ours_ft_bf16_compiled')} ({pct(r, 'ours_ft_bf16_compiled')}) | "
+                   f"{ratio(r, 'ours_ft_bf16', 'pattern_ft')} / **{ratio(r, 'ours_ft_bf16_compiled', 'pattern_ft')}** | "
+                   f"{train} |")
+    gen = [k for k in d["rows"][0] if k.startswith("ours_generate_") and "/" not in k]
+    out += ["", "**Sampling** (img/s with guidance; ratio to the pattern's 50 ancestral steps; % of the "
+            "matmul rate of its precision)", "",
+            "| model | pattern fp32, 50 steps | ours fp32 (eager) | ours bf16 (eager) | ours compiled step | "
+            + " | ".join(f"generate {k[len('ours_generate_'):].replace(':time:', ' ')}" for k in gen) + " |",
+            "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in gen) + " |"]
+    for r in d["rows"]:
+        cells = [f"{f(r, k)} (**{ratio(r, k, 'pattern_sample')}**, {pct(r, k)})" for k in gen]
+        out.append(f"| {r['model']} | {f(r, 'pattern_sample')} ({pct(r, 'pattern_sample')}) | "
+                   f"{f(r, 'ours_sample_fp32')} ({ratio(r, 'ours_sample_fp32', 'pattern_sample')}) | "
+                   f"{f(r, 'ours_sample_bf16')} ({ratio(r, 'ours_sample_bf16', 'pattern_sample')}) | "
+                   f"{f(r, 'ours_sample_bf16_compiled')} ({ratio(r, 'ours_sample_bf16_compiled', 'pattern_sample')}, "
+                   f"{pct(r, 'ours_sample_bf16_compiled')}) | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
-    """python benchmarks/tables.py [calibration|dm|solvers|throughput] (default: all)."""
+    """python benchmarks/tables.py [calibration|dm|solvers|throughput|throughput-compiled|speed] (default: the first four)."""
     import sys
 
     want = sys.argv[1:] or ["calibration", "dm", "solvers", "throughput"]
@@ -81,6 +118,10 @@ def main() -> None:
             print(solvers(p))
     if "throughput" in want and (RESULTS / "throughput.json").exists():
         print(throughput(RESULTS / "throughput.json"))
+    if "speed" in want:
+        for name in ("diffusion_speed_frozen.json", "diffusion_speed_frozen_fm.json"):
+            if (RESULTS / name).exists():
+                print(f"`benchmarks/results/{name}`: {speed(RESULTS / name)}\n")
     if "throughput-compiled" in want and (RESULTS / "throughput-compiled.json").exists():
         print(throughput(RESULTS / "throughput-compiled.json"))
 
