@@ -231,8 +231,8 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
     `labels` are the network's class indices; the null class for guidance is model.num_classes.
     precision "bf16" runs a bf16 copy of the network (faster than autocast on CPUs: no per-call
     weight casts); the sampler's arithmetic stays in fp32. `compile` compiles it with frozen
-    weights (`sampling_network`), about 20 s for a dit-s/2, so it pays off from a few hundred
-    network calls. `network`, a `sampling_network(model, precision, compile)` built once, serves
+    weights (`sampling_network`), 20-30 s for a dit-s/2 on a 2-core CPU, so it pays off from a few
+    hundred network calls. `network`, a `sampling_network(model, precision, compile)` built once, serves
     several calls without compiling again; with `compile`, every batch is then padded to
     `batch_size`, one shape for all calls.
     `spacing` places the DPM-Solvers' time points ("time" or "logsnr", see `dpm_time_points`);
@@ -259,7 +259,8 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
     starts = list(range(0, len(labels), batch_size))
     mine = starts[dist.rank()::dist.world()]
     outs = {}
-    with frozen_weights(compile), progress(total=sum(len(labels[s:s + batch_size]) for s in mine) * steps, desc=desc, unit="step") as bar:
+    total = sum(len(labels[s:s + batch_size]) for s in mine) * steps
+    with frozen_weights(compile), progress(total=total, desc=desc, unit="step") as bar:
         for s in mine:
             y, seed = labels[s:s + batch_size], seeds[s:s + batch_size]
             n = len(y)
