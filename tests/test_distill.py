@@ -208,3 +208,23 @@ def test_phases_fine_tune_one_model_per_class_group(run_dir, tmp_path):
     assert stage["config"]["phases"] == 3 and len(stage["phases"]) == 3
     assert main(["distill", *args, "--set", f"base.pretrained={run_dir / 'base'}", "--set", "phases=0",
                  "--out", str(out)]) == 2
+
+
+def test_evaluate_compile_reaches_the_classifiers(run_dir, tmp_path, monkeypatch):
+    # `--set evaluate.compile=true` is passed to every evaluation row (compiled training itself is
+    # tested in test_evaluate.py; here the rows train eagerly to stay fast)
+    import shutil
+
+    import minimaxdd.evaluate as ev
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    seen, real = [], ev.evaluate_set
+
+    def spy(*a, compile=False, **kw):
+        seen.append(compile)
+        return real(*a, **kw)
+    monkeypatch.setattr(ev, "evaluate_set", spy)
+    assert main(["distill", *TINY, "--set", "evaluate.compile=true", "--from-stage", "evaluate", "--out", str(run)]) == 0
+    assert len(seen) == 5 and all(seen)      # minimax and random at IPC 2 and 3, and the full set
+

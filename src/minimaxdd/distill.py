@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "sample": {"sampler": "ddpm", "steps": 50, "cfg": 1.0, "batch_size": 64, "precision": "fp32"},
     "evaluate": {"models": ["convnet3"], "protocol": "dc", "repeats": 3, "epochs": None, "precision": "bf16",
                  "baselines": ["random", "herding", "kcenter"], "full_epochs": 50, "generation_accuracy": True,
-                 "dm": {}, "metrics": True},
+                 "dm": {}, "metrics": True, "compile": False},
 }
 
 
@@ -466,8 +466,10 @@ def stage_evaluate(run: Path, cfg: dict, sample: dict | None, baselines: dict | 
             else:
                 s = load_synthetic(path)
                 x, y = s.images, s.labels
+            # compile is not part of the row's key: it changes how the classifiers train, not what
+            # (the same weights to 1e-4, tests/test_evaluate.py)
             r = evaluate_set(x, y, ds.x_test, ds.y_test, ds.num_classes, model, protocol, ev["repeats"], epochs,
-                             cfg["seed"], device, ev["precision"], stats=stats)
+                             cfg["seed"], device, ev["precision"], stats=stats, compile=ev["compile"])
             row = {"method": method, "ipc": k, "model": model, "protocol": protocol.name, "mean": r.mean,
                    "std": r.std, "runs": r.runs, "epochs": r.epochs, "per_class": r.per_class,
                    "time_s": r.train_time_s, "num_images": r.num_images, "set": path, "key": rk}
