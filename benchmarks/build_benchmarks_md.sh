@@ -8,16 +8,7 @@ py=${PY:-.venv/bin/python}
   $py benchmarks/tables.py calibration
   cat benchmarks/BENCHMARKS.tail.md
   $py benchmarks/tables.py throughput
-  $py - <<'PY'
-import subprocess, sys
-end = open("benchmarks/BENCHMARKS.end.md").read()
-table = subprocess.run([sys.executable, "benchmarks/tables.py", "solvers"], capture_output=True, text=True, check=True).stdout
-compiled = subprocess.run([sys.executable, "benchmarks/tables.py", "throughput-compiled"], capture_output=True, text=True,
-                          check=True).stdout
-speed = subprocess.run([sys.executable, "benchmarks/tables.py", "speed"], capture_output=True, text=True, check=True).stdout
-sys.stdout.write(end.replace("SOLVERS_TABLE\n", table).replace("THROUGHPUT_COMPILED\n", compiled)
-                 .replace("SPEED_TABLE\n", speed))
-PY
+  $py benchmarks/tables.py fill benchmarks/BENCHMARKS.end.md
   if [ -f benchmarks/BENCHMARKS.dm.md ]; then
     cat benchmarks/BENCHMARKS.dm.md
     $py benchmarks/tables.py dm

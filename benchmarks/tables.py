@@ -102,28 +102,55 @@ def speed(path: Path) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    """python benchmarks/tables.py [calibration|dm|solvers|throughput|throughput-compiled|speed] (default: the first four)."""
-    import sys
-
-    want = sys.argv[1:] or ["calibration", "dm", "solvers", "throughput"]
-    if "calibration" in want:
-        for p in sorted(RESULTS.glob("calibration-*.json")):
+def section(name: str) -> None:
+    """Print one section's tables (nothing where its results are missing)."""
+    if name in ("calibration", "dm"):
+        for p in sorted(RESULTS.glob(f"{name}-*.json")):
             print(f"### {p.stem}\n\n{calibration(p)}\n")
-    if "dm" in want:
-        for p in sorted(RESULTS.glob("dm-*.json")):
-            print(f"### {p.stem}\n\n{calibration(p)}\n")
-    if "solvers" in want:
+    elif name == "solvers":
         for p in sorted(RESULTS.glob("*-solvers.json")):
             print(solvers(p))
-    if "throughput" in want and (RESULTS / "throughput.json").exists():
-        print(throughput(RESULTS / "throughput.json"))
-    if "speed" in want:
-        for name in ("diffusion_speed_frozen.json", "diffusion_speed_frozen_fm.json"):
-            if (RESULTS / name).exists():
-                print(f"`benchmarks/results/{name}`: {speed(RESULTS / name)}\n")
-    if "throughput-compiled" in want and (RESULTS / "throughput-compiled.json").exists():
-        print(throughput(RESULTS / "throughput-compiled.json"))
+    elif name in ("throughput", "throughput-compiled"):
+        if (RESULTS / f"{name}.json").exists():
+            print(throughput(RESULTS / f"{name}.json"))
+    elif name == "speed":
+        for f in ("diffusion_speed_frozen.json", "diffusion_speed_frozen_fm.json"):
+            if (RESULTS / f).exists():
+                print(f"`benchmarks/results/{f}`: {speed(RESULTS / f)}\n")
+    else:
+        raise SystemExit(f"unknown section {name!r}")
+
+
+# A line of a prose part that is exactly one of these names is replaced by that section's tables.
+PLACEHOLDERS = {"SOLVERS_TABLE": "solvers", "THROUGHPUT_COMPILED": "throughput-compiled", "SPEED_TABLE": "speed"}
+
+
+def fill(path: str) -> None:
+    """Print a prose part with its placeholder lines replaced by their sections."""
+    import contextlib
+    import io
+
+    for line in Path(path).read_text().splitlines(keepends=True):
+        if line.rstrip("\n") in PLACEHOLDERS:
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                section(PLACEHOLDERS[line.rstrip("\n")])
+            line = buf.getvalue()
+        print(line, end="")
+
+
+def main() -> None:
+    """python benchmarks/tables.py [SECTION ...] | fill PART.md
+
+    Sections: calibration, dm, solvers, throughput, throughput-compiled, speed (default: the first four).
+    `fill` prints PART.md with its placeholder lines (PLACEHOLDERS) replaced by their sections.
+    """
+    import sys
+
+    if sys.argv[1:2] == ["fill"]:
+        return fill(sys.argv[2])
+    for name in sys.argv[1:] or ["calibration", "dm", "solvers", "throughput"]:
+        section(name)
 
 
 if __name__ == "__main__":

@@ -227,4 +227,3 @@ def test_evaluate_compile_reaches_the_classifiers(run_dir, tmp_path, monkeypatch
     monkeypatch.setattr(ev, "evaluate_set", spy)
     assert main(["distill", *TINY, "--set", "evaluate.compile=true", "--from-stage", "evaluate", "--out", str(run)]) == 0
     assert len(seen) == 5 and all(seen)      # minimax and random at IPC 2 and 3, and the full set
-
