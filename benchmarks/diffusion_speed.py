@@ -16,7 +16,8 @@ timm Attention calls); ours picks matmuls where they are faster on a CPU (`dit.a
 
 `--compile` runs the compiled sampling network as `sample --compile` does (`sampling_network`:
 frozen weights, matmul attention) at --compiled-batch images per call (16: on a 2-core CPU smaller
-batches keep the activations in cache; a dit-s/2 ran 28 guided image-steps/s at 16 against 23 at 50).
+batches keep the activations in cache; a dit-s/2 ran 27 guided image-steps/s at 16 against 23 at 50,
+`micro_speed.py generate`).
 
 `--solver SAMPLER:SPACING:STEPS[,...]` (e.g. ddpm:time:25,dpm-solver:time:20) also times whole
 `generate` calls of 3 x --compiled-batch images, guided, bf16 (compiled with --compile): the 50-step

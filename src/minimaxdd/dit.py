@@ -119,8 +119,8 @@ class LabelEmbedder(nn.Module):
 # the fused CPU kernel's backward is slow (fwd + bwd at 256 tokens: 21 ms fused, 6.6 ms as matmuls;
 # at 1024 tokens 189 vs 239 ms), while eager inference favours it from 256 tokens on (5.0 vs 6.3 ms).
 # Under torch.compile the matmul path wins inference too, since inductor fuses the scale and the
-# softmax: a compiled bf16 dit-s/2 forward at batch 16 took 0.34 s against 0.40 s fused at 256
-# tokens, and at batch 8 1.09 s against 1.56 s at 1024 tokens.
+# softmax: a compiled bf16 dit-s/2 forward at batch 16 took 0.34 s against 0.46 s fused at 256
+# tokens, and at batch 8 1.05 s against 1.53 s at 1024 tokens (benchmarks/micro_speed.py forward).
 CPU_MATMUL_ATTENTION_TOKENS = {"train": 512, "infer": 64, "infer_compiled": 1024}
 
 

@@ -106,8 +106,8 @@ def ema_pairs(ema: nn.Module, model: nn.Module, params: list[nn.Parameter]) -> l
 
 def adamw(params: list[nn.Parameter], **kw) -> torch.optim.AdamW:
     """AdamW, with the fused kernel where torch has one (CPU and CUDA floating-point parameters): one
-    call per step instead of a dozen small ops per tensor. On a CPU that makes a compiled Difffit step
-    of a small DiT about 4% faster (dit-t/4 on 1x28x28 at batch 8: 219 against 210 images/s)."""
+    call per step instead of a dozen small ops per tensor. On the 2-core CPU its gain on a compiled
+    Difffit step of a small DiT was within the noise (BENCHMARKS.md, `micro_speed.py adamw`)."""
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, fused=fused or None, **kw)
 
