@@ -9,6 +9,9 @@ Each case runs in its own process (a fresh torch.compile cache), so run this scr
         guided image-steps/s of whole compiled bf16 `generate` calls (10 DDPM steps) per batch size
     python benchmarks/micro_speed.py adamw --optimizer {plain,fused}
         compiled bf16 Difffit steps/s of dit-t/4 on 1x28x28 at batch 8 with torch's AdamW or `train.adamw`
+    python benchmarks/micro_speed.py profile
+        where a compiled bf16 Difffit step of dit-s/2 (4x32x32, batch 8) spends its time: torch.profiler
+        with inductor's per-kernel records, grouped into matmuls, GELU, softmax and the rest
 """
 from __future__ import annotations
 
@@ -76,6 +79,34 @@ def adamw(a) -> None:
           + ", ".join(f"{v:.1f}" for v in ips) + " img/s")
 
 
+def profile(a) -> None:
+    import torch._inductor.config as inductor_config
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    inductor_config.cpp.enable_kernel_profile = True
+    torch.manual_seed(0)
+    m = build_denoiser("dit-s/2", 32, 4, 1000, learn_sigma=True)
+    diff = difffit_parameters(m)
+    trained = {id(p) for p in diff}
+    for p in m.parameters():
+        p.requires_grad_(id(p) in trained)
+    net = torch.compile(m)
+    time_train_step(net, 8, "bf16", diff, reps=2)   # compile
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        time_train_step(net, 8, "bf16", diff, reps=3)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = {"matmuls (mm, addmm, bmm)": lambda k: k in ("aten::mm", "aten::addmm", "aten::bmm"),
+              "GELU kernels": lambda k: "gelu" in k, "softmax kernels": lambda k: "softmax" in k}
+    rest = total
+    for name, match in groups.items():
+        t = sum(e.self_cpu_time_total for e in events if match(e.key))
+        rest -= t
+        print(f"{name}: {100 * t / total:.0f}%")
+    print(f"everything else (other fused kernels, optimiser, dispatch): {100 * rest / total:.0f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -89,10 +120,11 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=4)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batches", default="8,16,32,50")
+    sub.add_parser("profile")
     p = sub.add_parser("adamw")
     p.add_argument("--optimizer", choices=("plain", "fused"), required=True)
     a = ap.parse_args()
-    {"forward": forward, "generate": generate_batches, "adamw": adamw}[a.cmd](a)
+    {"forward": forward, "generate": generate_batches, "adamw": adamw, "profile": profile}[a.cmd](a)
 
 
 if __name__ == "__main__":
