@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from minimaxdd.data import load_dataset
-from minimaxdd.evaluate import channel_stats, evaluate_set, format_table
-from minimaxdd.protocols import PROTOCOLS
-from minimaxdd.select import select
-from minimaxdd.utils import write_json
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.data.dataset import channel_stats
+from minimaxdd.evaluation.train_test import evaluate_set, format_table
+from minimaxdd.evaluation.protocols import PROTOCOLS
+from minimaxdd.baselines.registry import select
+from minimaxdd.files import write_json
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
     ap.add_argument("--dm-iterations", type=int, default=20000, help="dm rows: iterations (the DM paper: 20000)")
     ap.add_argument("--dm-batch-real", type=int, default=256, help="dm rows: real images per class per iteration")
     a = ap.parse_args()
-    from minimaxdd.dm import DMConfig
+    from minimaxdd.baselines.distribution_matching import DMConfig
     dm = DMConfig(iterations=a.dm_iterations, batch_real=a.dm_batch_real)
 
     ds = load_dataset(a.real)

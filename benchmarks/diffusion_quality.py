@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 
-from minimaxdd.data import load_dataset
-from minimaxdd.evaluate import channel_stats, evaluate_set
-from minimaxdd.grid import save_grid
-from minimaxdd.protocols import PROTOCOLS
-from minimaxdd.reference import generation_accuracy
-from minimaxdd.sample import SampleConfig, sample_checkpoint
-from minimaxdd.utils import write_json
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.data.dataset import channel_stats
+from minimaxdd.evaluation.train_test import evaluate_set
+from minimaxdd.data.grid import save_grid
+from minimaxdd.evaluation.protocols import PROTOCOLS
+from minimaxdd.evaluation.reference_classifier import generation_accuracy
+from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.files import write_json
 
 
 def main():

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from minimaxdd.denoisers import build_denoiser, difffit_parameters
-from minimaxdd.diffusion import Diffusion
-from minimaxdd.evaluate import autocast
-import minimaxdd.dit as dit
-from minimaxdd.sampling import frozen_weights, generate, guided_fn, image_seed, sampling_network
-from minimaxdd.train import adamw
-from minimaxdd.utils import write_json
+from minimaxdd.diffusion.networks import build_denoiser, difffit_parameters
+from minimaxdd.diffusion.schedule import Diffusion
+from minimaxdd.runtime import autocast
+import minimaxdd.diffusion.dit as dit
+from minimaxdd.diffusion.samplers import frozen_weights, generate, guided_fn, image_seed, sampling_network
+from minimaxdd.training.loop import adamw
+from minimaxdd.files import write_json
 
 DEV = torch.device("cpu")
 

@@ -22,12 +22,12 @@ import time
 
 import torch
 
-from minimaxdd.denoisers import build_denoiser
-from minimaxdd.diffusion import Diffusion
-from minimaxdd.finetune import select_trainable
-from minimaxdd.minimax import ClassMemory, minimax_terms
-from minimaxdd.sampling import generate, image_seed
-from minimaxdd.utils import write_json
+from minimaxdd.diffusion.networks import build_denoiser
+from minimaxdd.diffusion.schedule import Diffusion
+from minimaxdd.training.finetune import select_trainable
+from minimaxdd.training.minimax import ClassMemory, minimax_terms
+from minimaxdd.diffusion.samplers import generate, image_seed
+from minimaxdd.files import write_json
 
 IMAGEWOOF_TRAIN = 12_954     # ImageNet train images of the 10 ImageWoof classes (~1300 each)
 PAPER_EPOCHS, PAPER_BATCH = 8, 8

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from minimaxdd import metrics
+from minimaxdd.evaluation import metrics
 
 g = torch.Generator().manual_seed(0)
 real_f, real_y = torch.randn(60000, 128, generator=g), torch.arange(60000) % 10

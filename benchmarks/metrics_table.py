@@ -17,9 +17,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from minimaxdd import metrics
-from minimaxdd.distill import method_name
-from minimaxdd.utils import write_json
+from minimaxdd.evaluation import metrics
+from minimaxdd.pipeline.distill import method_name
+from minimaxdd.files import write_json
 
 KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "diversity")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import minimaxdd.dit as dit
+import minimaxdd.diffusion.dit as dit
 from diffusion_speed import time_train_step
-from minimaxdd.denoisers import build_denoiser, difffit_parameters
-from minimaxdd.sampling import frozen_weights, generate, image_seed, sampling_network
+from minimaxdd.diffusion.networks import build_denoiser, difffit_parameters
+from minimaxdd.diffusion.samplers import frozen_weights, generate, image_seed, sampling_network
 
 
 def forward(a) -> None:

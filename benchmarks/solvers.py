@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from minimaxdd.utils import write_json
+from minimaxdd.files import write_json
 
 
 def main() -> None:

@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from minimaxdd import augment
-from minimaxdd.evaluate import autocast, channel_stats, normalise, train_classifier
-from minimaxdd.models import build_model
-from minimaxdd.protocols import PROTOCOLS
-from minimaxdd.utils import write_json
+from minimaxdd.data import augment
+from minimaxdd.runtime import autocast
+from minimaxdd.data.dataset import channel_stats, normalise
+from minimaxdd.evaluation.train_test import train_classifier
+from minimaxdd.evaluation.classifiers import build_model
+from minimaxdd.evaluation.protocols import PROTOCOLS
+from minimaxdd.files import write_json
 
 DC = PROTOCOLS["dc"]
 

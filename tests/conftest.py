@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from minimaxdd.data import load_dataset
+from minimaxdd.data.sources import load_dataset
 
 _ENV = {"MINIMAXDD_QUIET": "1"}
 

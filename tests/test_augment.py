@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minimaxdd import augment
-from minimaxdd.augment import DSA_OPS, DSAParams
-from minimaxdd.utils import generator
+from minimaxdd.data import augment
+from minimaxdd.data.augment import DSA_OPS, DSAParams
+from minimaxdd.runtime import generator
 
 ALL_OPS = {**DSA_OPS, "random_resized_crop": augment.random_resized_crop, "rrc_flip": augment.rrc_flip,
            "dsa": augment.dsa}

@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from minimaxdd import classes, data
-from minimaxdd.data import Dataset, DatasetError, dataset_names, load_dataset
+from minimaxdd.data import imagenet as classes
+from minimaxdd.data import sources as data
+from minimaxdd.data.dataset import Dataset
+from minimaxdd.data.sources import DatasetError, dataset_names, load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_NPZ = SHARED / "data" / "cifar10-500pc.npz"
@@ -467,7 +469,7 @@ def test_imagenet_indices_from_a_full_train_folder(tmp_path):
 
 
 def test_subset_classes_relabels_in_the_given_order():
-    from minimaxdd.data import DatasetError
+    from minimaxdd.data.sources import DatasetError
 
     ds = load_dataset("digits")
     sub = ds.subset_classes([7, 2])

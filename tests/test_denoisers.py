@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from minimaxdd.denoisers import (DENOISERS, build_denoiser, build_from_config, infer_dit_config, load_diffusers_dit,
-                                 load_official_dit, load_state_strict)
-from minimaxdd.dit import DiT, DiTConfig
+from minimaxdd.diffusion.networks import DENOISERS, build_denoiser, build_from_config
+from minimaxdd.diffusion.weights import infer_dit_config, load_diffusers_dit, load_official_dit, load_state_strict
+from minimaxdd.diffusion.dit import DiT, DiTConfig
 from minimaxdd.errors import UserError
-from minimaxdd.uvit import UViT, UViTConfig
+from minimaxdd.diffusion.uvit import UViT, UViTConfig
 
 KEYS = json.loads((Path(__file__).parent / "data" / "dit_xl2_256_keys.json").read_text())
 
@@ -164,7 +164,7 @@ def test_attention_paths_compute_the_same_function(tokens):
     # The CPU matmul path (used where it is faster) and the fused kernel agree, values and gradients.
     import torch.nn.functional as F
 
-    from minimaxdd.dit import CPU_MATMUL_ATTENTION_TOKENS, attention
+    from minimaxdd.diffusion.dit import CPU_MATMUL_ATTENTION_TOKENS, attention
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, tokens, 16, generator=g, requires_grad=True) for _ in range(3))
     out = attention(q, k, v)

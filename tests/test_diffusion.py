@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minimaxdd.diffusion import Diffusion, linear_betas
-from minimaxdd.sampling import SAMPLERS, PerImageNoise, dpm_time_points, generate, guided_fn, image_seed
+from minimaxdd.diffusion.schedule import Diffusion, linear_betas
+from minimaxdd.diffusion.samplers import SAMPLERS, PerImageNoise, dpm_time_points, generate, guided_fn, image_seed
 
 
 class Oracle(nn.Module):
@@ -177,7 +177,7 @@ def test_guidance_formula_and_channel_quirk():
 
 
 def test_bf16_sampling_stays_close_to_fp32():
-    from minimaxdd.dit import DiT, DiTConfig
+    from minimaxdd.diffusion.dit import DiT, DiTConfig
 
     torch.manual_seed(0)
     m = DiT(DiTConfig(input_size=8, patch_size=2, in_channels=2, hidden_size=32, depth=2, num_heads=2, num_classes=3))
@@ -200,8 +200,8 @@ def test_compiled_sampling_matches_eager_and_compiles_once():
     # recompiling; and a second model is not served the first one's frozen weights.
     from torch._dynamo.utils import counters
 
-    from minimaxdd.dit import DiT, DiTConfig
-    from minimaxdd.sampling import sampling_network
+    from minimaxdd.diffusion.dit import DiT, DiTConfig
+    from minimaxdd.diffusion.samplers import sampling_network
 
     def model(seed):
         torch.manual_seed(seed)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from minimaxdd.cli import main
-from minimaxdd.distill import build_config, parse_set
+from minimaxdd.pipeline.distill import build_config, parse_set
 from minimaxdd.errors import UserError
 
 TINY = ["--data", "digits", "--ipc", "2,3", "--device", "cpu",
@@ -148,8 +148,8 @@ def test_ablation_and_sweep_share_the_base(run_dir, tmp_path):
 
 
 def test_every_shipped_preset_resolves():
-    from minimaxdd.distill import build_config, load_distill_preset
-    from minimaxdd.presets import describe, list_presets
+    from minimaxdd.pipeline.distill import build_config, load_distill_preset
+    from minimaxdd.pipeline.presets import describe, list_presets
 
     distill = [p for p in list_presets() if describe(p)[0] == "distill"]
     assert {"digits", "fashion-mnist", "cifar10-500pc", "cifar10", "imagewoof", "imagenette", "imageidc",
@@ -182,8 +182,8 @@ def test_phases_fine_tune_one_model_per_class_group(run_dir, tmp_path):
     """ImageNet-100 style: classes split into contiguous phases, one fine-tuned model each, one merged set."""
     import torch
 
-    from minimaxdd import checkpoint as ckpt
-    from minimaxdd.distill import phase_groups
+    from minimaxdd.diffusion import checkpoints as ckpt
+    from minimaxdd.pipeline.distill import phase_groups
 
     assert phase_groups(100, 5)[1] == list(range(20, 40)) and phase_groups(10, 3) == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
     out = tmp_path / "phased"
@@ -197,7 +197,7 @@ def test_phases_fine_tune_one_model_per_class_group(run_dir, tmp_path):
     assert s["labels"].tolist() == [c for c in range(10) for _ in range(2)]
     # classes of different phases come from different fine-tuned models: resampling class 4 from phase 1's
     # checkpoint reproduces the merged set's images of class 4 exactly
-    from minimaxdd.sample import SampleConfig, sample_checkpoint
+    from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
     part, _ = sample_checkpoint(SampleConfig(ckpt=str(out / "finetune" / "phase1"), out=str(tmp_path / "x"),
                                              ipc=2, steps=3, classes=[1], device="cpu"))
     assert torch.equal(part.images, s["images"][s["labels"] == 4])
@@ -215,7 +215,7 @@ def test_evaluate_compile_reaches_the_classifiers(run_dir, tmp_path, monkeypatch
     # tested in test_evaluate.py; here the rows train eagerly to stay fast)
     import shutil
 
-    import minimaxdd.evaluate as ev
+    import minimaxdd.evaluation.train_test as ev
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

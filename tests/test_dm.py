@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minimaxdd import dm
-from minimaxdd.data import Dataset
-from minimaxdd.dm import DMConfig, distribution_matching
+from minimaxdd.baselines import distribution_matching as dm
+from minimaxdd.data.dataset import Dataset
+from minimaxdd.baselines.distribution_matching import DMConfig, distribution_matching
 from minimaxdd.errors import UserError
-from minimaxdd.evaluate import channel_stats, normalise
-from minimaxdd.models import build_model
-from minimaxdd.select import random_indices
+from minimaxdd.data.dataset import channel_stats, normalise
+from minimaxdd.evaluation.classifiers import build_model
+from minimaxdd.baselines.coreset import random_indices
 
 CFG = DMConfig(iterations=12, batch_real=32, precision="fp32", checkpoint_every=4)
 
@@ -100,7 +100,7 @@ def test_state_of_other_settings_is_refused(small, tmp_path, monkeypatch):
 
 def test_cli_dm_writes_a_synthetic_set(tmp_path):
     from minimaxdd.cli import main
-    from minimaxdd.synthset import load_synthetic
+    from minimaxdd.data.synthetic import load_synthetic
 
     out = tmp_path / "dm"
     assert main(["select", "--method", "dm", "--real", "digits", "--ipc", "1", "--iterations", "2",

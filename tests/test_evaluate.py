@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from minimaxdd.errors import UserError
-from minimaxdd.evaluate import (EvalResult, accuracy, autocast, channel_stats, evaluate_set, format_table,
-                                images_per_class, normalise)
-from minimaxdd.protocols import PROTOCOLS, get_protocol, idc_epochs
-from minimaxdd.select import random_indices
+from minimaxdd.evaluation.train_test import EvalResult, accuracy, evaluate_set, format_table, images_per_class
+from minimaxdd.runtime import autocast
+from minimaxdd.data.dataset import channel_stats, normalise
+from minimaxdd.evaluation.protocols import PROTOCOLS, get_protocol, idc_epochs
+from minimaxdd.baselines.coreset import random_indices
 
 # ----------------------------------------------------------------------------- protocols
 
@@ -172,7 +173,7 @@ def test_compiled_classifier_training_matches_eager():
     # torch.compile fuses the step's kernels; the trained weights must be the eager ones
     from torch._dynamo.utils import counters
 
-    from minimaxdd.evaluate import train_classifier
+    from minimaxdd.evaluation.train_test import train_classifier
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 1, 8, 8, generator=g), torch.arange(40) % 4
     proto = PROTOCOLS["dc"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from minimaxdd import metrics
+from minimaxdd.evaluation import metrics
 from minimaxdd.cli import main
 
 
@@ -73,10 +73,10 @@ def test_collapsed_set_is_less_diverse_and_covers_less():
 
 
 def test_real_subset_beats_noise_on_digits(tmp_path):
-    from minimaxdd.data import load_dataset
-    from minimaxdd.select import select
-    from minimaxdd.synthset import SyntheticSet, write_synthetic
-    from minimaxdd.utils import manifest
+    from minimaxdd.data.sources import load_dataset
+    from minimaxdd.baselines.registry import select
+    from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
+    from minimaxdd.files import manifest
 
     ds = load_dataset("digits")
     real = select(ds, "random", 10, seed=0)

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from minimaxdd import checkpoint as ckpt
+from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.errors import UserError
-from minimaxdd.finetune import FinetuneConfig, run as finetune
-from minimaxdd.minimax import (ClassMemory, cosine_matrix, diversity_loss, diversity_mean_loss, minimax_terms,
-                               representativeness_loss, representativeness_mean_loss)
-from minimaxdd.train import TrainConfig, run as train
+from minimaxdd.training.finetune import FinetuneConfig, run as finetune
+from minimaxdd.training.minimax import ClassMemory, cosine_matrix, diversity_loss, diversity_mean_loss, minimax_terms, representativeness_loss, representativeness_mean_loss
+from minimaxdd.training.loop import TrainConfig
+from minimaxdd.training.scratch import run as train
 
 S2 = 1 / math.sqrt(2)
 
@@ -129,7 +129,7 @@ def test_full_trainable_and_class_map_checks(base_run, tmp_path):
 
 
 def test_imagenet_class_mapping():
-    from minimaxdd.classes import IMAGEWOOF, imagenet_indices
+    from minimaxdd.data.imagenet import IMAGEWOOF, imagenet_indices
 
     assert imagenet_indices(IMAGEWOOF) == [193, 182, 258, 162, 155, 167, 159, 273, 207, 229]
     with pytest.raises(UserError, match="synset"):

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from minimaxdd.errors import UserError
-from minimaxdd.models import MODELS, ConvNet, build_model
+from minimaxdd.evaluation.classifiers import MODELS, ConvNet, build_model
 
 K = 7  # an odd class count, so logits and features cannot be confused by shape
 

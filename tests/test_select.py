@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minimaxdd import reference
-from minimaxdd.data import Dataset
+from minimaxdd.evaluation import reference_classifier as reference
+from minimaxdd.data.dataset import Dataset
 from minimaxdd.errors import UserError
-from minimaxdd.select import herding_order, kcenter_order, random_indices, select
-from minimaxdd.synthset import SyntheticSet
+from minimaxdd.baselines.coreset import herding_order, kcenter_order, random_indices
+from minimaxdd.baselines.registry import select
+from minimaxdd.data.synthetic import SyntheticSet
 
 
 def test_random_indices_per_class_distinct_and_seeded(digits):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from minimaxdd.errors import UserError
-from minimaxdd.synthset import SyntheticSet, conform, load_synthetic, write_synthetic
-from minimaxdd.utils import generator
+from minimaxdd.data.synthetic import SyntheticSet, conform, load_synthetic, write_synthetic
+from minimaxdd.runtime import generator
 
 MANIFEST = {"producer": "test", "seed": 3, "config": {"ipc": 12}}
 

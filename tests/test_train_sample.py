@@ -3,12 +3,13 @@ import json
 import pytest
 import torch
 
-from minimaxdd import checkpoint as ckpt
+from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.cli import main
 from minimaxdd.errors import UserError
-from minimaxdd.sample import SampleConfig, sample_checkpoint
-from minimaxdd.synthset import load_synthetic
-from minimaxdd.train import TrainConfig, run
+from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.data.synthetic import load_synthetic
+from minimaxdd.training.loop import TrainConfig
+from minimaxdd.training.scratch import run
 
 TINY = dict(data="digits", model="uvit-t", batch=16, checkpoint_every=2, log_every=1, precision="fp32", device="cpu")
 
@@ -97,7 +98,7 @@ def test_cli_train_errors(tmp_path, capsys):
 
 def test_vae_codec_reads_scaling_and_caches_both_flips(tmp_path):
     diffusers = pytest.importorskip("diffusers")
-    from minimaxdd.codecs import build_codec, encode_dataset
+    from minimaxdd.diffusion.codecs import build_codec, encode_dataset
 
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -125,7 +126,7 @@ def test_vae_codec_reads_scaling_and_caches_both_flips(tmp_path):
 
 
 def test_generation_accuracy_scores_real_images_high_and_wrong_labels_low(digits):
-    from minimaxdd.reference import ReferenceConfig, generation_accuracy
+    from minimaxdd.evaluation.reference_classifier import ReferenceConfig, generation_accuracy
 
     cfg = ReferenceConfig(epochs=30)
     x, y = digits.x_test[:200], digits.y_test[:200]
@@ -136,7 +137,7 @@ def test_generation_accuracy_scores_real_images_high_and_wrong_labels_low(digits
 
 
 def test_fused_adamw_steps_like_the_plain_one():
-    from minimaxdd.train import adamw
+    from minimaxdd.training.loop import adamw
 
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minimaxdd import dist
+from minimaxdd import distributed as dist
 from minimaxdd.errors import UserError
 
 
@@ -15,9 +15,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    from minimaxdd.evaluate import PRECISIONS
-    from minimaxdd.models import MODELS
-    from minimaxdd.protocols import PROTOCOLS
+    from minimaxdd.evaluation.classifiers import MODELS
+    from minimaxdd.evaluation.protocols import PROTOCOLS
+    from minimaxdd.runtime import PRECISIONS
 
     p.add_argument("--model", default="convnet3", choices=sorted(MODELS))
     p.add_argument("--protocol", default="dc", choices=sorted(PROTOCOLS))
@@ -27,8 +27,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minimaxdd.data import dataset_names
-    from minimaxdd.select import METHODS
+    from minimaxdd.baselines.registry import METHODS
+    from minimaxdd.data.sources import dataset_names
 
     datasets = ", ".join(dataset_names())
     ap = argparse.ArgumentParser(prog="minimaxdd", description="Dataset distillation with diffusion models, and its evaluation.")
@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("datasets", help="list dataset sources")
 
-    from minimaxdd.denoisers import DENOISERS
-    from minimaxdd.sampling import SAMPLERS, SPACINGS
+    from minimaxdd.diffusion.networks import DENOISERS
+    from minimaxdd.diffusion.samplers import SAMPLERS, SPACINGS
     p = sub.add_parser("train", help="train a class-conditional diffusion model from scratch")
     p.add_argument("--preset", default=None, help="a named train preset (see `minimaxdd presets`); flags override it")
     p.add_argument("--data", default=None, help=f"dataset spec NAME[:ARG]; sources: {datasets}")
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_common(p)
 
-    from minimaxdd.minimax import OBJECTIVES, REDUCTIONS
+    from minimaxdd.training.minimax import OBJECTIVES, REDUCTIONS
     p = sub.add_parser("finetune", help="Difffit fine-tuning with the Minimax criteria (or a Table-5 ablation row)")
     p.add_argument("--ckpt", required=True, help="a run / ckpt-*.safetensors, the official DiT-XL-2-256x256.pt, "
                    "or a diffusers DiT folder")
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_select(a) -> int:
-    from minimaxdd.select import SelectConfig, run
+    from minimaxdd.baselines.registry import SelectConfig, run
 
     s = run(SelectConfig(method=a.method, real=a.real, ipc=a.ipc, out=a.out, seed=a.seed, size=a.size,
                          device=a.device, feature_epochs=a.feature_epochs, overwrite=a.overwrite,
@@ -207,7 +207,7 @@ def cmd_select(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from minimaxdd.evaluate import EvaluateConfig, format_table, run
+    from minimaxdd.evaluation.train_test import EvaluateConfig, format_table, run
 
     r = run(EvaluateConfig(synth=a.synth, real=a.real, model=a.model, protocol=a.protocol, repeats=a.repeats,
                            epochs=a.epochs, seed=a.seed, full=a.full, size=a.size, device=a.device,
@@ -227,14 +227,14 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from minimaxdd.demo import run
+    from minimaxdd.pipeline.demo import run
 
     run(out=a.out, repeats=a.repeats, device=a.device)
     return 0
 
 
 def cmd_datasets(a) -> int:
-    from minimaxdd.data import DATASETS
+    from minimaxdd.data.sources import DATASETS
 
     for name, fn in DATASETS.items():
         doc = (fn.__doc__ or "").strip().splitlines()
@@ -243,8 +243,9 @@ def cmd_datasets(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from minimaxdd.presets import load_preset
-    from minimaxdd.train import TrainConfig, run
+    from minimaxdd.pipeline.presets import load_preset
+    from minimaxdd.training.loop import TrainConfig
+    from minimaxdd.training.scratch import run
 
     fields = ("data", "model", "codec", "epochs", "steps", "batch", "lr", "weight_decay", "ema", "class_dropout",
               "checkpoint_every", "precision", "compile", "out", "size")
@@ -265,7 +266,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_sample(a) -> int:
-    from minimaxdd.sample import SampleConfig, run
+    from minimaxdd.diffusion.generation import SampleConfig, run
 
     if a.ipc is None and a.budget_minutes is None:
         raise UserError("sample needs --ipc K, or --budget-minutes M (optionally with --ipc as a cap)")
@@ -284,7 +285,7 @@ def cmd_sample(a) -> int:
 
 
 def cmd_finetune(a) -> int:
-    from minimaxdd.finetune import FinetuneConfig, run
+    from minimaxdd.training.finetune import FinetuneConfig, run
 
     kw = {f: getattr(a, f) for f in ("lambda_r", "lambda_d", "memory", "reduction", "trainable", "batch", "lr",
                                       "codec", "synsets", "checkpoint_every", "precision", "compile", "size")
@@ -307,7 +308,7 @@ def cmd_finetune(a) -> int:
 def cmd_presets(a) -> int:
     import textwrap
 
-    from minimaxdd.presets import describe, list_presets
+    from minimaxdd.pipeline.presets import describe, list_presets
 
     for name in list_presets():
         stage, text = describe(name)
@@ -319,7 +320,12 @@ def cmd_presets(a) -> int:
 def cmd_distill(a) -> int:
     import json
 
-    from minimaxdd.distill import build_config, load_distill_preset, parse_set, run
+    from minimaxdd.pipeline.distill import (
+        build_config,
+        load_distill_preset,
+        parse_set,
+        run,
+    )
 
     preset = load_distill_preset(a.preset) if a.preset else None
     over = parse_set(a.set)
@@ -334,14 +340,14 @@ def cmd_distill(a) -> int:
         return 0
     out = a.out or f"runs/{a.preset.removesuffix('.json').split('/')[-1] if a.preset else 'distill'}"
     rows = run(cfg, out, a.from_stage)
-    from minimaxdd.evaluate import format_table
+    from minimaxdd.evaluation.train_test import format_table
     print(format_table(rows))
     print(f"wrote {out}/results.json and {out}/report.md")
     return 0
 
 
 def cmd_metrics(a) -> int:
-    from minimaxdd.metrics import format_metrics, run
+    from minimaxdd.evaluation.metrics import format_metrics, run
 
     m = run(a.synth, a.real, a.out, a.features, a.size, a.device, a.seed, a.tsne)
     print(format_metrics(m))
@@ -351,8 +357,8 @@ def cmd_metrics(a) -> int:
 
 
 def cmd_ablation(a) -> int:
-    from minimaxdd.ablation import ablation_markdown, run_ablation
-    from minimaxdd.distill import parse_set
+    from minimaxdd.pipeline.ablation import ablation_markdown, run_ablation
+    from minimaxdd.pipeline.distill import parse_set
 
     res = run_ablation(a.base, a.data, a.ipc, [o.strip() for o in a.objectives.split(",") if o.strip()], a.out,
                        a.repeats, parse_set(a.set), a.device)
@@ -362,8 +368,8 @@ def cmd_ablation(a) -> int:
 
 
 def cmd_sweep(a) -> int:
-    from minimaxdd.ablation import run_sweep
-    from minimaxdd.distill import parse_set
+    from minimaxdd.pipeline.ablation import run_sweep
+    from minimaxdd.pipeline.distill import parse_set
 
     res = run_sweep(a.base, a.data, a.ipc, a.param, a.values.split(","), a.out, a.objective, a.repeats,
                     parse_set(a.set), a.device)
@@ -375,7 +381,7 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from minimaxdd.report import write_report
+    from minimaxdd.pipeline.report import write_report
 
     print(f"wrote {write_report(a.run)}")
     return 0

@@ -8,9 +8,9 @@ from pathlib import Path
 
 
 def run(out: str | Path = "runs/demo", repeats: int | None = None, device: str = "auto") -> list[dict]:
-    from minimaxdd.distill import build_config, load_distill_preset
-    from minimaxdd.distill import run as distill
-    from minimaxdd.evaluate import format_table
+    from minimaxdd.evaluation.train_test import format_table
+    from minimaxdd.pipeline.distill import build_config, load_distill_preset
+    from minimaxdd.pipeline.distill import run as distill
 
     over: dict = {"device": device}
     if repeats is not None:

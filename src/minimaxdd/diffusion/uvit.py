@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dit import attention, timestep_embedding, unpatchify
+from minimaxdd.diffusion.dit import attention, timestep_embedding, unpatchify
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,43 +17,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from minimaxdd import augment, dist
+from minimaxdd import distributed as dist
+from minimaxdd.data import augment
+from minimaxdd.data.dataset import channel_stats, normalise
 from minimaxdd.errors import UserError
-from minimaxdd.models import build_model
-from minimaxdd.protocols import Protocol
-from minimaxdd.utils import generator, progress
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def channel_stats(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units.
-
-    Summed in float64 over chunks, so a 256 px dataset never exists as one float copy."""
-    s = torch.zeros(x.shape[1], dtype=torch.float64)
-    s2 = torch.zeros_like(s)
-    for i in range(0, len(x), chunk):
-        xf = x[i:i + chunk].double().div_(255)
-        s += xf.sum(dim=(0, 2, 3))
-        s2 += xf.pow(2).sum(dim=(0, 2, 3))
-    n = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = s / n
-    var = (s2 - n * mean ** 2) / max(n - 1, 1)
-    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-3)
-
-
-def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float on `device`, standardised with the real data's statistics."""
-    xf = x.to(device).float().div_(255)
-    return (xf - mean.to(device)[None, :, None, None]) / std.to(device)[None, :, None, None]
-
-
-def autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+from minimaxdd.evaluation.classifiers import build_model
+from minimaxdd.evaluation.protocols import Protocol
+from minimaxdd.runtime import autocast, generator, progress
 
 
 def _augment_fn(protocol: Protocol):
@@ -173,7 +142,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     pass the real training set's so synthetic and real images share one normalisation.
     Repeat r uses seed `seed + r` for initialisation, order and augmentation.
     """
-    from minimaxdd.protocols import PROTOCOLS
+    from minimaxdd.evaluation.protocols import PROTOCOLS
 
     protocol = protocol or PROTOCOLS["dc"]
     if repeats < 1:
@@ -233,10 +202,11 @@ class EvaluateConfig:
 
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate a synthetic set (or, with `full`, the real training set) against the real test set."""
-    from minimaxdd.data import load_dataset
-    from minimaxdd.protocols import get_protocol
-    from minimaxdd.synthset import conform, load_synthetic
-    from minimaxdd.utils import pick_device, write_json
+    from minimaxdd.data.sources import load_dataset
+    from minimaxdd.data.synthetic import conform, load_synthetic
+    from minimaxdd.evaluation.protocols import get_protocol
+    from minimaxdd.files import write_json
+    from minimaxdd.runtime import pick_device
 
     protocol = get_protocol(cfg.protocol)
     real = load_dataset(cfg.real, size=cfg.size)
@@ -253,7 +223,7 @@ def run(cfg: EvaluateConfig) -> dict:
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
            "class_names": real.class_names, "config": asdict(cfg)}
     if cfg.generation_accuracy and not cfg.full:
-        from minimaxdd.reference import generation_accuracy
+        from minimaxdd.evaluation.reference_classifier import generation_accuracy
         out["generation"] = generation_accuracy(real, x, y, device=pick_device(cfg.device))
     if cfg.out and dist.is_main():
         write_json(cfg.out, out)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from minimaxdd import augment
-from minimaxdd.data import Dataset
+from minimaxdd.data import augment
+from minimaxdd.data.dataset import Dataset, channel_stats, normalise
+from minimaxdd.data.synthetic import SyntheticSet
 from minimaxdd.errors import UserError
-from minimaxdd.evaluate import autocast, channel_stats, normalise
-from minimaxdd.models import build_model
-from minimaxdd.synthset import SyntheticSet
-from minimaxdd.utils import generator, progress, save_atomic
+from minimaxdd.evaluation.classifiers import build_model
+from minimaxdd.files import save_atomic
+from minimaxdd.runtime import autocast, generator, progress
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def distribution_matching(ds: Dataset, ipc: int, seed: int = 0, device: str | to
     iterations and a rerun with the same data and config resumes from it, giving the same
     bytes as an uninterrupted run. The state file is removed on completion.
     """
-    from minimaxdd.select import random_indices
+    from minimaxdd.baselines.coreset import random_indices
 
     device = torch.device(device)
     k, (c, h, w) = ds.num_classes, ds.x_train.shape[1:]

@@ -15,11 +15,21 @@ import json
 import time
 from pathlib import Path
 
-from .distill import (build_config, merge, method_name, say, stage_base, stage_baselines, stage_evaluate,
-                      stage_finetune, stage_sample)
-from .errors import UserError
-from .minimax import OBJECTIVES
-from .utils import pick_device, write_json
+from minimaxdd.errors import UserError
+from minimaxdd.files import write_json
+from minimaxdd.pipeline.distill import (
+    build_config,
+    merge,
+    method_name,
+    say,
+    stage_base,
+    stage_baselines,
+    stage_evaluate,
+    stage_finetune,
+    stage_sample,
+)
+from minimaxdd.runtime import pick_device
+from minimaxdd.training.minimax import OBJECTIVES
 
 SWEEP_PARAMS = {"lambda_r": float, "lambda_d": float, "memory": int, "epochs": float, "steps": int}
 
@@ -134,7 +144,7 @@ def run_sweep(base: str, data: str, ipcs, param: str, values: list, out: str | P
 
 def _explicit(f: dict) -> dict:
     """The fine-tuning config with every swept knob written out (FinetuneConfig's defaults where unset)."""
-    from .finetune import FinetuneConfig
+    from minimaxdd.training.finetune import FinetuneConfig
 
     return {**{k: getattr(FinetuneConfig, k) for k in SWEEP_PARAMS}, **f}
 

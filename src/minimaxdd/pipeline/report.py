@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from minimaxdd.errors import UserError
 
 ORDER = ("random", "herding", "kcenter", "dm", "full")
 
@@ -82,7 +82,7 @@ def accuracy_plot(rows: list[dict], path: Path) -> Path | None:
 
 
 def _stage_table(run: Path) -> str:
-    from .distill import STAGES
+    from minimaxdd.pipeline.distill import STAGES
 
     out = ["| stage | wall time | peak memory (process RSS; CUDA) | images/s | notes |", "| --- | ---: | ---: | ---: | --- |"]
     for s in STAGES[:-1]:
@@ -106,8 +106,8 @@ def _stage_table(run: Path) -> str:
 
 
 def write_report(run: str | Path) -> Path:
-    from .grid import save_grid
-    from .synthset import load_synthetic
+    from minimaxdd.data.grid import save_grid
+    from minimaxdd.data.synthetic import load_synthetic
 
     run = Path(run)
     if not (run / "config.json").exists():
@@ -152,7 +152,7 @@ def write_report(run: str | Path) -> Path:
             lines += [f"![{extra}](figures/{extra})", ""]
     metrics = run / "metrics.json"
     if metrics.exists():
-        from .metrics import format_metrics
+        from minimaxdd.evaluation.metrics import format_metrics
         lines += ["## Diagnostics", "", format_metrics(json.loads(metrics.read_text())), ""]
     lines += ["## Stages", "", _stage_table(run), "",
               "## Config", "", "```json", json.dumps(cfg, indent=2), "```", ""]

@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from minimaxdd.data import Dataset
-from minimaxdd.evaluate import channel_stats, normalise, train_classifier
-from minimaxdd.models import build_model
-from minimaxdd.protocols import PROTOCOLS
-from minimaxdd.utils import cache_dir, progress, save_atomic
+from minimaxdd.data.dataset import Dataset, channel_stats, normalise
+from minimaxdd.evaluation.classifiers import build_model
+from minimaxdd.evaluation.protocols import PROTOCOLS
+from minimaxdd.evaluation.train_test import train_classifier
+from minimaxdd.files import cache_dir, save_atomic
+from minimaxdd.runtime import progress
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def generation_accuracy(ds: Dataset, images: torch.Tensor, labels: torch.Tensor,
                         cfg: ReferenceConfig = ReferenceConfig(), device: str | torch.device = "cpu") -> dict:
     """How often the full-data reference classifier assigns a generated image to the class it was
     conditioned on (overall and per class), next to the same classifier's real test accuracy."""
-    from minimaxdd.evaluate import accuracy, predict
+    from minimaxdd.evaluation.train_test import accuracy, predict
 
     model = reference_classifier(ds, cfg, device)
     stats = channel_stats(ds.x_train)

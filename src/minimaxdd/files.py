@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 
 def cache_dir() -> Path:
@@ -26,13 +25,6 @@ def cache_dir() -> Path:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "minimaxdd"
-
-
-def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch.Generator seeded with `seed`: every random draw in the package comes from one."""
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
 
 
 def git_commit() -> str | None:
@@ -114,21 +106,3 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, out)
 
 
-def progress(iterable=None, total: int | None = None, desc: str = "", leave: bool = False, **kw):
-    """A tqdm bar on stderr; silent when MINIMAXDD_QUIET=1 (tests, benchmarks)."""
-    from minimaxdd import dist
-
-    disable = os.environ.get("MINIMAXDD_QUIET") == "1" or not dist.is_main()
-    return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, dynamic_ncols=True, **kw)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; otherwise the named device, checked."""
-    from minimaxdd.errors import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for CUDA but torch.cuda.is_available() is False; use --device cpu")
-    return dev

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from minimaxdd.errors import UserError
 
 PR_K = 3        # Kynkaanniemi et al. 2019
 DC_K = 5        # Naeem et al. 2020
@@ -178,12 +178,15 @@ class Features:
     """A feature extractor for uint8 images: the reference classifier, or a TorchScript file."""
 
     def __init__(self, ds, spec: str = "reference", device: str | torch.device = "cpu"):
-        from .evaluate import channel_stats
+        from minimaxdd.data.dataset import channel_stats
 
         self.device = torch.device(device)
         self.stats = channel_stats(ds.x_train)
         if spec == "reference":
-            from .reference import ReferenceConfig, reference_classifier
+            from minimaxdd.evaluation.reference_classifier import (
+                ReferenceConfig,
+                reference_classifier,
+            )
 
             cfg = ReferenceConfig()
             self.net = reference_classifier(ds, cfg, self.device)
@@ -203,7 +206,7 @@ class Features:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        from .reference import embed
+        from minimaxdd.evaluation.reference_classifier import embed
 
         if not self.script:
             return embed(self.net, x, self.stats, batch_size)
@@ -269,9 +272,10 @@ def _fmt(v: float) -> str:
 def run(synth: list[str], real: str, out: str | None = None, features: str = "reference", size: int | None = None,
         device: str = "auto", seed: int = 0, tsne: str | None = None) -> dict:
     """Metrics of one or more synthetic sets against `real`'s training set (one feature pass over it)."""
-    from .data import load_dataset
-    from .synthset import conform, load_synthetic
-    from .utils import pick_device, write_json
+    from minimaxdd.data.sources import load_dataset
+    from minimaxdd.data.synthetic import conform, load_synthetic
+    from minimaxdd.files import write_json
+    from minimaxdd.runtime import pick_device
 
     ds = load_dataset(real, size=size)
     fx = Features(ds, features, pick_device(device))

@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from .errors import UserError
-from .utils import manifest, pick_device, write_json
+from minimaxdd.diffusion import checkpoints as ckpt
+from minimaxdd.errors import UserError
+from minimaxdd.files import manifest, write_json
+from minimaxdd.runtime import pick_device
 
 STAGES = ("base", "finetune", "sample", "baselines", "evaluate", "metrics", "report")
 
@@ -111,11 +112,11 @@ def _check_keys(d: dict, allowed, where: str) -> None:
 
 def build_config(preset: dict | None, overrides: dict) -> dict:
     """The run's full config: defaults <- preset <- overrides, checked against each stage's fields."""
-    from .finetune import FinetuneConfig
-    from .minimax import OBJECTIVES
-    from .sample import SampleConfig
-    from .select import METHODS
-    from .train import TrainConfig
+    from minimaxdd.baselines.registry import METHODS
+    from minimaxdd.diffusion.generation import SampleConfig
+    from minimaxdd.training.finetune import FinetuneConfig
+    from minimaxdd.training.loop import TrainConfig
+    from minimaxdd.training.minimax import OBJECTIVES
 
     cfg = DEFAULTS
     for layer in (preset or {}, overrides):
@@ -145,8 +146,8 @@ def build_config(preset: dict | None, overrides: dict) -> dict:
     bad = [m for m in ev["baselines"] if m not in METHODS]
     if bad:
         raise UserError(f"unknown baseline(s) {bad}; choose from {sorted(METHODS)}")
-    from .models import MODELS
-    from .protocols import PROTOCOLS
+    from minimaxdd.evaluation.classifiers import MODELS
+    from minimaxdd.evaluation.protocols import PROTOCOLS
     bad = [m for m in ev["models"] if m not in MODELS]
     if bad:
         raise UserError(f"unknown evaluation model(s) {bad}; choose from {sorted(MODELS)}")
@@ -156,7 +157,7 @@ def build_config(preset: dict | None, overrides: dict) -> dict:
 
 
 def load_distill_preset(name: str) -> dict:
-    from .presets import load_preset_file
+    from minimaxdd.pipeline.presets import load_preset_file
 
     d = load_preset_file(name)
     if d.get("stage") != "distill":
@@ -217,8 +218,8 @@ def say(msg: str) -> None:
 
 
 def stage_base(run: Path, cfg: dict, force: bool, device: torch.device) -> dict:
-    from .train import TrainConfig
-    from .train import run as train
+    from minimaxdd.training.loop import TrainConfig
+    from minimaxdd.training.scratch import run as train
 
     b = cfg["base"]
     if b["pretrained"]:
@@ -251,7 +252,7 @@ def stage_base(run: Path, cfg: dict, force: bool, device: torch.device) -> dict:
 
 
 def stage_finetune(run: Path, cfg: dict, base: dict, force: bool, device: torch.device) -> dict:
-    from .finetune import run as finetune
+    from minimaxdd.training.finetune import run as finetune
 
     f = cfg["finetune"] or {"objective": "none"}
     objective = f.get("objective", "minimax")
@@ -282,7 +283,7 @@ def stage_finetune(run: Path, cfg: dict, base: dict, force: bool, device: torch.
 
 def _finetune_config(cfg: dict, f: dict, base: dict, out: Path, resume: bool, device: torch.device,
                      classes: list[int] | None = None):
-    from .finetune import FinetuneConfig
+    from minimaxdd.training.finetune import FinetuneConfig
 
     return FinetuneConfig(**f, classes=classes, ckpt=base["checkpoint"], data=cfg["data"], out=str(out),
                           codec=base.get("codec"), size=cfg["size"], seed=cfg["seed"], device=str(device),
@@ -300,8 +301,8 @@ def phase_groups(num_classes: int, phases: int) -> list[list[int]]:
 def _finetune_phases(st: Stage, cfg: dict, f: dict, base: dict, phases: int, device: torch.device) -> dict:
     """One fine-tuning per group of classes, in RUN/finetune/phase<P>/; a finished phase writes
     phase.json and is skipped on resume, an unfinished one resumes from its latest checkpoint."""
-    from .data import load_dataset
-    from .finetune import run as finetune
+    from minimaxdd.data.sources import load_dataset
+    from minimaxdd.training.finetune import run as finetune
 
     st.begin(device)
     names = list(load_dataset(cfg["data"], size=cfg["size"]).class_names)
@@ -325,9 +326,9 @@ def _finetune_phases(st: Stage, cfg: dict, f: dict, base: dict, phases: int, dev
 
 def export_pretrained(base: dict, cfg: dict, out: Path, device: torch.device) -> Path:
     """Pretrained weights as one of our checkpoints (model = EMA = the weights), with the class map."""
-    from .codecs import PixelCodec, build_codec
-    from .data import load_dataset
-    from .finetune import class_mapping, load_base
+    from minimaxdd.data.sources import load_dataset
+    from minimaxdd.diffusion.codecs import PixelCodec, build_codec
+    from minimaxdd.training.finetune import class_mapping, load_base
 
     model, meta0 = load_base(base["checkpoint"], base.get("codec"))
     ds = load_dataset(cfg["data"], size=cfg["size"])
@@ -343,9 +344,9 @@ def export_pretrained(base: dict, cfg: dict, out: Path, device: torch.device) ->
 
 
 def stage_sample(run: Path, cfg: dict, ft: dict, force: bool, device: torch.device) -> dict:
-    from .grid import save_grid
-    from .sample import SampleConfig, sample_checkpoint
-    from .synthset import SyntheticSet, write_synthetic
+    from minimaxdd.data.grid import save_grid
+    from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
+    from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
 
     s = cfg["sample"]
     ipcs = cfg["ipc"]
@@ -374,8 +375,8 @@ def stage_sample(run: Path, cfg: dict, ft: dict, force: bool, device: torch.devi
 
 def _sample_phases(ft: dict, s: dict, out: Path, ipc: int, seed: int, device: torch.device):
     """Each phase's classes from that phase's checkpoint, relabelled into the whole class list."""
-    from .sample import SampleConfig, sample_checkpoint
-    from .synthset import SyntheticSet
+    from minimaxdd.data.synthetic import SyntheticSet
+    from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
 
     names = ft["class_names"]
     images, labels, class_map, t, steps = [], [], [None] * len(names), 0.0, []
@@ -400,10 +401,10 @@ def _sample_phases(ft: dict, s: dict, out: Path, ipc: int, seed: int, device: to
 
 
 def stage_baselines(run: Path, cfg: dict, force: bool, device: torch.device) -> dict:
-    from .data import load_dataset
-    from .dm import DMConfig
-    from .select import select
-    from .synthset import write_synthetic
+    from minimaxdd.baselines.distribution_matching import DMConfig
+    from minimaxdd.baselines.registry import select
+    from minimaxdd.data.sources import load_dataset
+    from minimaxdd.data.synthetic import write_synthetic
 
     ev = cfg["evaluate"]
     conf = {"baselines": ev["baselines"], "dm": ev["dm"], "ipc": cfg["ipc"]}
@@ -432,10 +433,11 @@ def stage_evaluate(run: Path, cfg: dict, sample: dict | None, baselines: dict | 
                    device: torch.device, full: bool = True, write_results: bool = True) -> list[dict]:
     """One JSON per (set, model) row in RUN/evaluate/, each with its own key, so an interrupted or
     partly changed evaluation redoes only the rows it must. `sample` / `baselines` None: no such rows."""
-    from .data import load_dataset
-    from .evaluate import channel_stats, evaluate_set
-    from .protocols import get_protocol
-    from .synthset import load_synthetic
+    from minimaxdd.data.dataset import channel_stats
+    from minimaxdd.data.sources import load_dataset
+    from minimaxdd.data.synthetic import load_synthetic
+    from minimaxdd.evaluation.protocols import get_protocol
+    from minimaxdd.evaluation.train_test import evaluate_set
 
     ev = cfg["evaluate"]
     d = run / "evaluate"
@@ -474,7 +476,9 @@ def stage_evaluate(run: Path, cfg: dict, sample: dict | None, baselines: dict | 
                    "std": r.std, "runs": r.runs, "epochs": r.epochs, "per_class": r.per_class,
                    "time_s": r.train_time_s, "num_images": r.num_images, "set": path, "key": rk}
             if k is not None and method == ours and ev["generation_accuracy"]:
-                from .reference import generation_accuracy
+                from minimaxdd.evaluation.reference_classifier import (
+                    generation_accuracy,
+                )
                 g = generation_accuracy(ds, x, y, device=device)
                 row["generation_accuracy"] = g["generation_accuracy"]
                 row["reference_test_accuracy"] = g["reference_test_accuracy"]
@@ -494,7 +498,7 @@ def method_name(cfg: dict) -> str:
 def stage_metrics(run: Path, cfg: dict, sample: dict, baselines: dict, rows: list[dict], force: bool,
                   device: torch.device) -> dict | None:
     """Diagnostics (minimaxdd.metrics) of every set at the largest IPC, with their accuracies, and a t-SNE."""
-    from . import metrics
+    from minimaxdd.evaluation import metrics
 
     if not cfg["evaluate"].get("metrics", True):
         return None
@@ -535,7 +539,7 @@ def _epochs_for(spec, ipc: int) -> int | None:
 
 def run(cfg: dict, out: str | Path, from_stage: str | None = None) -> list[dict]:
     """Run (or resume) every stage of a distillation into `out`; returns the result rows."""
-    from .report import write_report
+    from minimaxdd.pipeline.report import write_report
 
     if from_stage is not None and from_stage not in STAGES:
         raise UserError(f"--from-stage must be one of {', '.join(STAGES)}, got {from_stage!r}")

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import dist
-from .diffusion import NUM_TIMESTEPS, Diffusion
-from .evaluate import autocast
-from .utils import progress
+from minimaxdd import distributed as dist
+from minimaxdd.diffusion.schedule import NUM_TIMESTEPS, Diffusion
+from minimaxdd.runtime import autocast, progress
 
 _MIX = 0x9E3779B97F4A7C15   # 64-bit golden-ratio constant for mixing seed parts
 

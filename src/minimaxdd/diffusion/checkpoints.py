@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .denoisers import build_from_config, load_state_strict
-from .errors import UserError
+from minimaxdd.diffusion.networks import build_from_config
+from minimaxdd.diffusion.weights import load_state_strict
+from minimaxdd.errors import UserError
 
 FORMAT = 1
 _CKPT = re.compile(r"ckpt-(\d+)\.safetensors$")
@@ -78,7 +79,7 @@ def save(path: Path, model: nn.Module, ema: nn.Module | None, meta: CheckpointMe
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if optimizer is not None:
-        from .utils import save_atomic
+        from minimaxdd.files import save_atomic
         save_atomic(optimizer.state_dict(), path.with_suffix(".optim.pt"))
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if ema is not None:

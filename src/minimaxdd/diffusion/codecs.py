@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .utils import cache_dir, progress, save_atomic, write_json
+from minimaxdd.errors import UserError
+from minimaxdd.files import cache_dir, save_atomic, write_json
+from minimaxdd.runtime import progress
 
 
 class PixelCodec:

@@ -19,14 +19,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import checkpoint as ckpt
-from . import dist
-from .codecs import PixelCodec, build_codec, encode_dataset
-from .denoisers import build_denoiser
-from .diffusion import Diffusion
-from .errors import UserError
-from .evaluate import PRECISIONS, autocast
-from .utils import manifest, pick_device, progress, save_atomic, write_json
+from minimaxdd import distributed as dist
+from minimaxdd.diffusion import checkpoints as ckpt
+from minimaxdd.diffusion.codecs import encode_dataset
+from minimaxdd.diffusion.schedule import Diffusion
+from minimaxdd.errors import UserError
+from minimaxdd.files import manifest, save_atomic, write_json
+from minimaxdd.runtime import PRECISIONS, autocast, pick_device, progress
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -309,19 +308,3 @@ def _state_path(ckpt_file: Path, rank: int) -> Path:
     return ckpt_file.with_suffix(f".state{rank}.pt")
 
 
-def run(cfg: TrainConfig) -> dict:
-    from .data import load_dataset
-
-    ds = load_dataset(cfg.data, size=cfg.size)
-    device = pick_device(cfg.device)
-    codec = build_codec(cfg.codec, ds.channels, ds.size, device)
-    arch = cfg.model.split("-")[0]
-    learn_sigma = cfg.learn_sigma if cfg.learn_sigma is not None else arch == "dit"
-    torch.manual_seed(cfg.seed)   # parameter initialisation only; data draws use step generators
-    model = build_denoiser(cfg.model, codec.latent_size, codec.latent_channels, ds.num_classes, learn_sigma=learn_sigma)
-    class_map = list(range(ds.num_classes))   # from scratch: dataset labels are the network classes
-    meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
-                               class_map=class_map, image_size=ds.size, channels=ds.channels, data=cfg.data,
-                               extra={"train": asdict(cfg), "pixel": isinstance(codec, PixelCodec)})
-    targets = make_targets(codec, ds, class_map)
-    return fit(model, targets, meta, cfg, desc=f"train {cfg.model}")

@@ -14,15 +14,21 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import checkpoint as ckpt
-from . import dist
-from .classes import WNID, imagenet_indices, train_folder
-from .codecs import PixelCodec, build_codec
-from .denoisers import difffit_parameters, load_diffusers_dit, load_official_dit
-from .errors import UserError
-from .minimax import OBJECTIVES, REDUCTIONS, ClassMemory, minimax_terms
-from .train import TrainConfig, fit, make_targets
-from .utils import pick_device
+from minimaxdd import distributed as dist
+from minimaxdd.data.imagenet import WNID, imagenet_indices, train_folder
+from minimaxdd.diffusion import checkpoints as ckpt
+from minimaxdd.diffusion.codecs import PixelCodec, build_codec
+from minimaxdd.diffusion.networks import difffit_parameters
+from minimaxdd.diffusion.weights import load_diffusers_dit, load_official_dit
+from minimaxdd.errors import UserError
+from minimaxdd.runtime import pick_device
+from minimaxdd.training.loop import TrainConfig, fit, make_targets
+from minimaxdd.training.minimax import (
+    OBJECTIVES,
+    REDUCTIONS,
+    ClassMemory,
+    minimax_terms,
+)
 
 # Paper settings (Gu et al. 2024, Sec. 4.1; the reference code's defaults).
 LAMBDA_R, LAMBDA_D = 0.002, 0.008
@@ -117,7 +123,7 @@ def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
 
 
 def run(cfg: FinetuneConfig) -> dict:
-    from .data import load_dataset
+    from minimaxdd.data.sources import load_dataset
 
     if cfg.objective not in OBJECTIVES:
         raise UserError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")

@@ -14,7 +14,6 @@ import json
 import pickle
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,9 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minimaxdd import classes
+from minimaxdd.data import imagenet as classes
+from minimaxdd.data.dataset import Dataset
 from minimaxdd.errors import DatasetError
-from minimaxdd.utils import cache_dir, progress, save_atomic
+from minimaxdd.files import cache_dir, save_atomic
+from minimaxdd.runtime import progress
 
 # Image folders (and the ImageNet subsets) default to 256 px, the resolution at which
 # Minimax diffusion (Gu et al., CVPR 2024; github.com/vimar-gu/MinimaxDiffusion) fine-tunes
@@ -41,55 +42,6 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DECODE_THREADS = 2
-
-
-@dataclass(repr=False)
-class Dataset:
-    """Train and test images of one dataset, whole, as tensors."""
-
-    name: str  # the spec string it came from
-    x_train: torch.Tensor  # (N, C, H, W) uint8, contiguous
-    y_train: torch.Tensor  # (N,) int64 in [0, num_classes)
-    x_test: torch.Tensor  # (M, C, H, W) uint8
-    y_test: torch.Tensor  # (M,) int64
-    class_names: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def channels(self) -> int:
-        return self.x_train.shape[1]
-
-    @property
-    def size(self) -> int:
-        """Image side in pixels (images are square)."""
-        return self.x_train.shape[2]
-
-    def fingerprint(self) -> str:
-        """Short sha256 of the training images and labels (with their shapes): a cache key."""
-        h = hashlib.sha256()
-        for t in (self.x_train, self.y_train):
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.contiguous().numpy())  # hashes the buffer, no copy
-        return h.hexdigest()[:16]
-
-    def subset_classes(self, labels: list[int]) -> "Dataset":
-        """The classes `labels` only, relabelled 0..len(labels)-1 in that order (one fine-tuning phase)."""
-        bad = [c for c in labels if not 0 <= c < self.num_classes]
-        if bad or len(set(labels)) != len(labels) or not labels:
-            raise DatasetError(f"classes {list(labels)} are not distinct labels of {self.name} "
-                               f"(0..{self.num_classes - 1})")
-        lut = torch.full((self.num_classes,), -1, dtype=torch.long)
-        lut[torch.as_tensor(labels)] = torch.arange(len(labels))
-        tr, te = lut[self.y_train] >= 0, lut[self.y_test] >= 0
-        return Dataset(self.name, self.x_train[tr].contiguous(), lut[self.y_train[tr]], self.x_test[te].contiguous(),
-                       lut[self.y_test[te]], [self.class_names[c] for c in labels])
-
-    def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
-                f"classes={self.num_classes})")
 
 
 # ----------------------------------------------------------------------------- registry

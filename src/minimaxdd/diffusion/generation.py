@@ -7,13 +7,21 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
-from . import dist
-from .codecs import build_codec
-from .errors import UserError
-from .sampling import DPM_SAMPLERS, SAMPLERS, SPACINGS, generate, image_seed, sampling_network
-from .synthset import SyntheticSet, write_synthetic
-from .utils import manifest, pick_device
+from minimaxdd import distributed as dist
+from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
+from minimaxdd.diffusion import checkpoints as ckpt
+from minimaxdd.diffusion.codecs import build_codec
+from minimaxdd.diffusion.samplers import (
+    DPM_SAMPLERS,
+    SAMPLERS,
+    SPACINGS,
+    generate,
+    image_seed,
+    sampling_network,
+)
+from minimaxdd.errors import UserError
+from minimaxdd.files import manifest
+from minimaxdd.runtime import pick_device
 
 
 @dataclass

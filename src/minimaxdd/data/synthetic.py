@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from minimaxdd.errors import UserError
-from minimaxdd.utils import atomic_dir, write_json
+from minimaxdd.files import atomic_dir, write_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 

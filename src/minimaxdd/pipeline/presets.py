@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from minimaxdd.errors import UserError
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 

@@ -1,0 +1,83 @@
+"""Registry of denoising networks and loading of their weights.
+
+Names are CLI choices: `dit-xl/2`, `dit-s/4`, `uvit-s`, ... A network is rebuilt from its config
+dict (`{"arch": "dit", ...}`), which every checkpoint this package writes carries. Three weight
+formats load, all with strict key checking (the only keys allowed to be missing are Difffit
+gammas, which are one at init, i.e. absent):
+  - this package's checkpoints (safetensors + JSON metadata),
+  - the official DiT release (`DiT-XL-2-256x256.pt`, a plain state dict, or a training
+    checkpoint with "model"/"ema"), read with torch.load(weights_only=True),
+  - a diffusers `DiTTransformer2DModel` folder (config.json + safetensors or bin).
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from minimaxdd.diffusion.dit import DiT, DiTConfig
+from minimaxdd.diffusion.uvit import UViT, UViTConfig
+from minimaxdd.errors import UserError
+
+# Sizes: (hidden, depth, heads). DiT S/B/L/XL from Peebles & Xie 2023, Table 1; dit-n (nano, for
+# 8x8 digits and tests) and dit-t (tiny, for 28-32 px on CPUs) are ours.
+DIT_SIZES = {"n": (128, 6, 4), "t": (256, 8, 4), "s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+# U-ViT (Bao et al. 2023): uvit-s = CIFAR-10 config (512 wide, 12+1 blocks, 8 heads, patch 2);
+# uvit-m = ImageNet-64 mid (768 wide, 16+1 blocks, 12 heads, patch 4); uvit-t is ours, for tests and CPUs.
+UVIT_SIZES = {"t": (192, 6, 4, 2), "s": (512, 12, 8, 2), "m": (768, 16, 12, 4)}
+
+DENOISERS: dict[str, dict] = {}
+for _s, (_d, _n, _h) in DIT_SIZES.items():
+    for _p in (2, 4, 8):
+        DENOISERS[f"dit-{_s}/{_p}"] = {"arch": "dit", "hidden_size": _d, "depth": _n, "num_heads": _h, "patch_size": _p}
+for _s, (_d, _n, _h, _p) in UVIT_SIZES.items():
+    DENOISERS[f"uvit-{_s}"] = {"arch": "uvit", "hidden_size": _d, "depth": _n, "num_heads": _h, "patch_size": _p}
+
+
+def denoiser_config(name: str, input_size: int, in_channels: int, num_classes: int,
+                    learn_sigma: bool | None = None, **overrides) -> dict:
+    """The config dict of registry entry `name` for the given data shape."""
+    key = name.lower()
+    if key not in DENOISERS:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(DENOISERS)}")
+    cfg = dict(DENOISERS[key], input_size=input_size, in_channels=in_channels, num_classes=num_classes, **overrides)
+    if learn_sigma is not None:
+        cfg["learn_sigma"] = learn_sigma
+    p = cfg["patch_size"]
+    if input_size % p:
+        raise UserError(f"model {name} has patch {p}, which does not divide the input size {input_size}; "
+                        f"pick a patch that divides it (e.g. {name.split('/')[0]}/2) or resize the data")
+    return cfg
+
+
+def build_from_config(cfg: dict) -> nn.Module:
+    cfg = dict(cfg)
+    arch = cfg.pop("arch")
+    if arch == "dit":
+        return DiT(DiTConfig(**cfg))
+    if arch == "uvit":
+        return UViT(UViTConfig(**cfg))
+    raise UserError(f"unknown architecture {arch!r} in a model config (expected dit or uvit)")
+
+
+def build_denoiser(name: str, input_size: int, in_channels: int, num_classes: int, **kw) -> nn.Module:
+    return build_from_config(denoiser_config(name, input_size, in_channels, num_classes, **kw))
+
+
+def config_of(model: nn.Module) -> dict:
+    return model.config.to_dict()
+
+
+# --------------------------------------------------------------------------- strict loading
+
+def _is_difffit(key: str) -> bool:
+    return "gamma" in key.split(".")[-1]
+
+
+# Difffit's trainable set as the Minimax reference selects it: every parameter whose name contains
+# "bias", "norm", "gamma" or the class embedding ("y_embed" in DiT, "label_emb" in U-ViT). DiT's
+# LayerNorms have no affine weights, so "norm" matches nothing there; the whole label table is
+# trained, null row included.
+DIFFFIT_KEYS = ("bias", "norm", "gamma", "y_embed", "label_emb")
+
+
+def difffit_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in model.named_parameters() if any(k in n for k in DIFFFIT_KEYS)]

@@ -1,0 +1,50 @@
+"""Runtime: device choice, precision (autocast), seeded generators and progress bars.
+
+The diffusion side, training and evaluation all use these without importing one another."""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+from tqdm.auto import tqdm
+
+from minimaxdd import distributed as dist
+from minimaxdd.errors import UserError
+
+
+def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch.Generator seeded with `seed`: every random draw in the package comes from one."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def progress(iterable=None, total: int | None = None, desc: str = "", leave: bool = False, **kw):
+    """A tqdm bar on stderr; silent when MINIMAXDD_QUIET=1 (tests, benchmarks)."""
+
+    disable = os.environ.get("MINIMAXDD_QUIET") == "1" or not dist.is_main()
+    return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, dynamic_ncols=True, **kw)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; otherwise the named device, checked."""
+    from minimaxdd.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for CUDA but torch.cuda.is_available() is False; use --device cpu")
+    return dev
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
