@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,15 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# everything but the slow tests (torchrun, torch.compile, long pipeline runs): under 2 minutes on 2 cores
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# import contracts (layers, no circles) and ruff; tests/test_layout.py runs both too
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from minimaxdd.data.sources import load_dataset
-from minimaxdd.data.dataset import channel_stats
-from minimaxdd.evaluation.train_test import evaluate_set, format_table
-from minimaxdd.evaluation.protocols import PROTOCOLS
 from minimaxdd.baselines.registry import select
+from minimaxdd.data.dataset import channel_stats
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.evaluation.protocols import PROTOCOLS
+from minimaxdd.evaluation.runner import format_table
+from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.files import write_json
 
 

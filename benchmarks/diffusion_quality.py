@@ -16,14 +16,13 @@ import json
 import time
 from pathlib import Path
 
-
-from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.dataset import channel_stats
-from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.data.grid import save_grid
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
 from minimaxdd.evaluation.protocols import PROTOCOLS
 from minimaxdd.evaluation.reference_classifier import generation_accuracy
-from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.files import write_json
 
 

@@ -37,13 +37,19 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from minimaxdd.diffusion.networks import build_denoiser, difffit_parameters
-from minimaxdd.diffusion.schedule import Diffusion
-from minimaxdd.runtime import autocast
 import minimaxdd.diffusion.dit as dit
-from minimaxdd.diffusion.samplers import frozen_weights, generate, guided_fn, image_seed, sampling_network
-from minimaxdd.training.loop import adamw
+from minimaxdd.diffusion.networks import build_denoiser, difffit_parameters
+from minimaxdd.diffusion.samplers import (
+    frozen_weights,
+    generate,
+    guided_fn,
+    image_seed,
+    sampling_network,
+)
+from minimaxdd.diffusion.schedule import Diffusion
 from minimaxdd.files import write_json
+from minimaxdd.runtime import autocast
+from minimaxdd.training.loop import adamw
 
 DEV = torch.device("cpu")
 

@@ -23,11 +23,12 @@ import time
 import torch
 
 from minimaxdd.diffusion.networks import build_denoiser
-from minimaxdd.diffusion.schedule import Diffusion
-from minimaxdd.training.finetune import select_trainable
-from minimaxdd.training.minimax import ClassMemory, minimax_terms
 from minimaxdd.diffusion.samplers import generate, image_seed
+from minimaxdd.diffusion.schedule import Diffusion
 from minimaxdd.files import write_json
+from minimaxdd.training.finetune import select_trainable
+from minimaxdd.training.loop import Batch
+from minimaxdd.training.minimax import ClassMemory, MinimaxStep
 
 IMAGEWOOF_TRAIN = 12_954     # ImageNet train images of the 10 ImageWoof classes (~1300 each)
 PAPER_EPOCHS, PAPER_BATCH = 8, 8
@@ -43,7 +44,9 @@ def finetune_speed(model, device, steps: int, batch: int = PAPER_BATCH) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0)
     diff = Diffusion()
     k, dim = 10, model.in_channels * model.input_size ** 2
-    real, pred = ClassMemory(k, 64, dim, device), ClassMemory(k, 64, dim, device)
+    minimax = MinimaxStep(objective="minimax", lambda_r=0.002, lambda_d=0.008, reduction="matrix",
+                          real=ClassMemory(k, 64, dim, device), pred=ClassMemory(k, 64, dim, device),
+                          slot=torch.arange(k, device=device))
     g = torch.Generator().manual_seed(0)
     shape = (batch, model.in_channels, model.input_size, model.input_size)
     model.train()
@@ -57,7 +60,7 @@ def finetune_speed(model, device, steps: int, batch: int = PAPER_BATCH) -> dict:
         noise = torch.randn(shape, generator=g).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             terms = diff.training_losses(model, x0, t, y, noise)
-        add, _ = minimax_terms(terms["x0_hat"], x0, y, real, pred, "minimax", 0.002, 0.008)
+        add, _ = minimax(terms, Batch(x0=x0, labels=y, dropped=torch.zeros_like(y, dtype=torch.bool), step=0))
         loss = terms["loss"].mean() + add
         opt.zero_grad(set_to_none=True)
         loss.backward()

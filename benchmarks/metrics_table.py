@@ -18,8 +18,13 @@ import tempfile
 from pathlib import Path
 
 from minimaxdd.evaluation import metrics
-from minimaxdd.pipeline.distill import method_name
 from minimaxdd.files import write_json
+
+
+def method_name(objective: str) -> str:
+    """The name of our set in a distill run's tables (pipeline.config.method_name, from a saved config)."""
+    return "diffusion" if objective == "none" else objective
+
 
 KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "diversity")
 
@@ -29,9 +34,9 @@ def collect(runs: list[Path], ipcs: list[int], model: str) -> list[dict]:
     for run in runs:
         if (run / "config.json").exists():      # a distill run: its objective and its baselines
             cfg = json.loads((run / "config.json").read_text())
-            ours, baselines = method_name(cfg), cfg["evaluate"]["baselines"]
+            ours, baselines = method_name(cfg["finetune"]["objective"]), cfg["evaluate"]["baselines"]
         else:                                    # an ablation variant, OUT/<objective>/
-            ours, baselines = method_name({"finetune": {"objective": run.name}}), []
+            ours, baselines = method_name(run.name), []
         found = [(ours, run / "sample" / f"ipc{k}", k) for k in ipcs]
         for m in baselines:
             found += [(m, run / "baselines" / f"{m}-ipc{k}", k) for k in ipcs]
@@ -79,7 +84,7 @@ def main() -> None:
             link = Path(tmp) / f"{s['method']}-ipc{s['ipc']}"
             link.symlink_to(Path(s["path"]).resolve())
             links.append(str(link))
-        m = metrics.run(links, a.data, device=a.device)
+        m = metrics.run_metrics(links, a.data, device=a.device)
     for s, link in zip(sets, links):
         got = m["sets"][Path(link).name]
         s["metrics"] = {k: got[k] for k in KEYS}

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from minimaxdd.data import augment
-from minimaxdd.runtime import autocast
 from minimaxdd.data.dataset import channel_stats, normalise
-from minimaxdd.evaluation.train_test import train_classifier
 from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.evaluation.protocols import PROTOCOLS
+from minimaxdd.evaluation.train_test import train_classifier
 from minimaxdd.files import write_json
+from minimaxdd.runtime import autocast
 
 DC = PROTOCOLS["dc"]
 

@@ -7,20 +7,24 @@ so the same code runs both ways.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 
 def world() -> int:
+    """Number of processes in the group (1 without torchrun)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
+    """This process's rank (0 without torchrun)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main() -> bool:
+    """True on rank 0, the rank that logs and writes files."""
     return rank() == 0
 
 
@@ -49,6 +53,7 @@ def shutdown(sync: bool = True) -> None:
 
 
 def barrier() -> None:
+    """Wait for every rank (a no-op for one process)."""
     if world() > 1:
         dist.barrier()
 
@@ -62,7 +67,8 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def all_gather_objects(obj) -> list:
+def all_gather_objects(obj: Any) -> list[Any]:
+    """One picklable object from every rank, in rank order."""
     if world() == 1:
         return [obj]
     out = [None] * world()

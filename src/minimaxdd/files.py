@@ -1,4 +1,6 @@
-"""Small shared helpers: cache folder, seeding, manifests, progress bars, atomic writes."""
+"""Files: the cache folder, manifests (what made an artifact) and atomic writes of JSON, tensors and folders.
+
+Seeded generators, devices and progress bars live in `minimaxdd.runtime`."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from minimaxdd.errors import UserError
 
 
 def cache_dir() -> Path:
@@ -85,8 +89,6 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     An existing `out` is an error unless `overwrite`, in which case it is replaced only
     after the new one is fully written, so a failure never loses what was there.
     """
-    from minimaxdd.errors import UserError
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
@@ -104,5 +106,3 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
-
-

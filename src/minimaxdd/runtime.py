@@ -4,7 +4,8 @@ The diffusion side, training and evaluation all use these without importing one 
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -20,17 +21,15 @@ def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     return g
 
 
-def progress(iterable=None, total: int | None = None, desc: str = "", leave: bool = False, **kw):
-    """A tqdm bar on stderr; silent when MINIMAXDD_QUIET=1 (tests, benchmarks)."""
-
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", leave: bool = False,
+             **kw: Any) -> tqdm:
+    """A tqdm bar on stderr; silent when MINIMAXDD_QUIET=1 (tests, benchmarks) and on ranks other than 0."""
     disable = os.environ.get("MINIMAXDD_QUIET") == "1" or not dist.is_main()
     return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, dynamic_ncols=True, **kw)
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda if available else cpu; otherwise the named device, checked."""
-    from minimaxdd.errors import UserError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -42,7 +41,8 @@ def pick_device(name: str = "auto") -> torch.device:
 PRECISIONS = ("fp32", "bf16")
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """bf16 autocast on `device`'s type for precision "bf16"; a no-op context for "fp32"."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if precision == "bf16":

@@ -8,6 +8,8 @@
 
 Herding and k-center work on L2-normalised features of the reference classifier
 (`minimaxdd.evaluation.reference_classifier`), trained once on the full training set and cached.
+`SELECTORS` maps each name to `pick(ds, ipc, seed, device, feature_epochs) -> indices (K * ipc,)`
+into the training set, class by class; `minimaxdd.baselines.registry` turns them into baselines.
 """
 from __future__ import annotations
 
@@ -20,8 +22,12 @@ from minimaxdd.data.dataset import Dataset, channel_stats
 from minimaxdd.errors import UserError
 from minimaxdd.runtime import generator
 
+# pick(ds, ipc, seed, device, feature_epochs) -> indices (K * ipc,) into ds.x_train, class-major
+Selector = Callable[[Dataset, int, int, torch.device, int | None], torch.Tensor]
 
-def _check_ipc(y: torch.Tensor, num_classes: int, ipc: int, names: list[str]) -> None:
+
+def check_ipc(y: torch.Tensor, num_classes: int, ipc: int, names: list[str]) -> None:
+    """Refuse an `ipc` below 1 or above the size of some class, naming the short classes."""
     if ipc < 1:
         raise UserError(f"--ipc must be at least 1, got {ipc}")
     counts = torch.bincount(y, minlength=num_classes)
@@ -31,19 +37,20 @@ def _check_ipc(y: torch.Tensor, num_classes: int, ipc: int, names: list[str]) ->
 
 
 def random_indices(y: torch.Tensor, num_classes: int, ipc: int, seed: int) -> torch.Tensor:
+    """`ipc` indices per class drawn uniformly without replacement, class-major: (num_classes * ipc,)."""
     g = generator(seed)
     picks = []
     for k in range(num_classes):
-        idx = (y == k).nonzero().squeeze(1)
+        idx = (y == k).nonzero().squeeze(1)  # (n_k,)
         picks.append(idx[torch.randperm(len(idx), generator=g)[:ipc]])
     return torch.cat(picks)
 
 
 def herding_order(f: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of k rows of f (n, D) chosen by herding toward the mean of f."""
-    mu = f.mean(0)
+    mu = f.mean(0)  # (D,)
     chosen: list[int] = []
-    total = torch.zeros_like(mu)
+    total = torch.zeros_like(mu)  # (D,) sum of the chosen rows
     avail = torch.ones(len(f), dtype=torch.bool)
     for t in range(1, k + 1):
         # distance from the class mean of the mean after adding each candidate
@@ -68,7 +75,8 @@ def kcenter_order(f: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen)
 
 
-def feature_indices(order: Callable[[torch.Tensor, int], torch.Tensor]):
+def feature_indices(order: Callable[[torch.Tensor, int], torch.Tensor]) -> Selector:
+    """A selector that orders each class's reference-classifier features (n_k, D) by `order`."""
     def pick(ds: Dataset, ipc: int, seed: int, device: torch.device, feature_epochs: int | None) -> torch.Tensor:
         from minimaxdd.evaluation.reference_classifier import (
             ReferenceConfig,
@@ -77,16 +85,16 @@ def feature_indices(order: Callable[[torch.Tensor, int], torch.Tensor]):
         )
 
         model = reference_classifier(ds, ReferenceConfig(epochs=feature_epochs, seed=seed), device)
-        feats = F.normalize(embed(model, ds.x_train, channel_stats(ds.x_train)), dim=1)
+        feats = F.normalize(embed(model, ds.x_train, channel_stats(ds.x_train)), dim=1)  # (N, D), unit rows
         picks = []
         for k in range(ds.num_classes):
-            idx = (ds.y_train == k).nonzero().squeeze(1)
+            idx = (ds.y_train == k).nonzero().squeeze(1)  # (n_k,)
             picks.append(idx[order(feats[idx], ipc)])
         return torch.cat(picks)
     return pick
 
 
-SELECTORS = {
+SELECTORS: dict[str, Selector] = {
     "random": lambda ds, ipc, seed, device, fe: random_indices(ds.y_train, ds.num_classes, ipc, seed),
     "herding": feature_indices(herding_order),
     "kcenter": feature_indices(kcenter_order),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from minimaxdd.baselines.coreset import random_indices
 from minimaxdd.data import augment
 from minimaxdd.data.dataset import Dataset, channel_stats, normalise
 from minimaxdd.data.synthetic import SyntheticSet
@@ -34,11 +35,12 @@ class DMConfig:
     momentum: float = 0.5
     batch_real: int = 256
     model: str = "convnet3"
-    precision: str = "bf16"
-    checkpoint_every: int = 200  # iterations between resumable state saves
+    precision: str = "bf16"       # ours: autocast on CPUs (the DM code runs fp32 on GPUs)
+    checkpoint_every: int = 200   # ours: iterations between resumable state saves
 
 
 def _seed(g: torch.Generator) -> int:
+    """A fresh seed drawn from `g`."""
     return int(torch.randint(2**62, (1,), generator=g).item())
 
 
@@ -51,14 +53,14 @@ def dm_loss(net: torch.nn.Module, real: list[torch.Tensor], syn: torch.Tensor, s
     dev = syn.device
     k, ipc = syn.shape[:2]
     with torch.no_grad():
-        xr = torch.cat([augment.dsa(r, generator(s, dev)) for r, s in zip(real, seeds)])
+        xr = torch.cat([augment.dsa(r, generator(s, dev)) for r, s in zip(real, seeds)])  # (sum n_k, C, H, W)
         fr = net.features(xr).float()  # (sum n_k, D)
         means, i = [], 0
         for r in real:
             means.append(fr[i:i + len(r)].mean(0))
             i += len(r)
         mu_real = torch.stack(means)  # (K, D)
-    xs = torch.cat([augment.dsa(syn[c], generator(s, dev)) for c, s in enumerate(seeds)])
+    xs = torch.cat([augment.dsa(syn[c], generator(s, dev)) for c, s in enumerate(seeds)])  # (K * ipc, C, H, W)
     mu_syn = net.features(xs).float().view(k, ipc, -1).mean(1)  # (K, D)
     return ((mu_real - mu_syn) ** 2).sum()
 
@@ -72,38 +74,25 @@ def distribution_matching(ds: Dataset, ipc: int, seed: int = 0, device: str | to
     iterations and a rerun with the same data and config resumes from it, giving the same
     bytes as an uninterrupted run. The state file is removed on completion.
     """
-    from minimaxdd.baselines.coreset import random_indices
-
     device = torch.device(device)
     k, (c, h, w) = ds.num_classes, ds.x_train.shape[1:]
-    mean, std = channel_stats(ds.x_train)
-    real = normalise(ds.x_train, mean, std, device)
-    by_class = [(ds.y_train == j).nonzero().squeeze(1) for j in range(k)]
+    mean, std = channel_stats(ds.x_train)                                   # (C,) each
+    real = normalise(ds.x_train, mean, std, device)                         # (N, C, H, W)
+    by_class = [(ds.y_train == j).nonzero().squeeze(1) for j in range(k)]  # K x (n_j,)
     idx = init_indices if init_indices is not None else random_indices(ds.y_train, k, ipc, seed)
-    syn = real[idx.to(device)].clone().view(k, ipc, c, h, w).requires_grad_(True)
+    syn = real[idx.to(device)].clone().view(k, ipc, c, h, w).requires_grad_(True)  # (K, ipc, C, H, W)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-    g = generator(seed + 7)
+    g = generator(seed + 7)   # ours: a stream other than the initial selection's (`seed`)
     losses: list[float] = []
     start = 0
-    key = json.dumps({"data": ds.fingerprint(), "ipc": ipc, "seed": seed, **asdict(cfg)}, sort_keys=True)
+    key = _state_key(ds, ipc, seed, cfg)
     state_path = Path(state_path) if state_path else None
     if state_path and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        if st["key"] != key:
-            raise UserError(f"{state_path} holds an interrupted DM run with other settings; delete it to start "
-                            f"afresh, or rerun with the same options to resume")
-        with torch.no_grad():
-            syn.copy_(st["syn"].to(device))
-        opt.load_state_dict(st["opt"])
-        g.set_state(st["gen"])
-        losses, start = list(st["losses"]), int(st["iteration"])
+        losses, start = _resume(state_path, key, syn, opt, g, device)
 
     bar = progress(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc=f"DM ipc {ipc}")
     for it in bar:
-        with torch.random.fork_rng(devices=[]):  # a new random network each iteration, from g
-            torch.manual_seed(_seed(g))
-            net = build_model(cfg.model, c, k, h).to(device)
-        net.requires_grad_(False)
+        net = _random_network(g, cfg.model, c, k, h, device)
         real_b = [real[j[torch.randperm(len(j), generator=g)[:cfg.batch_real]].to(device)] for j in by_class]
         seeds = [_seed(g) for _ in range(k)]
         with autocast(device, cfg.precision):
@@ -112,14 +101,47 @@ def distribution_matching(ds: Dataset, ipc: int, seed: int = 0, device: str | to
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")   # running mean of the last 50
         if state_path and ((it + 1) % cfg.checkpoint_every == 0) and it + 1 < cfg.iterations:
             save_atomic({"key": key, "syn": syn.detach().cpu(), "opt": opt.state_dict(),
                          "gen": g.get_state(), "losses": torch.tensor(losses), "iteration": it + 1}, state_path)
     if state_path and state_path.exists():
         state_path.unlink()
-    images = (syn.detach().cpu().view(k * ipc, c, h, w) * std[None, :, None, None] + mean[None, :, None, None])
-    images = (images * 255).round().clamp(0, 255).to(torch.uint8)
-    labels = torch.arange(k).repeat_interleave(ipc)
+    images = _to_uint8(syn.detach().cpu().view(k * ipc, c, h, w), mean, std)
+    labels = torch.arange(k).repeat_interleave(ipc)                         # (K * ipc,) class-major
     return SyntheticSet(images, labels, list(ds.class_names)), losses
 
+
+def _state_key(ds: Dataset, ipc: int, seed: int, cfg: DMConfig) -> str:
+    """What a saved state must match to be resumed: the data, ipc, seed and config."""
+    return json.dumps({"data": ds.fingerprint(), "ipc": ipc, "seed": seed, **asdict(cfg)}, sort_keys=True)
+
+
+def _resume(state_path: Path, key: str, syn: torch.Tensor, opt: torch.optim.Optimizer, g: torch.Generator,
+            device: torch.device) -> tuple[list[float], int]:
+    """Load a saved state into `syn`, `opt` and `g`; returns (losses so far, iteration to start from)."""
+    st = torch.load(state_path, map_location="cpu", weights_only=True)
+    if st["key"] != key:
+        raise UserError(f"{state_path} holds an interrupted DM run with other settings; delete it to start "
+                        f"afresh, or rerun with the same options to resume")
+    with torch.no_grad():
+        syn.copy_(st["syn"].to(device))
+    opt.load_state_dict(st["opt"])
+    g.set_state(st["gen"])
+    return list(st["losses"]), int(st["iteration"])
+
+
+def _random_network(g: torch.Generator, model: str, channels: int, num_classes: int, size: int,
+                    device: torch.device) -> torch.nn.Module:
+    """A freshly initialised, frozen `model`, its initialisation seeded from `g` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(g))
+        net = build_model(model, channels, num_classes, size).to(device)
+    net.requires_grad_(False)
+    return net
+
+
+def _to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Normalised images (N, C, H, W) back to uint8 (N, C, H, W) with the real data's statistics."""
+    images = x * std[None, :, None, None] + mean[None, :, None, None]      # (N, C, H, W) in ~[0, 1]
+    return (images * 255).round().clamp(0, 255).to(torch.uint8)

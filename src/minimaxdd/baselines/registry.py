@@ -1,33 +1,28 @@
-"""Coreset baselines: pick K real training images per class.
+"""The baselines by name (`BASELINES`, the keys are the CLI's `select --method` choices), and `select`.
 
-- `random`: uniform without replacement, from a seeded generator.
-- `herding` (Welling, ICML 2009; iCaRL's per-class form): greedily add the image that
-  keeps the running mean of the chosen features closest to the class mean.
-- `kcenter` (Sener & Savarese, ICLR 2018): greedy k-center, each new image the one
-  farthest from those already chosen, starting from the one nearest the class mean.
-- `dm`: not a selection but the distribution-matching baseline (dm.py), which starts
-  from a random selection and optimises its pixels; it shares this command and format.
-
-Herding and k-center work on L2-normalised features of the reference classifier
-(reference.py), trained once on the full training set and cached.
+- `random`, `herding`, `kcenter`: coreset selections of K real training images per class
+  (`minimaxdd.baselines.coreset`).
+- `dm`: not a selection but the distribution-matching baseline
+  (`minimaxdd.baselines.distribution_matching`), which starts from a random selection and
+  optimises its pixels; it shares this command and the synthetic-set format.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from minimaxdd.baselines.coreset import SELECTORS, _check_ipc
+from minimaxdd.baselines.coreset import SELECTORS, check_ipc
+from minimaxdd.baselines.distribution_matching import DMConfig, distribution_matching
 from minimaxdd.data.dataset import Dataset
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.files import manifest
 from minimaxdd.runtime import pick_device
-
-METHODS = (*SELECTORS, "dm")
 
 
 @dataclass
@@ -46,28 +41,41 @@ class SelectConfig:
     batch_real: int | None = None       # dm only
 
 
+# factory(ds, ipc, seed, device, feature_epochs=..., dm=..., state_path=...) -> K images per class
+Baseline = Callable[..., SyntheticSet]
+
+
+def _coreset(method: str) -> Baseline:
+    def pick(ds: Dataset, ipc: int, seed: int, device: str | torch.device, *, feature_epochs: int | None = None,
+             dm: DMConfig | None = None, state_path: str | Path | None = None) -> SyntheticSet:
+        idx = SELECTORS[method](ds, ipc, seed, torch.device(device), feature_epochs)   # (K * ipc,)
+        return SyntheticSet(ds.x_train[idx].clone(), ds.y_train[idx].clone(), list(ds.class_names))
+    return pick
+
+
+def _dm(ds: Dataset, ipc: int, seed: int, device: str | torch.device, *, feature_epochs: int | None = None,
+        dm: DMConfig | None = None, state_path: str | Path | None = None) -> SyntheticSet:
+    return distribution_matching(ds, ipc, seed, device, dm or DMConfig(), state_path)[0]
+
+
+BASELINES: dict[str, Baseline] = {**{m: _coreset(m) for m in SELECTORS}, "dm": _dm}
+METHODS = tuple(BASELINES)
+
+
 def select(ds: Dataset, method: str, ipc: int, seed: int = 0, device: str | torch.device = "cpu",
-           feature_epochs: int | None = None, dm=None, state_path=None) -> SyntheticSet:
+           feature_epochs: int | None = None, dm: DMConfig | None = None,
+           state_path: str | Path | None = None) -> SyntheticSet:
     """K images per class by `method`, as a SyntheticSet: real training images for the
     selection methods, optimised ones for `dm` (with `dm` its DMConfig)."""
-    if method not in METHODS:
-        raise UserError(f"unknown selection method {method!r}; choose one of {sorted(METHODS)}")
-    _check_ipc(ds.y_train, ds.num_classes, ipc, ds.class_names)
-    if method == "dm":
-        from minimaxdd.baselines.distribution_matching import (
-            DMConfig,
-            distribution_matching,
-        )
-
-        return distribution_matching(ds, ipc, seed, device, dm or DMConfig(), state_path)[0]
-    idx = SELECTORS[method](ds, ipc, seed, torch.device(device), feature_epochs)
-    return SyntheticSet(ds.x_train[idx].clone(), ds.y_train[idx].clone(), list(ds.class_names))
+    if method not in BASELINES:
+        raise UserError(f"unknown selection method {method!r}; choose one of {sorted(BASELINES)}")
+    check_ipc(ds.y_train, ds.num_classes, ipc, ds.class_names)
+    return BASELINES[method](ds, ipc, seed, device, feature_epochs=feature_epochs, dm=dm, state_path=state_path)
 
 
-def run(cfg: SelectConfig) -> SyntheticSet:
+def run_selection(cfg: SelectConfig) -> SyntheticSet:
+    """`minimaxdd select`: load the real data, run the baseline, write the synthetic set to `cfg.out`."""
     t0 = time.time()
-    from minimaxdd.baselines.distribution_matching import DMConfig
-
     overrides = {k: v for k, v in (("iterations", cfg.iterations), ("lr_img", cfg.lr_img),
                                    ("batch_real", cfg.batch_real)) if v is not None}
     if overrides and cfg.method != "dm":

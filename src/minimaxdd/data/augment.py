@@ -3,12 +3,15 @@
 Every function takes a float batch `x` of shape (N, C, H, W) on any device and a seeded
 `torch.Generator` on the same device, draws one set of parameters per image from that
 generator, and transforms the whole batch with a few tensor ops (no per-image Python loop).
-Because the ops are differentiable, DM (issue 8) can push gradients through them.
+Because the ops are differentiable, DM (`minimaxdd.baselines.distribution_matching`) can push
+gradients through them. `AUGMENTATIONS` names the batch augmentations an evaluation protocol may
+train with (`minimaxdd.evaluation.protocols`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +23,7 @@ class DSAParams:
     """Ranges of Differentiable Siamese Augmentation.
 
     Defaults are `ParamDiffAug` of the DSA code (Zhao & Bilen, ICML 2021,
-    VICO-UoE/DatasetCondensation utils.py), also used by DM and the ECCV 2024 challenge.
+    github.com/VICO-UoE/DatasetCondensation, utils.py), also used by DM and the ECCV 2024 challenge.
     """
 
     scale: float = 1.2        # x and y scaled independently by U(1/1.2, 1.2)
@@ -34,12 +37,13 @@ class DSAParams:
 
 
 DSA_DEFAULT = DSAParams()
-# The challenge / DSA evaluation strategy: one of these per batch ("S" mode of the DSA code).
+# The challenge / DSA evaluation strategy 'color_crop_cutout_flip_scale_rotate': one of these per batch
+# ("S" mode of the DSA code, VICO-UoE/DatasetCondensation utils.py DiffAugment).
 DSA_STRATEGY = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
 
-def _rand(n: int, g: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device)
+def _rand(n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device)  # (n,) in [0, 1)
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -48,23 +52,26 @@ def _affine(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> tor
 
 
 def flip(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    """Mirror each image left-right with probability p.flip."""
     keep = _rand(x.shape[0], g, x.device) >= p.flip  # (N,)
     return torch.where(keep[:, None, None, None], x, x.flip(3))
 
 
 def scale(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    """Stretch x and y independently by U(1/p.scale, p.scale) about the centre, zero fill."""
     n = x.shape[0]
     lo = 1.0 / p.scale
-    sx = _rand(n, g, x.device) * (p.scale - lo) + lo
-    sy = _rand(n, g, x.device) * (p.scale - lo) + lo
-    theta = torch.zeros(n, 2, 3, device=x.device)
+    sx = _rand(n, g, x.device) * (p.scale - lo) + lo  # (N,)
+    sy = _rand(n, g, x.device) * (p.scale - lo) + lo  # (N,)
+    theta = torch.zeros(n, 2, 3, device=x.device)  # (N, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1] = sx, sy
     return _affine(x, theta)
 
 
 def rotate(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> torch.Tensor:
+    """Rotate about the centre by U(-p.rotate, p.rotate) degrees, zero fill."""
     n = x.shape[0]
-    a = (_rand(n, g, x.device) - 0.5) * 2 * p.rotate / 180 * math.pi
+    a = (_rand(n, g, x.device) - 0.5) * 2 * p.rotate / 180 * math.pi  # (N,) radians
     cos, sin = torch.cos(a), torch.sin(a)
     theta = torch.stack([torch.stack([cos, sin, torch.zeros_like(a)], 1),
                          torch.stack([-sin, cos, torch.zeros_like(a)], 1)], 1)  # (N, 2, 3)
@@ -91,8 +98,8 @@ def cutout(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> t
     ch, cw = int(h * p.cutout + 0.5), int(w * p.cutout + 0.5)
     cy = torch.randint(0, h + (1 - ch % 2), (n,), generator=g, device=x.device)
     cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g, device=x.device)
-    ys = torch.arange(h, device=x.device)[None, :]
-    xs = torch.arange(w, device=x.device)[None, :]
+    ys = torch.arange(h, device=x.device)[None, :]  # (1, H)
+    xs = torch.arange(w, device=x.device)[None, :]  # (1, W)
     in_y = (ys >= (cy - ch // 2)[:, None]) & (ys < (cy - ch // 2 + ch)[:, None])  # (N, H)
     in_x = (xs >= (cx - cw // 2)[:, None]) & (xs < (cx - cw // 2 + cw)[:, None])  # (N, W)
     hole = in_y[:, :, None] & in_x[:, None, :]  # (N, H, W)
@@ -103,9 +110,9 @@ def color(x: torch.Tensor, g: torch.Generator, p: DSAParams = DSA_DEFAULT) -> to
     """Brightness, then saturation, then contrast, as DSA's 'color' group."""
     n = x.shape[0]
     x = x + (_rand(n, g, x.device) - 0.5)[:, None, None, None] * p.brightness
-    m = x.mean(dim=1, keepdim=True)
+    m = x.mean(dim=1, keepdim=True)  # (N, 1, H, W) grey value of each pixel
     x = (x - m) * (_rand(n, g, x.device) * p.saturation)[:, None, None, None] + m
-    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    m = x.mean(dim=(1, 2, 3), keepdim=True)  # (N, 1, 1, 1) image mean
     return (x - m) * (_rand(n, g, x.device) + p.contrast)[:, None, None, None] + m
 
 
@@ -120,22 +127,29 @@ def dsa(x: torch.Tensor, g: torch.Generator, strategy: tuple[str, ...] = DSA_STR
     return DSA_OPS[strategy[k]](x, g, p)
 
 
-def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float, float] = (0.5, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+# Random resized crop as IDC trains on ImageNet subsets: RandomResizedCrop(size, scale=(0.5, 1.0))
+# (snu-mllab/Efficient-Dataset-Condensation, data.py transform_imagenet); aspect ratios torchvision's
+# default (3/4, 4/3).
+RRC_SCALE = (0.5, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+
+
+def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float, float] = RRC_SCALE,
+                        ratio: tuple[float, float] = RRC_RATIO) -> torch.Tensor:
     """Crop a box of area U(scale) x HW and aspect ratio log-U(ratio) per image, resized back
     to H x W (bilinear). Boxes that would leave the image are clamped to fit, where
     torchvision instead retries and falls back to a centre crop."""
     n, dev = x.shape[0], x.device
-    area = _rand(n, g, dev) * (scale[1] - scale[0]) + scale[0]
-    logr = _rand(n, g, dev) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
-    r = torch.exp(logr)
+    area = _rand(n, g, dev) * (scale[1] - scale[0]) + scale[0]  # (N,) fraction of H x W
+    logr = _rand(n, g, dev) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])  # (N,)
+    r = torch.exp(logr)  # (N,) width / height
     bw = torch.sqrt(area * r).clamp(max=1.0)  # box width as a fraction of the image width
     bh = torch.sqrt(area / r).clamp(max=1.0)
     cx = (_rand(n, g, dev) * (1 - bw) + bw / 2) * 2 - 1  # box centre in [-1, 1]
     cy = (_rand(n, g, dev) * (1 - bh) + bh / 2) * 2 - 1
-    theta = torch.zeros(n, 2, 3, device=dev)
+    theta = torch.zeros(n, 2, 3, device=dev)  # (N, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = bw, cx, bh, cy
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (N, H, W, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -167,3 +181,14 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, beta: float = 1
     x[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]
     lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
     return x, y, y[perm], lam
+
+
+def no_augmentation(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The batch unchanged (draws nothing from `g`)."""
+    return x
+
+
+# The batch augmentations an evaluation protocol trains with, by the name its `augment` field gives:
+# each maps (x (N, C, H, W), generator) -> a batch of the same shape.
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+AUGMENTATIONS: dict[str, Augmentation] = {"dsa": dsa, "rrc_flip": rrc_flip, "none": no_augmentation}

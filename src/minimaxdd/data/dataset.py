@@ -8,6 +8,10 @@ import torch
 
 from minimaxdd.errors import DatasetError
 
+# Smallest std `channel_stats` returns, in [0, 1] units (ours: about a quarter of one grey level, 1/255),
+# so that normalising a constant channel cannot divide by zero.
+STD_FLOOR = 1e-3
+
 
 def channel_stats(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units.
@@ -16,18 +20,18 @@ def channel_stats(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, tor
     s = torch.zeros(x.shape[1], dtype=torch.float64)
     s2 = torch.zeros_like(s)
     for i in range(0, len(x), chunk):
-        xf = x[i:i + chunk].double().div_(255)
-        s += xf.sum(dim=(0, 2, 3))
-        s2 += xf.pow(2).sum(dim=(0, 2, 3))
+        xf = x[i:i + chunk].double().div_(255)             # (chunk, C, H, W) in [0, 1]
+        s += xf.sum(dim=(0, 2, 3))                          # (C,)
+        s2 += xf.pow(2).sum(dim=(0, 2, 3))                  # (C,)
     n = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = s / n
-    var = (s2 - n * mean ** 2) / max(n - 1, 1)
-    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-3)
+    mean = s / n                                            # (C,)
+    var = (s2 - n * mean ** 2) / max(n - 1, 1)              # (C,) unbiased
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(STD_FLOOR)
 
 
-def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float on `device`, standardised with the real data's statistics."""
-    xf = x.to(device).float().div_(255)
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float (N, C, H, W) on `device`, standardised with the real data's statistics."""
+    xf = x.to(device).float().div_(255)                    # (N, C, H, W) in [0, 1]
     return (xf - mean.to(device)[None, :, None, None]) / std.to(device)[None, :, None, None]
 
 

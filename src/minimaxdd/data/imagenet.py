@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from minimaxdd.errors import UserError
+
 # The 10 dog breeds of fast.ai's ImageWoof, taken from ImageNet-1k train/val.
 IMAGEWOOF: list[str] = [
     "n02096294", "n02093754", "n02111889", "n02088364", "n02086240",
@@ -56,6 +58,7 @@ IMAGENET100: list[str] = [
 ]
 
 WNID = re.compile(r"n\d{8}")
+IMAGENET_CLASSES = 1000  # ImageNet-1k, the ILSVRC 2012 classification label set (Russakovsky et al., IJCV 2015)
 
 SUBSETS: dict[str, list[str]] = {"imagewoof": IMAGEWOOF, "imagenette": IMAGENETTE, "imageidc": IMAGEIDC,
                                   "imagenet100": IMAGENET100}
@@ -122,17 +125,16 @@ def imagenet_indices(wnids: list[str], synsets_file: str | None = None, folder: 
     'nXXXXXXXX name' per line in index order) when given; else from `folder` when it holds the
     1000 class folders of ImageNet's train split (the index is the position in their sorted list);
     else from IMAGENET_INDEX."""
-    from minimaxdd.errors import UserError
-
     table = dict(IMAGENET_INDEX)
     if synsets_file is not None:
         lines = [ln.split()[0] for ln in open(synsets_file) if ln.strip()]
-        if len(lines) != 1000:
-            raise UserError(f"{synsets_file} lists {len(lines)} synsets, expected the 1000 of ImageNet-1k")
+        if len(lines) != IMAGENET_CLASSES:
+            raise UserError(f"{synsets_file} lists {len(lines)} synsets, expected the {IMAGENET_CLASSES} "
+                            "of ImageNet-1k")
         table = {w: i for i, w in enumerate(lines)}
     elif folder is not None and Path(folder).is_dir():
         ids = sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and WNID.fullmatch(p.name))
-        if len(ids) == 1000:
+        if len(ids) == IMAGENET_CLASSES:
             table = {w: i for i, w in enumerate(ids)}
     missing = [w for w in wnids if w not in table]
     if missing:

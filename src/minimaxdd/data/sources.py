@@ -15,13 +15,13 @@ import pickle
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minimaxdd.data import imagenet as classes
+from minimaxdd.data import imagenet
 from minimaxdd.data.dataset import Dataset
 from minimaxdd.errors import DatasetError
 from minimaxdd.files import cache_dir, save_atomic
@@ -32,16 +32,19 @@ from minimaxdd.runtime import progress
 # DiT and evaluates ImageWoof / ImageNette / ImageIDC.
 DEFAULT_FOLDER_SIZE = 256
 
-# scikit-learn digits has no official split; we fix a stratified 75/25 one (1347 / 450 images).
+# scikit-learn digits has no official split; ours is a stratified 75/25 one (1347 / 450 images),
+# fixed by the seed so every run tests on the same 450 images.
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist puts it
+# Label order of Fashion-MNIST (Xiao et al. 2017; github.com/zalandoresearch/fashion-mnist, README "Labels").
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
+# The suffixes torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-DECODE_THREADS = 2
+DECODE_THREADS = 2  # ours: one decoding thread per core of the 2-core CPUs this package is sized for
 
 
 # ----------------------------------------------------------------------------- registry
@@ -51,6 +54,7 @@ DATASETS: dict[str, Loader] = {}
 
 
 def register(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: add a loader to DATASETS under `name` (the NAME of a `NAME[:ARG]` spec)."""
     def deco(fn: Loader) -> Loader:
         DATASETS[name] = fn
         return fn
@@ -58,6 +62,7 @@ def register(name: str) -> Callable[[Loader], Loader]:
 
 
 def dataset_names() -> list[str]:
+    """The source names, in registration order (the CLI lists them)."""
     return list(DATASETS)
 
 
@@ -128,7 +133,8 @@ def _no_arg(arg: str | None, name: str) -> None:
         raise DatasetError(f"the {name} source takes no argument, got {name}:{arg}; use just {name}")
 
 
-def _make(name: str, xtr, ytr, xte, yte, class_names: list[str]) -> Dataset:
+def _make(name: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+          class_names: list[str]) -> Dataset:
     def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
 
@@ -155,6 +161,7 @@ def load_digits(arg: str | None, size: int | None, cache: bool = True) -> Datase
 # ----------------------------------------------------------------------------- idx (MNIST-style)
 
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049  # 0x0803 / 0x0801: unsigned bytes, 3 / 1 dims (LeCun's idx format)
+# The file names of LeCun's MNIST release (yann.lecun.com/exdb/mnist), which Fashion-MNIST reuses.
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 
@@ -223,7 +230,7 @@ class _ArrayUnpickler(pickle.Unpickler):
                ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
                ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
             return self.ALLOWED[(module, name)]
         raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays are allowed")
@@ -260,7 +267,8 @@ def _cifar(name: str, arg: str | None, folder_name: str, train: list[str], test:
                                    f"is it a {name} batch?")
         x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
         y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
-        return x.reshape(-1, 3, 32, 32), y  # rows of 3072 = R, G, B planes of 32x32
+        # rows of 3072 = R, G, B planes of 32x32 (Krizhevsky 2009; www.cs.toronto.edu/~kriz/cifar.html)
+        return x.reshape(-1, 3, 32, 32), y
 
     xtr, ytr = split(train)
     xte, yte = split([test])
@@ -390,6 +398,7 @@ def _load_items(name: str, root: Path, items: dict[str, list[tuple[Path, int]]],
     """Decode {"train": [(file, label)], test_split: [...]} through a cache keyed by the files."""
     listing = [(str(p.relative_to(root)), st.st_mtime_ns, st.st_size)
                for split in items.values() for p, _ in split for st in [p.stat()]]
+    # 1: the version of this cache format (ours); a change to decoding bumps it.
     key = hashlib.sha256(json.dumps([1, str(root.resolve()), size, class_dirs, listing]).encode()).hexdigest()
     path = cache_dir() / "datasets" / f"{root.name}-{size}px-{key[:24]}.pt"
     if cache and path.is_file():
@@ -439,6 +448,7 @@ def load_imagefolder(arg: str | None, size: int | None, cache: bool = True) -> D
 # ImageNet's validation set has exactly 50 images per class (Russakovsky et al., IJCV 2015);
 # fast.ai's imagewoof2 / imagenette2 re-split train+val into ~9k train / ~4k val (~390 val per class).
 IMAGENET_VAL_PER_CLASS = 50
+# Files only fast.ai's releases carry (github.com/fastai/imagenette: the noisy-label CSVs of each release).
 FASTAI_MARKERS = ("noisy_imagewoof.csv", "noisy_imagenette.csv")
 
 
@@ -451,7 +461,7 @@ def _looks_fastai(root: Path, wnids: list[str]) -> bool:
 
 
 def _imagenet_subset(name: str, arg: str | None, size: int | None, cache: bool) -> Dataset:
-    wnids = classes.SUBSETS[name]
+    wnids = imagenet.SUBSETS[name]
     root = Path(_need(arg, name, "DIR"))
     missing = [f"{s}/{w}" for s in ("train", "val") for w in wnids if not (root / s / w).is_dir()]
     if missing:
@@ -465,11 +475,11 @@ def _imagenet_subset(name: str, arg: str | None, size: int | None, cache: bool) 
     return _load_folder(name, root, "val", wnids, wnids, size or DEFAULT_FOLDER_SIZE, cache)
 
 
-for _subset in classes.SUBSETS:
+for _subset in imagenet.SUBSETS:
     def _subset_loader(arg: str | None, size: int | None, cache: bool = True, _name: str = _subset) -> Dataset:
         return _imagenet_subset(_name, arg, size, cache)
-    _subset_loader.__doc__ = (f"The {len(classes.SUBSETS[_subset])} {_subset} WordNet ids from an ImageNet-style "
-                              "folder (see classes.py).")
+    _subset_loader.__doc__ = (f"The {len(imagenet.SUBSETS[_subset])} {_subset} WordNet ids from an ImageNet-style "
+                              "folder (see minimaxdd.data.imagenet).")
     register(_subset)(_subset_loader)
 
 

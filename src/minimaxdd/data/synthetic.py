@@ -23,18 +23,22 @@ from PIL import Image
 from minimaxdd.errors import UserError
 from minimaxdd.files import atomic_dir, write_json
 
+# Image files read from an ImageFolder (ours: the common formats Pillow decodes).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass
 class SyntheticSet:
+    """Images and labels of a synthetic set, checked on construction."""
+
     images: torch.Tensor      # uint8 (N, C, H, W)
     labels: torch.Tensor      # int64 (N,)
     class_names: list[str]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise UserError(f"synthetic images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise UserError(f"synthetic images must be uint8 (N, C, H, W), "
+                            f"got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (len(self.images),):
             raise UserError(f"{len(self.images)} synthetic images but labels of shape {tuple(self.labels.shape)}")
         self.labels = self.labels.long()
@@ -58,10 +62,11 @@ def write_synthetic(out: str | Path, s: SyntheticSet, manifest: dict, overwrite:
         for img, lab in zip(s.images, s.labels.tolist()):
             d = tmp / "images" / folders[lab]
             d.mkdir(parents=True, exist_ok=True)
-            arr = img.permute(1, 2, 0).numpy()
+            arr = img.permute(1, 2, 0).numpy()  # (H, W, C)
             Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(d / f"{counters[lab]}.png")
             counters[lab] += 1
-        torch.save({"images": s.images.contiguous(), "labels": s.labels, "class_names": list(s.class_names)}, tmp / "data.pt")
+        torch.save({"images": s.images.contiguous(), "labels": s.labels, "class_names": list(s.class_names)},
+                   tmp / "data.pt")
         write_json(tmp / "manifest.json", manifest)
     return Path(out)
 
@@ -143,7 +148,7 @@ def _from_folder(root: Path) -> SyntheticSet:
     return SyntheticSet(torch.stack(images), torch.tensor(labels), [d.name for d in classes])
 
 
-def _natural_key(p: Path):
+def _natural_key(p: Path) -> list[int | str]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.stem)]
 
 

@@ -20,8 +20,9 @@ import torch.nn as nn
 from minimaxdd.diffusion.networks import build_from_config
 from minimaxdd.diffusion.weights import load_state_strict
 from minimaxdd.errors import UserError
+from minimaxdd.files import save_atomic
 
-FORMAT = 1
+FORMAT = 1   # ours: the version of the metadata layout below; a reader refuses any other
 _CKPT = re.compile(r"ckpt-(\d+)\.safetensors$")
 
 
@@ -38,10 +39,12 @@ class CheckpointMeta:
     extra: dict = field(default_factory=dict)   # training config, objective, losses, ...
 
     def to_json(self) -> str:
+        """The metadata as the JSON string stored in the safetensors header."""
         return json.dumps({"format": FORMAT, **self.__dict__})
 
     @classmethod
     def from_json(cls, s: str, source: str) -> "CheckpointMeta":
+        """Parse the header JSON of `source`; a format other than FORMAT is a UserError."""
         d = json.loads(s)
         if d.pop("format", None) != FORMAT:
             raise UserError(f"{source}: unknown checkpoint format; it was written by another minimaxdd version")
@@ -49,10 +52,12 @@ class CheckpointMeta:
 
 
 def ckpt_path(run: Path, step: int) -> Path:
+    """RUN/ckpt-<step, 8 digits>.safetensors."""
     return Path(run) / f"ckpt-{step:08d}.safetensors"
 
 
 def list_checkpoints(run: str | Path) -> list[Path]:
+    """The checkpoints of a run directory, by step."""
     run = Path(run)
     return sorted((p for p in run.glob("ckpt-*.safetensors") if _CKPT.search(p.name)),
                   key=lambda p: int(_CKPT.search(p.name).group(1)))
@@ -79,7 +84,6 @@ def save(path: Path, model: nn.Module, ema: nn.Module | None, meta: CheckpointMe
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if optimizer is not None:
-        from minimaxdd.files import save_atomic
         save_atomic(optimizer.state_dict(), path.with_suffix(".optim.pt"))
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if ema is not None:
@@ -95,6 +99,7 @@ def save(path: Path, model: nn.Module, ema: nn.Module | None, meta: CheckpointMe
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
+    """The metadata of a checkpoint (or a run's latest), without loading its tensors."""
     from safetensors import safe_open
 
     path = resolve(path)
@@ -102,11 +107,12 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         md = f.metadata() or {}
     if "minimaxdd" not in md:
         raise UserError(f"{path} is a safetensors file without minimaxdd metadata; "
-                        "official DiT weights load through `finetune --ckpt` (issue: pretrained path)")
+                        "official DiT weights load through `finetune --ckpt`")
     return CheckpointMeta.from_json(md["minimaxdd"], str(path))
 
 
-def load(path: str | Path, weights: str = "ema", device="cpu") -> tuple[nn.Module, CheckpointMeta]:
+def load(path: str | Path, weights: str = "ema",
+         device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model from a checkpoint (or a run's latest) with its `ema` or raw `model` weights."""
     from safetensors.torch import load_file
 

@@ -1,5 +1,6 @@
-"""Codecs between uint8 images and the space the diffusion runs in.
+"""Codecs between uint8 images and the space the diffusion runs in, by name in `CODECS`.
 
+A codec spec is `NAME` or `NAME:ARG` (the `--codec` option):
 - `pixel`: images scaled to [-1, 1] (the challenge winner works in pixel space at 32 and 64 px).
 - `vae:DIR`: a diffusers AutoencoderKL from a local folder (e.g. stabilityai/sd-vae-ft-ema); its
   latent scaling factor is read from the folder's config. Encoding a dataset dominates fine-tuning
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable, Union
 
 import torch
 
@@ -17,21 +19,28 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import cache_dir, save_atomic, write_json
 from minimaxdd.runtime import progress
 
+# Ours, sized for memory rather than taken from a paper: images per VAE forward, and images per
+# progress step (and per pair of `moments` calls) when a whole dataset is encoded.
+VAE_BATCH = 32
+ENCODE_CHUNK = 256
+
 
 class PixelCodec:
+    """Pixels scaled to [-1, 1]: the latent is the image."""
+
     spec = "pixel"
     stochastic = False
 
-    def __init__(self, channels: int, size: int):
+    def __init__(self, channels: int, size: int) -> None:
         self.channels, self.size = channels, size
         self.latent_channels, self.latent_size = channels, size
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> float in [-1, 1]."""
+        """uint8 (N, C, H, W) -> float (N, C, H, W) in [-1, 1]."""
         return x.float() / 127.5 - 1
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """float (N, C, H, W) -> uint8, clamped."""
+        """float (N, C, H, W) -> uint8 (N, C, H, W), clamped."""
         return ((z.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -40,7 +49,8 @@ class VAECodec:
 
     stochastic = True
 
-    def __init__(self, folder: str | Path, channels: int, size: int, device="cpu", batch_size: int = 32):
+    def __init__(self, folder: str | Path, channels: int, size: int, device: str | torch.device = "cpu",
+                 batch_size: int = VAE_BATCH) -> None:
         folder = Path(folder)
         if not (folder / "config.json").exists():
             if (folder / "vae" / "config.json").exists():
@@ -68,6 +78,7 @@ class VAECodec:
         self.device, self.batch_size = torch.device(device), batch_size
 
     def fingerprint(self) -> str:
+        """Short hash of the VAE's config and weight files (name, size, mtime): a cache key."""
         h = hashlib.sha256((self.folder / "config.json").read_bytes())
         for f in sorted(self.folder.glob("*.safetensors")) + sorted(self.folder.glob("*.bin")):
             st = f.stat()
@@ -79,34 +90,56 @@ class VAECodec:
         """uint8 (N, 3, H, W) -> scaled latent mean and std, (N, 4, H/8, W/8) each."""
         means, stds = [], []
         for s in range(0, len(x), self.batch_size):
-            xb = x[s:s + self.batch_size].to(self.device).float() / 127.5 - 1
-            dist = self.vae.encode(xb).latent_dist
+            xb = x[s:s + self.batch_size].to(self.device).float() / 127.5 - 1   # (B, 3, H, W) in [-1, 1]
+            dist = self.vae.encode(xb).latent_dist                               # (B, 4, H/8, W/8) moments
             means.append((dist.mean * self.scaling).cpu())
             stds.append((dist.std * self.scaling).cpu())
         return torch.cat(means), torch.cat(stds)
 
     def encode(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> one latent sample (N, 4, H/8, W/8), drawn from `g`."""
         mean, std = self.moments(x)
         return mean + std * torch.randn(mean.shape, generator=g)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (N, 4, h, w) -> uint8 images (N, 3, 8h, 8w), clamped."""
         out = []
         for s in range(0, len(z), self.batch_size):
-            img = self.vae.decode(z[s:s + self.batch_size].to(self.device).float() / self.scaling).sample
+            zb = z[s:s + self.batch_size].to(self.device).float() / self.scaling   # (B, 4, h, w) unscaled
+            img = self.vae.decode(zb).sample                                         # (B, 3, 8h, 8w) in ~[-1, 1]
             out.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
         return torch.cat(out)
 
 
-def build_codec(spec: str, channels: int, size: int, device="cpu") -> PixelCodec | VAECodec:
-    if spec == "pixel":
-        return PixelCodec(channels, size)
-    if spec.startswith("vae:"):
-        return VAECodec(spec[4:], channels, size, device)
-    raise UserError(f"unknown codec {spec!r}; use 'pixel' or 'vae:DIR' (a diffusers AutoencoderKL folder)")
+Codec = Union[PixelCodec, VAECodec]
 
 
-def encode_dataset(codec, x: torch.Tensor, key: str) -> dict[str, torch.Tensor]:
+def _pixel(arg: str | None, channels: int, size: int, device: str | torch.device) -> PixelCodec:
+    if arg is not None:
+        raise UserError(f"the pixel codec takes no argument, got 'pixel:{arg}'; use pixel")
+    return PixelCodec(channels, size)
+
+
+def _vae(arg: str | None, channels: int, size: int, device: str | torch.device) -> VAECodec:
+    if not arg:
+        raise UserError("the vae codec needs a folder: use vae:DIR (a diffusers AutoencoderKL folder)")
+    return VAECodec(arg, channels, size, device)
+
+
+# NAME of a codec spec `NAME[:ARG]` -> factory(arg or None, channels, size, device).
+CODECS: dict[str, Callable[[str | None, int, int, str | torch.device], Codec]] = {"pixel": _pixel, "vae": _vae}
+
+
+def build_codec(spec: str, channels: int, size: int, device: str | torch.device = "cpu") -> Codec:
+    """The codec a spec names (`pixel` or `vae:DIR`), for images of `channels` x `size` x `size`."""
+    name, colon, arg = spec.partition(":")
+    if name not in CODECS:
+        raise UserError(f"unknown codec {spec!r}; use 'pixel' or 'vae:DIR' (a diffusers AutoencoderKL folder)")
+    return CODECS[name](arg if colon else None, channels, size, device)
+
+
+def encode_dataset(codec: Codec, x: torch.Tensor, key: str) -> dict[str, torch.Tensor]:
     """Training targets for the whole set.
 
     pixel: {"x": (N, C, H, W)} in [-1, 1] (flips are applied on the fly).
@@ -119,12 +152,12 @@ def encode_dataset(codec, x: torch.Tensor, key: str) -> dict[str, torch.Tensor]:
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
     means, stds = [], []
-    chunk = 256
+    chunk = ENCODE_CHUNK
     for s in progress(range(0, len(x), chunk), desc="encode latents (once)", unit="chunk"):
         xb = x[s:s + chunk]
-        m0, s0 = codec.moments(xb)
-        m1, s1 = codec.moments(xb.flip(-1))
-        means.append(torch.stack([m0, m1], 1).half())
+        m0, s0 = codec.moments(xb)              # (B, 4, h, w) each
+        m1, s1 = codec.moments(xb.flip(-1))     # the mirrored images
+        means.append(torch.stack([m0, m1], 1).half())   # (B, 2, 4, h, w)
         stds.append(torch.stack([s0, s1], 1).half())
     out = {"mean": torch.cat(means), "std": torch.cat(stds)}
     save_atomic(out, path)

@@ -1,7 +1,7 @@
 """DiT (Peebles & Xie, 2023) with Difffit scale factors (Xie et al., 2023).
 
 Parameter names and shapes follow the public DiT `models.py`, so the official
-`DiT-XL-2-256x256.pt` loads with strict key checking (see `weights.py`). The
+`DiT-XL-2-256x256.pt` loads with strict key checking (see `minimaxdd.diffusion.weights`). The
 Difffit gammas are extra parameters, equal to one at init, so a model with them
 computes exactly what the model without them does until they are trained.
 """
@@ -23,6 +23,8 @@ LN_EPS = 1e-6
 
 @dataclass
 class DiTConfig:
+    """Defaults: DiT-XL/2 on 256 px ImageNet latents (Peebles & Xie 2023, Table 1; facebookresearch/DiT)."""
+
     input_size: int = 32          # latent (or pixel) side length
     patch_size: int = 2
     in_channels: int = 4
@@ -32,13 +34,15 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 1000       # the null (guidance) class is index num_classes
     learn_sigma: bool = True      # 2C output channels: epsilon and the variance interpolation v
-    difffit: str = "half"         # which blocks carry gammas: "half" (the reference: blocks 0..depth/2-1), "all", "none"
+    # Which blocks carry Difffit gammas: "half" (the Minimax reference: blocks 0..depth/2-1), "all", "none".
+    difffit: str = "half"
 
     @property
     def out_channels(self) -> int:
         return self.in_channels * 2 if self.learn_sigma else self.in_channels
 
     def to_dict(self) -> dict:
+        """The config dict checkpoints store (`minimaxdd.diffusion.networks.build_from_config` rebuilds from it)."""
         return {"arch": "dit", **asdict(self)}
 
 
@@ -63,9 +67,9 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     gw = np.arange(grid, dtype=np.float64)
     ww, hh = np.meshgrid(gw, gh)   # first grid varies along w, the second along h
 
-    def one_d(d, pos):
+    def one_d(d: int, pos: np.ndarray) -> np.ndarray:
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
-        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)                      # (grid*grid, d/2)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
     return np.concatenate([one_d(dim // 2, ww), one_d(dim // 2, hh)], axis=1)
@@ -80,25 +84,26 @@ def unpatchify(x: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x (N, T, D) scaled and shifted per sample by (N, D) vectors."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch: int, in_ch: int, dim: int):
+    def __init__(self, patch: int, in_ch: int, dim: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_ch, dim, kernel_size=patch, stride=patch)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)                          # (N, T, D)
 
 
 class TimestepEmbedder(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(TIME_FREQ_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
 
-    def forward(self, t):
-        return self.mlp(timestep_embedding(t, TIME_FREQ_DIM).to(self.mlp[0].weight.dtype))
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, TIME_FREQ_DIM).to(self.mlp[0].weight.dtype))  # (N, D)
 
 
 class LabelEmbedder(nn.Module):
@@ -106,12 +111,12 @@ class LabelEmbedder(nn.Module):
 
     Label dropout is done by the training loop (with its own seeded generator), not here.
     """
-    def __init__(self, num_classes: int, dim: int):
+    def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
         self.embedding_table = nn.Embedding(num_classes + 1, dim)
 
-    def forward(self, y):
-        return self.embedding_table(y)
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(y)                                          # (N, D)
 
 
 # Token counts up to which CPU attention runs as two matmuls and a softmax instead of
@@ -136,12 +141,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         mode = "infer_compiled" if torch.compiler.is_compiling() else "infer"
     if q.device.type != "cpu" or T > CPU_MATMUL_ATTENTION_TOKENS[mode]:
         return F.scaled_dot_product_attention(q, k, v)
-    a = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    a = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5                 # (N, H, T, T)
     return a.softmax(-1).to(v.dtype) @ v
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, difffit: bool):
+    def __init__(self, dim: int, heads: int, difffit: bool) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, dim * 3)
@@ -152,7 +157,7 @@ class Attention(nn.Module):
         else:
             self.gamma_qkv = self.gamma_proj = None
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         N, T, D = x.shape
         qkv = self.qkv(x)                                                      # (N, T, 3D)
         if self.gamma_qkv is not None:
@@ -166,19 +171,20 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # tanh-approximate GELU, as the public DiT code's Mlp (timm, approx_gelu)
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class DiTBlock(nn.Module):
     """adaLN-Zero block; with `difffit`, gammas scale the attention and MLP branches."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, difffit: bool):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, difffit: bool) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=LN_EPS)
         self.attn = Attention(dim, heads, difffit)
@@ -191,34 +197,34 @@ class DiTBlock(nn.Module):
         else:
             self.gamma1 = self.gamma2 = None
 
-    def forward(self, x, c):
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
-        a = gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (N, D)
+        a = gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))   # (N, T, D)
         if self.gamma1 is not None:
             a = a * self.gamma1
         x = x + a
-        m = gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        m = gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))   # (N, T, D)
         if self.gamma2 is not None:
             m = m * self.gamma2
         return x + m
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dim: int, patch: int, out_ch: int):
+    def __init__(self, dim: int, patch: int, out_ch: int) -> None:
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=LN_EPS)
         self.linear = nn.Linear(dim, patch * patch * out_ch)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 
-    def forward(self, x, c):
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)                 # 2 x (N, D)
+        return self.linear(modulate(self.norm_final(x), shift, scale))          # (N, T, p*p*out_C)
 
 
 class DiT(nn.Module):
     """Class-conditional diffusion transformer: forward(x (N,C,H,W), t (N,), y (N,)) -> (N, out_C, H, W)."""
 
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         if cfg.input_size % cfg.patch_size:
             raise ValueError(f"input size {cfg.input_size} is not a multiple of patch {cfg.patch_size}")
@@ -239,7 +245,7 @@ class DiT(nn.Module):
         self.final_layer = FinalLayer(D, p, cfg.out_channels)
         self.initialize_weights()
 
-    def initialize_weights(self):
+    def initialize_weights(self) -> None:
         # The public DiT initialisation: xavier linears, zeroed adaLN and output (adaLN-Zero).
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -258,7 +264,7 @@ class DiT(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x, t, y):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = self.x_embedder(x) + self.pos_embed                                # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)                            # (N, D)
         for block in self.blocks:

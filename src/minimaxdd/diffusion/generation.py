@@ -6,11 +6,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from minimaxdd import distributed as dist
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
-from minimaxdd.diffusion.codecs import build_codec
+from minimaxdd.diffusion.codecs import Codec, build_codec
 from minimaxdd.diffusion.samplers import (
     DPM_SAMPLERS,
     SAMPLERS,
@@ -21,31 +22,36 @@ from minimaxdd.diffusion.samplers import (
 )
 from minimaxdd.errors import UserError
 from minimaxdd.files import manifest
-from minimaxdd.runtime import pick_device
+from minimaxdd.runtime import PRECISIONS, pick_device
+from minimaxdd.settings import run_field, setting
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SampleConfig:
-    ckpt: str
-    out: str
-    ipc: int = 10
-    steps: int = 50                 # the paper samples with 50 respaced DDPM steps
-    sampler: str = "ddpm"
-    spacing: str = "time"           # DPM-Solvers' time points: "time" or "logsnr"
-    cfg: float = 1.0                # guidance scale; the reference fine-tuned DiT uses 4.0
-    cfg_channels: int | None = None
-    seed: int = 0
-    batch_size: int = 64
-    weights: str = "ema"
-    precision: str = "fp32"
-    device: str = "auto"
-    classes: list[int] | None = None   # dataset labels to sample (default all)
-    compile: bool = False
-    overwrite: bool = False
-    budget_minutes: float | None = None  # generate class-balanced rounds until this budget ends (ipc: the cap)
+    ckpt: str = run_field(help="a run directory (its latest checkpoint) or a ckpt-*.safetensors file")
+    out: str = run_field(help="output directory (synthetic-set format)")
+    ipc: int = run_field(10, help="images per class (with --budget-minutes: the cap)")
+    seed: int = run_field(0)
+    device: str = run_field("auto")
+    classes: list[int] | None = run_field(None, help="dataset labels to sample (default all)")
+    overwrite: bool = run_field(False, help="replace --out if it exists")
+    steps: int = setting(50, help="sampling steps (the paper samples with 50 respaced DDPM steps)")
+    sampler: str = setting("ddpm", help="ddpm: ancestral, respaced (the paper's)", choices=tuple(SAMPLERS))
+    spacing: str = setting("time", choices=SPACINGS,
+                           help="time points of the DPM-Solvers: uniform in time or in log-SNR "
+                                "(better for small pixel-space models)")
+    cfg: float = setting(1.0, help="classifier-free guidance scale, 1 = none (the reference fine-tuned DiT uses 4.0)")
+    cfg_channels: int | None = setting(None, help="guide only the first K channels (DiT's quirk: 3)")
+    batch_size: int = setting(64, help="images per network call")
+    weights: str = setting("ema", choices=("ema", "model"), help="EMA or raw weights")
+    precision: str = setting("fp32", choices=PRECISIONS, help="bf16: a bf16 copy of the network")
+    compile: bool = setting(False, help="torch.compile the network (pays off for large sets)")
+    budget_minutes: float | None = setting(None, help="generate class-balanced rounds until this budget ends and "
+                                                      "keep what finished (the challenge's generative track: 10)")
 
 
-def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
+def check_sample_config(cfg: SampleConfig) -> None:
+    """Every check of a sampling config, before any work (UserError names the fix)."""
     if cfg.ipc < 1:
         raise UserError(f"--ipc must be at least 1, got {cfg.ipc}")
     if cfg.sampler not in SAMPLERS:
@@ -57,6 +63,13 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
                         f"use one of them or drop --spacing ({cfg.sampler} respaces uniformly in time)")
     if cfg.steps < 1:
         raise UserError(f"--steps must be at least 1, got {cfg.steps}")
+    if cfg.budget_minutes is not None and cfg.budget_minutes <= 0:
+        raise UserError(f"--budget-minutes must be positive, got {cfg.budget_minutes}")
+
+
+def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
+    """IPC images per class (or a time budget's worth) from a checkpoint, with timing and provenance."""
+    check_sample_config(cfg)
     device = dist.setup(pick_device(cfg.device))
     model, meta = ckpt.load(cfg.ckpt, cfg.weights, device)
     codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
@@ -88,12 +101,11 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     return s, info
 
 
-def _budgeted(model, codec, labels: list[int], class_map: list[int], cfg: SampleConfig, kw: dict):
+def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list[int], cfg: SampleConfig,
+              kw: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Rounds of `per_round` images per class (decoded as they finish) until the next round would overrun
     the budget or `ipc` per class is reached. Image i of class c has the same seed as in an unbudgeted
     run, so what a budget keeps is a per-class prefix of the full set."""
-    if cfg.budget_minutes <= 0:
-        raise UserError(f"--budget-minutes must be positive, got {cfg.budget_minutes}")
     budget_s = 60 * cfg.budget_minutes
     per_round = max(1, cfg.batch_size // len(labels))
     # One network for all rounds: with --compile it compiles once, and every round is padded to the
@@ -121,7 +133,8 @@ def _budgeted(model, codec, labels: list[int], class_map: list[int], cfg: Sample
                                 "rounds": -(-done // per_round), "stopped": "budget" if done < cfg.ipc else "ipc cap"}
 
 
-def run(cfg: SampleConfig):
+def run_sampling(cfg: SampleConfig) -> tuple[Path, dict]:
+    """`minimaxdd sample`: sample, then write the set (rank 0) with its manifest."""
     t0 = time.time()
     s, info = sample_checkpoint(cfg)
     if not dist.is_main():

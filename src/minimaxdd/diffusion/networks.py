@@ -1,15 +1,14 @@
-"""Registry of denoising networks and loading of their weights.
+"""Registry of denoising networks: `DENOISERS`, whose names are the CLI's `--model` choices.
 
-Names are CLI choices: `dit-xl/2`, `dit-s/4`, `uvit-s`, ... A network is rebuilt from its config
-dict (`{"arch": "dit", ...}`), which every checkpoint this package writes carries. Three weight
-formats load, all with strict key checking (the only keys allowed to be missing are Difffit
-gammas, which are one at init, i.e. absent):
-  - this package's checkpoints (safetensors + JSON metadata),
-  - the official DiT release (`DiT-XL-2-256x256.pt`, a plain state dict, or a training
-    checkpoint with "model"/"ema"), read with torch.load(weights_only=True),
-  - a diffusers `DiTTransformer2DModel` folder (config.json + safetensors or bin).
+Names: `dit-xl/2`, `dit-s/4`, `uvit-s`, ... Each maps to a config dict (`{"arch": "dit", ...}`)
+without the data shape; `denoiser_config` adds it and `build_from_config` builds the network through
+`ARCHITECTURES`. Every checkpoint this package writes carries that dict, so a network is rebuilt
+from its checkpoint alone. Weights load strictly through `minimaxdd.diffusion.weights` (the official
+DiT release, diffusers folders) and `minimaxdd.diffusion.checkpoints` (this package's checkpoints).
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -19,7 +18,8 @@ from minimaxdd.errors import UserError
 
 # Sizes: (hidden, depth, heads). DiT S/B/L/XL from Peebles & Xie 2023, Table 1; dit-n (nano, for
 # 8x8 digits and tests) and dit-t (tiny, for 28-32 px on CPUs) are ours.
-DIT_SIZES = {"n": (128, 6, 4), "t": (256, 8, 4), "s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+DIT_SIZES = {"n": (128, 6, 4), "t": (256, 8, 4), "s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16),
+             "xl": (1152, 28, 16)}
 # U-ViT (Bao et al. 2023): uvit-s = CIFAR-10 config (512 wide, 12+1 blocks, 8 heads, patch 2);
 # uvit-m = ImageNet-64 mid (768 wide, 16+1 blocks, 12 heads, patch 4); uvit-t is ours, for tests and CPUs.
 UVIT_SIZES = {"t": (192, 6, 4, 2), "s": (512, 12, 8, 2), "m": (768, 16, 12, 4)}
@@ -31,9 +31,15 @@ for _s, (_d, _n, _h) in DIT_SIZES.items():
 for _s, (_d, _n, _h, _p) in UVIT_SIZES.items():
     DENOISERS[f"uvit-{_s}"] = {"arch": "uvit", "hidden_size": _d, "depth": _n, "num_heads": _h, "patch_size": _p}
 
+# The "arch" of a config dict -> the network class built from the rest of the dict.
+ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {
+    "dit": lambda cfg: DiT(DiTConfig(**cfg)),
+    "uvit": lambda cfg: UViT(UViTConfig(**cfg)),
+}
+
 
 def denoiser_config(name: str, input_size: int, in_channels: int, num_classes: int,
-                    learn_sigma: bool | None = None, **overrides) -> dict:
+                    learn_sigma: bool | None = None, **overrides: Any) -> dict:
     """The config dict of registry entry `name` for the given data shape."""
     key = name.lower()
     if key not in DENOISERS:
@@ -49,26 +55,23 @@ def denoiser_config(name: str, input_size: int, in_channels: int, num_classes: i
 
 
 def build_from_config(cfg: dict) -> nn.Module:
+    """The network a config dict (`{"arch": ..., ...}`, as checkpoints store it) describes, freshly initialised."""
     cfg = dict(cfg)
     arch = cfg.pop("arch")
-    if arch == "dit":
-        return DiT(DiTConfig(**cfg))
-    if arch == "uvit":
-        return UViT(UViTConfig(**cfg))
-    raise UserError(f"unknown architecture {arch!r} in a model config (expected dit or uvit)")
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {arch!r} in a model config (expected {' or '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[arch](cfg)
 
 
-def build_denoiser(name: str, input_size: int, in_channels: int, num_classes: int, **kw) -> nn.Module:
+def build_denoiser(name: str, input_size: int, in_channels: int, num_classes: int, **kw: Any) -> nn.Module:
+    """Registry entry `name` built for the given data shape; `kw` overrides config fields (e.g. learn_sigma)."""
     return build_from_config(denoiser_config(name, input_size, in_channels, num_classes, **kw))
 
 
-def config_of(model: nn.Module) -> dict:
-    return model.config.to_dict()
+# --------------------------------------------------------------------------- Difffit
 
-
-# --------------------------------------------------------------------------- strict loading
-
-def _is_difffit(key: str) -> bool:
+def is_difffit_gamma(key: str) -> bool:
+    """Whether a state-dict key is a Difffit gamma (one at init, so a checkpoint may lack it)."""
     return "gamma" in key.split(".")[-1]
 
 
@@ -80,4 +83,5 @@ DIFFFIT_KEYS = ("bias", "norm", "gamma", "y_embed", "label_emb")
 
 
 def difffit_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters Difffit trains: those whose name contains one of DIFFFIT_KEYS."""
     return [p for n, p in model.named_parameters() if any(k in n for k in DIFFFIT_KEYS)]

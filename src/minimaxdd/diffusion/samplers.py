@@ -1,5 +1,8 @@
 """Samplers: ancestral DDPM (respaced), DDIM, DPM-Solver++(2M) and its SDE variant, batched and seed-stable.
 
+`SAMPLERS` names them (the CLI's `--sampler` choices); each is a function
+`(net, noise, steps, clip, on_step) -> x0 (N, C, H, W)` over the schedule of
+`minimaxdd.diffusion.schedule`, and `generate` runs one on a model, batch by batch.
 Every image has its own noise stream, seeded from (seed, class, index), so image i of class c is
 drawn from the same noise whatever the batch size or the order of generation. Classifier-free
 guidance runs the conditional and the null-class halves in one network call.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+from contextlib import AbstractContextManager
 from typing import Callable
 
 import numpy as np
@@ -19,7 +23,12 @@ from minimaxdd import distributed as dist
 from minimaxdd.diffusion.schedule import NUM_TIMESTEPS, Diffusion
 from minimaxdd.runtime import autocast, progress
 
-_MIX = 0x9E3779B97F4A7C15   # 64-bit golden-ratio constant for mixing seed parts
+# 2^64 / golden ratio, the increment of SplitMix64 (Steele, Lea & Flood, OOPSLA 2014); we use it to mix
+# the parts of an image's seed so that nearby (seed, class, index) triples give unrelated seeds.
+_MIX = 0x9E3779B97F4A7C15
+
+# net(x (N, C, H, W), t (N,) training steps) -> network output (N, C or 2C, H, W), float32
+Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def image_seed(seed: int, label: int, index: int) -> int:
@@ -31,16 +40,17 @@ def image_seed(seed: int, label: int, index: int) -> int:
 class PerImageNoise:
     """Standard-normal draws of one image shape, each image from its own generator."""
 
-    def __init__(self, seeds: list[int], shape: tuple[int, ...], device):
+    def __init__(self, seeds: list[int], shape: tuple[int, ...], device: str | torch.device) -> None:
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]
         self.shape, self.device = shape, device
 
     def __call__(self) -> torch.Tensor:
+        """One draw per image: (N, *shape) on the device."""
         return torch.stack([torch.randn(self.shape, generator=g) for g in self.gens]).to(self.device)
 
 
 def guided_fn(model: nn.Module, y: torch.Tensor, scale: float, cfg_channels: int | None,
-              precision: str) -> Callable:
+              precision: str) -> Net:
     """net(x, t) -> network output (float32), t in training steps, with classifier-free guidance.
 
     Guidance mixes the epsilon of the conditional and null-class halves; the learned-variance
@@ -48,56 +58,56 @@ def guided_fn(model: nn.Module, y: torch.Tensor, scale: float, cfg_channels: int
     latent channels: the official DiT sampling script guides only 3 of the 4 (a quirk kept for
     faithful reproduction; None guides all).
     """
-    null = torch.full_like(y, model.num_classes)
+    null = torch.full_like(y, model.num_classes)       # (N,) the null class
     p0 = next(model.parameters(), None)
     dtype = torch.float32 if p0 is None else p0.dtype   # a model cast to bf16 runs without autocast
 
-    def net(x, mt):
+    def net(x: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
         with autocast(x.device, precision if dtype == torch.float32 else "fp32"):
             xin = x.to(dtype)
             if scale == 1.0:
                 return model(xin, mt, y).float()
-            out = model(torch.cat([xin, xin]), torch.cat([mt, mt]), torch.cat([y, null])).float()
-        cond, uncond = out.chunk(2)
+            out = model(torch.cat([xin, xin]), torch.cat([mt, mt]), torch.cat([y, null])).float()  # (2N, C', H, W)
+        cond, uncond = out.chunk(2)                     # (N, C', H, W) each
         C = x.shape[1]
         k = C if cfg_channels is None else cfg_channels
-        eps = cond[:, :C].clone()
+        eps = cond[:, :C].clone()                       # (N, C, H, W)
         eps[:, :k] = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
-        return torch.cat([eps, cond[:, C:]], dim=1)
+        return torch.cat([eps, cond[:, C:]], dim=1)     # (N, C', H, W)
     return net
 
 
-def _clip(x0, clip):
+def _clip(x0: torch.Tensor, clip: bool) -> torch.Tensor:
     return x0.clamp(-1, 1) if clip else x0
 
 
-def ddpm(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None) -> torch.Tensor:
+def ddpm(net: Net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None) -> torch.Tensor:
     """Ancestral sampling on the schedule respaced to `steps` (the paper's sampler, 50 steps)."""
     d = Diffusion.respaced(steps)
-    x = noise()
+    x = noise()                                                       # (N, C, H, W)
     C = x.shape[1]
     for i in reversed(range(steps)):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        out = net(x, d.model_t(t))
+        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)  # (N,) respaced step
+        out = net(x, d.model_t(t))                                    # (N, C or 2C, H, W)
         _, logvar, x0, _ = d.p_mean_logvar(out, x, t, C)
-        mean, _ = d.q_posterior(_clip(x0, clip), x, t)
+        mean, _ = d.q_posterior(_clip(x0, clip), x, t)                # (N, C, H, W)
         x = mean + torch.exp(0.5 * logvar) * noise() if i > 0 else mean
         if on_step is not None:
             on_step()
     return x
 
 
-def ddim(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None) -> torch.Tensor:
+def ddim(net: Net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) on the respaced schedule (Song et al. 2021)."""
     d = Diffusion.respaced(steps)
-    x = noise()
+    x = noise()                                                       # (N, C, H, W)
     C = x.shape[1]
     for i in reversed(range(steps)):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        eps = net(x, d.model_t(t))[:, :C]
+        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)  # (N,) respaced step
+        eps = net(x, d.model_t(t))[:, :C]                             # (N, C, H, W)
         x0 = _clip(d.predict_x0(x, t, eps), clip)
         eps = d.predict_eps(x, t, x0)
-        acp_prev = d.coef("alphas_cumprod_prev", t, x.ndim)
+        acp_prev = d.coef("alphas_cumprod_prev", t, x.ndim)           # (N, 1, 1, 1)
         x = acp_prev.sqrt() * x0 + (1 - acp_prev).sqrt() * eps
         if on_step is not None:
             on_step()
@@ -129,20 +139,20 @@ def dpm_time_points(steps: int, spacing: str = "time") -> np.ndarray:
     return ts[np.r_[True, np.diff(ts) != 0]]
 
 
-def _dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None,
+def _dpm_solver(net: Net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None,
                 stochastic: bool, spacing: str) -> torch.Tensor:
     d = Diffusion()
-    ts = dpm_time_points(steps, spacing)
+    ts = dpm_time_points(steps, spacing)                              # (n + 1,) training steps, decreasing
     acp = d.np["alphas_cumprod"]
-    alpha, sigma = np.sqrt(acp[ts]), np.sqrt(1 - acp[ts])
-    lam = np.log(alpha / sigma)
+    alpha, sigma = np.sqrt(acp[ts]), np.sqrt(1 - acp[ts])             # (n + 1,) each
+    lam = np.log(alpha / sigma)                                       # (n + 1,) log-SNR / 2, increasing
     n = len(ts) - 1
-    x = noise()
+    x = noise()                                                       # (N, C, H, W)
     C = x.shape[1]
     prev_x0, prev_h = None, None
     for i in range(n):
-        t = torch.full((x.shape[0],), int(ts[i]), dtype=torch.long, device=x.device)
-        x0 = _clip(d.predict_x0(x, t, net(x, t)[:, :C]), clip)
+        t = torch.full((x.shape[0],), int(ts[i]), dtype=torch.long, device=x.device)  # (N,)
+        x0 = _clip(d.predict_x0(x, t, net(x, t)[:, :C]), clip)       # (N, C, H, W)
         h = lam[i + 1] - lam[i]
         # The last step is first order: its h is the largest, so r = prev_h / h is small and the
         # second-order extrapolation (x0 - prev) / (2r) blows up (on a Gaussian whose exact score is
@@ -167,7 +177,7 @@ def _dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Call
     return x
 
 
-def dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None,
+def dpm_solver(net: Net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None,
                spacing: str = "time") -> torch.Tensor:
     """DPM-Solver++(2M) in data prediction (Lu et al. 2022, Algorithm 2) on the discrete schedule.
 
@@ -177,7 +187,7 @@ def dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Calla
     return _dpm_solver(net, noise, steps, clip, on_step, stochastic=False, spacing=spacing)
 
 
-def sde_dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None,
+def sde_dpm_solver(net: Net, noise: PerImageNoise, steps: int, clip: bool, on_step: Callable | None = None,
                    spacing: str = "time") -> torch.Tensor:
     """SDE-DPM-Solver++(2M): the stochastic variant, fresh noise at every step like ancestral DDPM.
 
@@ -187,8 +197,10 @@ def sde_dpm_solver(net, noise: PerImageNoise, steps: int, clip: bool, on_step: C
     return _dpm_solver(net, noise, steps, clip, on_step, stochastic=True, spacing=spacing)
 
 
-SAMPLERS: dict[str, Callable] = {"ddpm": ddpm, "ddim": ddim, "dpm-solver": dpm_solver,
-                                  "sde-dpm-solver": sde_dpm_solver}
+# (net, noise, steps, clip, on_step) -> samples (N, C, H, W); the keys are the CLI's --sampler choices.
+Sampler = Callable[..., torch.Tensor]
+SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpm-solver": dpm_solver,
+                                "sde-dpm-solver": sde_dpm_solver}
 DPM_SAMPLERS = ("dpm-solver", "sde-dpm-solver")
 
 
@@ -208,7 +220,7 @@ def sampling_network(model: nn.Module, precision: str = "fp32", compile: bool = 
     return model
 
 
-def frozen_weights(enabled: bool = True):
+def frozen_weights(enabled: bool = True) -> AbstractContextManager:
     """Within: torch.compile freezes the weights of what it compiles (see `sampling_network`).
 
     Inductor reads the setting while a first call traces and compiles, so a compiled sampling
@@ -220,10 +232,32 @@ def frozen_weights(enabled: bool = True):
     return inductor_config.patch(freezing=True)
 
 
+def sampler_fn(sampler: str, spacing: str = "time") -> Sampler:
+    """SAMPLERS[sampler], with the DPM-Solvers' time points placed by `spacing`; unknown names and a
+    spacing other than "time" for DDPM or DDIM are ValueErrors."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if spacing != "time" and sampler not in DPM_SAMPLERS:
+        raise ValueError(f"spacing {spacing!r} applies to {' and '.join(DPM_SAMPLERS)} only; "
+                         f"{sampler} respaces uniformly in time")
+    return SAMPLERS[sampler] if sampler not in DPM_SAMPLERS else functools.partial(SAMPLERS[sampler], spacing=spacing)
+
+
+def _pad_batch(y: torch.Tensor, seeds: list[int], batch_size: int) -> tuple[torch.Tensor, list[int]]:
+    """Pad a short batch to `batch_size` with copies of its last image (labels (n,) -> (batch_size,)).
+
+    A compiled network would recompile for one more batch shape; images do not interact in the
+    network, so the padding leaves the others unchanged and is dropped after sampling."""
+    n = len(y)
+    return torch.cat([y, y[-1:].expand(batch_size - n)]), list(seeds) + [seeds[-1]] * (batch_size - n)
+
+
 @torch.no_grad()
 def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sampler: str = "ddpm",
              steps: int = 50, cfg_scale: float = 1.0, cfg_channels: int | None = None, clip: bool = False,
-             precision: str = "fp32", batch_size: int = 64, device="cpu", desc: str = "sample",
+             precision: str = "fp32", batch_size: int = 64, device: str | torch.device = "cpu", desc: str = "sample",
              compile: bool = False, spacing: str = "time", network: nn.Module | None = None) -> torch.Tensor:
     """Sample one latent per (label, seed): (N, C, H, W) float32 on the CPU.
 
@@ -237,14 +271,7 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
     `spacing` places the DPM-Solvers' time points ("time" or "logsnr", see `dpm_time_points`);
     DDPM and DDIM always respace uniformly in time, as DiT does.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
-    if spacing != "time" and sampler not in DPM_SAMPLERS:
-        raise ValueError(f"spacing {spacing!r} applies to {' and '.join(DPM_SAMPLERS)} only; "
-                         f"{sampler} respaces uniformly in time")
-    step_fn = SAMPLERS[sampler] if sampler not in DPM_SAMPLERS else functools.partial(SAMPLERS[sampler], spacing=spacing)
+    step_fn = sampler_fn(sampler, spacing)
     if len(labels) != len(seeds):
         raise ValueError("one seed per label")
     shape = (model.in_channels, model.input_size, model.input_size)
@@ -261,17 +288,13 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
     total = sum(len(labels[s:s + batch_size]) for s in mine) * steps
     with frozen_weights(compile), progress(total=total, desc=desc, unit="step") as bar:
         for s in mine:
-            y, seed = labels[s:s + batch_size], seeds[s:s + batch_size]
+            y, seed = labels[s:s + batch_size], seeds[s:s + batch_size]   # (n,) labels, n seeds
             n = len(y)
             if compile and n < batch_size:
-                # Pad a short last batch with copies of its last image (dropped below): one more batch
-                # shape would cost a recompile. Images do not interact in the network, so the others
-                # are unchanged.
-                y = torch.cat([y, y[-1:].expand(batch_size - n)])
-                seed = list(seed) + [seed[-1]] * (batch_size - n)
+                y, seed = _pad_batch(y, seed, batch_size)     # one batch shape: no recompile
             noise = PerImageNoise(seed, shape, device)
             net = guided_fn(model, y.to(device), cfg_scale, cfg_channels, precision)
-            outs[s] = step_fn(net, noise, steps, clip, lambda k=n: bar.update(k))[:n].float().cpu()
+            outs[s] = step_fn(net, noise, steps, clip, lambda k=n: bar.update(k))[:n].float().cpu()  # (n, C, H, W)
     if dist.world() > 1:
         for part in dist.all_gather_objects(outs):
             outs.update(part)

@@ -1,40 +1,52 @@
 """Gaussian diffusion as DiT trains it: 1000 linear-beta steps, epsilon prediction, learned variance.
 
-The schedule (`Diffusion`) is separate from the networks and from the samplers (`sampling.py`).
+The schedule (`Diffusion`) is separate from the networks (`minimaxdd.diffusion.networks`) and from
+the samplers (`minimaxdd.diffusion.samplers`).
 Constants from Ho et al. 2020 (linear betas 1e-4..0.02, T=1000) and Nichol & Dhariwal 2021
 (learned-variance interpolation and its variational-bound term), both as DiT uses them.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 
 NUM_TIMESTEPS = 1000          # Ho et al. 2020; DiT `create_diffusion(timestep_respacing="")`
-BETA_START, BETA_END = 1e-4, 0.02
+BETA_START, BETA_END = 1e-4, 0.02   # Ho et al. 2020, Sec. 4; DiT's "linear" schedule (gaussian_diffusion.py)
 
 
 def linear_betas(T: int = NUM_TIMESTEPS) -> np.ndarray:
+    """The T linear betas (T,) float64 from BETA_START to BETA_END, as for T = 1000."""
     # Scaled so any T spans the same range as T=1000 (improved-diffusion's get_named_beta_schedule).
     scale = 1000 / T
     return np.linspace(scale * BETA_START, scale * BETA_END, T, dtype=np.float64)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the first: (N, ...) -> (N,)."""
     return x.mean(dim=list(range(1, x.ndim)))
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2):
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor,
+              logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats (shapes broadcast)."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def _approx_std_normal_cdf(x):
+def _approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    # The tanh approximation of the standard normal CDF, as improved-diffusion's losses.py computes it.
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-def discretized_gaussian_log_likelihood(x, means, log_scales):
-    """Log-likelihood of data in [-1, 1] quantised to 256 levels (Ho et al. 2020, the t=0 decoder term)."""
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor,
+                                        log_scales: torch.Tensor) -> torch.Tensor:
+    """Log-likelihood of data in [-1, 1] quantised to 256 levels (Ho et al. 2020, the t=0 decoder term).
+
+    Elementwise, in nats. Bins are 2/255 wide (hence +-1/255 around x); the edge bins reach to
+    -+infinity (x beyond -+0.999); probabilities are floored at 1e-12. All three as in
+    improved-diffusion's losses.py, which DiT copies into diffusion/diffusion_utils.py."""
     centered = x - means
     inv_stdv = torch.exp(-log_scales)
     cdf_plus = _approx_std_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
@@ -53,7 +65,7 @@ class Diffusion:
     always called with that original index.
     """
 
-    def __init__(self, betas: np.ndarray | None = None, timestep_map: np.ndarray | None = None):
+    def __init__(self, betas: np.ndarray | None = None, timestep_map: np.ndarray | None = None) -> None:
         betas = linear_betas() if betas is None else np.asarray(betas, dtype=np.float64)
         self.num_timesteps = len(betas)
         self.timestep_map = np.arange(len(betas)) if timestep_map is None else np.asarray(timestep_map)
@@ -104,31 +116,37 @@ class Diffusion:
         return self._cache[key][t]
 
     # ---- forward process
-    def q_sample(self, x0, t, noise):
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x0) for the given noise: (N, C, H, W), t (N,)."""
         return self.coef("sqrt_acp", t, x0.ndim) * x0 + self.coef("sqrt_1m_acp", t, x0.ndim) * noise
 
-    def predict_x0(self, x_t, t, eps):
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The clean sample that x_t and epsilon imply: (N, C, H, W)."""
         return self.coef("sqrt_recip_acp", t, x_t.ndim) * x_t - self.coef("sqrt_recipm1_acp", t, x_t.ndim) * eps
 
-    def predict_eps(self, x_t, t, x0):
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The epsilon that x_t and a clean sample imply: (N, C, H, W)."""
         return (self.coef("sqrt_recip_acp", t, x_t.ndim) * x_t - x0) / self.coef("sqrt_recipm1_acp", t, x_t.ndim)
 
-    def q_posterior(self, x0, x_t, t):
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (N, C, H, W) and clipped log-variance (N, 1, 1, 1) of q(x_{t-1} | x_t, x0)."""
         n = x_t.ndim
         mean = self.coef("post_c1", t, n) * x0 + self.coef("post_c2", t, n) * x_t
         return mean, self.coef("post_logvar", t, n)
 
-    def p_mean_logvar(self, out, x_t, t, channels: int):
+    def p_mean_logvar(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, channels: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(x_{t-1} | x_t) from the network output `out`.
 
         With learned sigma, out = [eps, v] and the log-variance interpolates between the clipped
         posterior variance and beta_t with weight (v + 1) / 2 (Nichol & Dhariwal 2021, Eq. 15);
         otherwise it is the clipped posterior variance (fixed-small, as DDPM samples).
+        Returns (mean, logvar, x0, eps), each (N, C, H, W).
         """
         n = x_t.ndim
-        eps = out[:, :channels]
+        eps = out[:, :channels]                                       # (N, C, H, W)
         if out.shape[1] == 2 * channels:
-            frac = (out[:, channels:] + 1) / 2
+            frac = (out[:, channels:] + 1) / 2                        # (N, C, H, W) in [0, 1] for v in [-1, 1]
             logvar = frac * self.coef("log_betas", t, n) + (1 - frac) * self.coef("post_logvar", t, n)
         else:
             logvar = self.coef("post_logvar", t, n).expand_as(x_t)
@@ -137,17 +155,19 @@ class Diffusion:
         return mean, logvar, x0, eps
 
     # ---- training
-    def training_losses(self, model, x0, t, y, noise) -> dict[str, torch.Tensor]:
+    def training_losses(self, model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                        x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                        noise: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample losses: `mse` (epsilon), `vb` (learned variance only) and `loss` = mse + vb.
 
         Also returns `x0_hat`, the predicted clean sample, with gradients (the minimax terms use it).
         As in DiT (loss_type MSE), the VB term trains only the variance: the mean is detached in it.
         """
-        x_t = self.q_sample(x0, t, noise)
-        out = model(x_t, self.model_t(t), y).float()
+        x_t = self.q_sample(x0, t, noise)                             # (N, C, H, W)
+        out = model(x_t, self.model_t(t), y).float()                  # (N, C or 2C, H, W)
         C = x0.shape[1]
-        eps = out[:, :C]
-        mse = mean_flat((noise - eps) ** 2)
+        eps = out[:, :C]                                              # (N, C, H, W)
+        mse = mean_flat((noise - eps) ** 2)                           # (N,)
         terms = {"mse": mse, "x0_hat": self.predict_x0(x_t, t, eps)}
         if out.shape[1] == 2 * C:
             frozen = torch.cat([eps.detach(), out[:, C:]], dim=1)
@@ -160,7 +180,4 @@ class Diffusion:
         else:
             terms["loss"] = mse
         return terms
-
-    def sample_t(self, n: int, g: torch.Generator, device) -> torch.Tensor:
-        return torch.randint(0, self.num_timesteps, (n,), generator=g, device=g.device).to(device)
 

@@ -18,6 +18,10 @@ from minimaxdd.diffusion.dit import attention, timestep_embedding, unpatchify
 
 @dataclass
 class UViTConfig:
+    """Defaults: U-ViT's CIFAR-10 network (baofff/U-ViT, configs/cifar10_uvit.py: 32 px, patch 2, 512 wide,
+    depth 12, 8 heads, no qkv bias), made class-conditional on CIFAR-10's 10 classes (ours; that config is
+    unconditional)."""
+
     input_size: int = 32
     patch_size: int = 2
     in_channels: int = 3
@@ -34,11 +38,12 @@ class UViTConfig:
         return self.in_channels * 2 if self.learn_sigma else self.in_channels
 
     def to_dict(self) -> dict:
+        """The config dict checkpoints store (`minimaxdd.diffusion.networks.build_from_config` rebuilds from it)."""
         return {"arch": "uvit", **asdict(self)}
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, skip: bool):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, skip: bool) -> None:
         super().__init__()
         self.heads = heads
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
@@ -49,17 +54,18 @@ class Block(nn.Module):
         self.fc1 = nn.Linear(dim, int(dim * mlp_ratio))
         self.fc2 = nn.Linear(int(dim * mlp_ratio), dim)
 
-    def attn(self, x):
+    def attn(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention over (N, T, D) tokens."""
         N, T, D = x.shape
-        q, k, v = self.qkv(x).view(N, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(N, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (N, H, T, D/H)
         x = attention(q, k, v)                                                 # (N, H, T, D/H)
-        return self.proj(x.transpose(1, 2).reshape(N, T, D))
+        return self.proj(x.transpose(1, 2).reshape(N, T, D))                   # (N, T, D)
 
-    def forward(self, x, skip=None):
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))                  # (N, T, D)
-        x = x + self.attn(self.norm1(x))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        x = x + self.attn(self.norm1(x))                                        # (N, T, D)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))                    # (N, T, D)
 
 
 class UViT(nn.Module):
@@ -67,7 +73,7 @@ class UViT(nn.Module):
 
     extra_tokens = 2   # time and class
 
-    def __init__(self, cfg: UViTConfig):
+    def __init__(self, cfg: UViTConfig) -> None:
         super().__init__()
         if cfg.input_size % cfg.patch_size:
             raise ValueError(f"input size {cfg.input_size} is not a multiple of patch {cfg.patch_size}")
@@ -96,7 +102,7 @@ class UViT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x, t, y):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)                     # (N, T, D)
         D = x.shape[-1]
         tt = timestep_embedding(t, D).to(x.dtype).unsqueeze(1)                 # (N, 1, D)
@@ -106,8 +112,9 @@ class UViT(nn.Module):
         for b in self.in_blocks:
             x = b(x)
             skips.append(x)
-        x = self.mid_block(x)
+        x = self.mid_block(x)                                                  # (N, 2+T, D)
         for b in self.out_blocks:
-            x = b(x, skips.pop())
+            x = b(x, skips.pop())                                              # (N, 2+T, D)
         x = self.decoder_pred(self.norm(x))[:, self.extra_tokens:]             # (N, T, p*p*out_C)
-        return self.final_layer(unpatchify(x, self.config.patch_size, self.out_channels))                            # (N, out_C, H, W)
+        x = unpatchify(x, self.config.patch_size, self.out_channels)           # (N, out_C, H, W)
+        return self.final_layer(x)                                             # (N, out_C, H, W)

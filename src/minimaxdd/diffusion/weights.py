@@ -18,9 +18,9 @@ from minimaxdd.diffusion.dit import sincos_pos_embed_2d
 from minimaxdd.diffusion.networks import (
     DENOISERS,
     DIT_SIZES,
-    _is_difffit,
     build_from_config,
     denoiser_config,
+    is_difffit_gamma,
 )
 from minimaxdd.errors import UserError
 
@@ -28,7 +28,7 @@ from minimaxdd.errors import UserError
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state` into `model`; any missing (non-gamma) or unexpected key, or a shape mismatch, is an error."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not _is_difffit(k)]
+    missing = [k for k in own if k not in state and not is_difffit_gamma(k)]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in state if k in own and state[k].shape != own[k].shape]
@@ -99,8 +99,9 @@ def load_official_dit(path: str | Path, expect: str | None = None, num_heads: in
     return model
 
 
-# diffusers DiTTransformer2DModel <-> official DiT names (diffusers' own conversion script, inverted).
 def diffusers_to_dit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers DiTTransformer2DModel state dict under the official DiT names (the inverse of diffusers'
+    own conversion script, scripts/convert_dit_to_diffusers.py)."""
     out: dict[str, torch.Tensor] = {}
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"transformer_blocks\.(\d+)\.", k)))
     out["x_embedder.proj.weight"] = state["pos_embed.proj.weight"]

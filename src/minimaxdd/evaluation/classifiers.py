@@ -1,4 +1,5 @@
-"""Classifiers of the evaluation protocol: ConvNet-D, ResNetAP-10, ResNet-18.
+"""Classifiers of the evaluation protocol: ConvNet-D, ResNetAP-10, ResNet-18, by name in `CLASSIFIERS`
+(the keys are the CLI's `--model` choices of `evaluate`).
 
 All use instance norm (GroupNorm with one group per channel, affine), accept any channel
 count and square input size, and expose `features(x)` (the penultimate embedding, used by
@@ -11,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from minimaxdd.errors import UserError
 
 
 def instance_norm(channels: int) -> nn.GroupNorm:
@@ -28,14 +31,15 @@ class ConvNet(nn.Module):
     ignore its input): deep nets stay trainable on small inputs (digits are 8x8).
     """
 
-    def __init__(self, channels: int, num_classes: int, size: int, depth: int = 3, width: int = 128):
+    def __init__(self, channels: int, num_classes: int, size: int, depth: int = 3, width: int = 128) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         pad0 = 3 if (channels == 1 and size == 28) else 1
-        s = size + 2 * (pad0 - 1)
+        s = size + 2 * (pad0 - 1)   # side of the map the first conv outputs
         c = channels
         for d in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=pad0 if d == 0 else 1), instance_norm(width), nn.ReLU(inplace=True)]
+            conv = nn.Conv2d(c, width, 3, padding=pad0 if d == 0 else 1)
+            layers += [conv, instance_norm(width), nn.ReLU(inplace=True)]
             last = d == depth - 1
             if s >= 2 and (last or s // 2 >= 2):
                 layers.append(nn.AvgPool2d(2, 2))
@@ -46,9 +50,11 @@ class ConvNet(nn.Module):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The flattened last feature map: (N, C, H, W) -> (N, feature_dim)."""
         return self.body(x).flatten(1)  # (N, width * s * s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes)."""
         return self.classifier(self.features(x))  # (N, K)
 
 
@@ -56,7 +62,7 @@ class BasicBlock(nn.Module):
     """ResNet basic block. With `ap`, a stride-2 block convolves at stride 1 and then
     average-pools (IDC's ResNetAP), in both the main path and the shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int, ap: bool):
+    def __init__(self, cin: int, cout: int, stride: int, ap: bool) -> None:
         super().__init__()
         s = 1 if ap else stride
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=s, padding=1, bias=False)
@@ -73,8 +79,8 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.norm1(self.conv1(x)))
-        out = self.pool(out)
+        out = F.relu(self.norm1(self.conv1(x)))   # (N, cout, H, W)
+        out = self.pool(out)                      # (N, cout, H/stride, W/stride)
         out = self.norm2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
@@ -89,18 +95,11 @@ class ResNet(nn.Module):
     one value per channel), so small inputs still work.
     """
 
-    def __init__(self, channels: int, num_classes: int, size: int, blocks: list[int], ap: bool, width: int = 64):
+    def __init__(self, channels: int, num_classes: int, size: int, blocks: list[int], ap: bool,
+                 width: int = 64) -> None:
         super().__init__()
-        if size <= 64:
-            stem: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1, bias=False), instance_norm(width), nn.ReLU(inplace=True)]
-        elif ap and size > 128:
-            stem = [nn.Conv2d(channels, width, 7, padding=3, bias=False), instance_norm(width), nn.ReLU(inplace=True), nn.AvgPool2d(4, 4)]
-        elif ap:
-            stem = [nn.Conv2d(channels, width, 3, padding=1, bias=False), instance_norm(width), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2)]
-        else:
-            stem = [nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False), instance_norm(width), nn.ReLU(inplace=True),
-                    nn.MaxPool2d(3, 2, padding=1)]
-        self.stem = nn.Sequential(*stem)
+        # width 64, doubled per stage: He et al. 2016 (ResNet-18); IDC's ResNetAP too (models/resnet_ap.py)
+        self.stem = nn.Sequential(*_resnet_stem(channels, size, ap, width))
         s = size if size <= 64 else size // (4 if (ap and size > 128) else 2 if ap else 4)  # map side after the stem
         layers: list[nn.Module] = []
         cin = width
@@ -116,16 +115,34 @@ class ResNet(nn.Module):
         self.classifier = nn.Linear(cin, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled last stage: (N, C, H, W) -> (N, feature_dim)."""
         h = self.layers(self.stem(x))  # (N, 512, h, w)
         return F.adaptive_avg_pool2d(h, 1).flatten(1)  # (N, 512)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        """Logits (N, num_classes)."""
+        return self.classifier(self.features(x))  # (N, K)
 
 
-ModelFactory = Callable[[int, int, int], nn.Module]  # (channels, num_classes, size) -> model
+def _resnet_stem(channels: int, size: int, ap: bool, width: int) -> list[nn.Module]:
+    """The stem layers for the input size (see `ResNet`)."""
+    if size <= 64:
+        return [nn.Conv2d(channels, width, 3, padding=1, bias=False), instance_norm(width), nn.ReLU(inplace=True)]
+    if ap and size > 128:
+        return [nn.Conv2d(channels, width, 7, padding=3, bias=False), instance_norm(width), nn.ReLU(inplace=True),
+                nn.AvgPool2d(4, 4)]
+    if ap:
+        return [nn.Conv2d(channels, width, 3, padding=1, bias=False), instance_norm(width), nn.ReLU(inplace=True),
+                nn.AvgPool2d(2, 2)]
+    return [nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False), instance_norm(width),
+            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1)]
 
-MODELS: dict[str, ModelFactory] = {
+
+ClassifierFactory = Callable[[int, int, int], nn.Module]  # (channels, num_classes, size) -> model
+
+# ConvNet-3: the DC/DSA/DM benchmark network. ConvNet-6, ResNetAP-10 and ResNet-18: the evaluation
+# networks of IDC and of Minimax diffusion on the ImageNet subsets (Gu et al. CVPR 2024, Table 1).
+CLASSIFIERS: dict[str, ClassifierFactory] = {
     **{f"convnet{d}": (lambda c, k, s, d=d: ConvNet(c, k, s, depth=d)) for d in range(3, 7)},
     "resnetap10": lambda c, k, s: ResNet(c, k, s, blocks=[1, 1, 1, 1], ap=True),
     "resnet18": lambda c, k, s: ResNet(c, k, s, blocks=[2, 2, 2, 2], ap=False),
@@ -133,8 +150,7 @@ MODELS: dict[str, ModelFactory] = {
 
 
 def build_model(name: str, channels: int, num_classes: int, size: int) -> nn.Module:
-    from minimaxdd.errors import UserError
-
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](channels, num_classes, size)
+    """CLASSIFIERS[name] for images of `channels` x `size` x `size` and `num_classes` classes, from the global RNG."""
+    if name not in CLASSIFIERS:
+        raise UserError(f"unknown model {name!r}; choose one of {sorted(CLASSIFIERS)}")
+    return CLASSIFIERS[name](channels, num_classes, size)

@@ -27,28 +27,35 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from minimaxdd.data.dataset import Dataset, channel_stats
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.data.synthetic import conform, load_synthetic
 from minimaxdd.errors import UserError
+from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
+from minimaxdd.files import write_json
+from minimaxdd.runtime import pick_device
 
-PR_K = 3        # Kynkaanniemi et al. 2019
-DC_K = 5        # Naeem et al. 2020
-MAX_REAL_PER_CLASS = 2000   # real features per class used for the k-NN and kernel estimates
+PR_K = 3        # Kynkaanniemi et al. 2019 (their default k)
+DC_K = 5        # Naeem et al. 2020 (their recommended k)
+MAX_REAL_PER_CLASS = 2000   # ours: real features per class used for the k-NN and kernel estimates (bounds cost)
 KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "diversity")
 LOWER_IS_BETTER = ("mmd", "fid")
 
 
-CHUNK = 2048                # rows per block of a distance matrix: memory stays O(CHUNK x N), not O(N^2)
-BANDWIDTH_ROWS = 2000       # rows of real features whose distances set the MMD bandwidth (the median heuristic)
+CHUNK = 2048                # ours: rows per block of a distance matrix: memory stays O(CHUNK x N), not O(N^2)
+BANDWIDTH_ROWS = 2000       # ours: rows of real features whose distances set the MMD bandwidth (median heuristic)
 
 
 def _pdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a.double(), b.double())
 
 
-def _row_blocks(a: torch.Tensor, b: torch.Tensor):
+def _row_blocks(a: torch.Tensor, b: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, distances of rows a[start:start + CHUNK] to all of b), block by block."""
     for i in range(0, len(a), CHUNK):
         yield i, _pdist(a[i:i + CHUNK], b)
@@ -72,8 +79,8 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> fl
     The median is over all pairs of real rows for up to BANDWIDTH_ROWS of them (every class alone);
     beyond that (all classes pooled) over an evenly strided subset of that size, to bound memory."""
     if bandwidth is None:
-        sub = x[::math.ceil(len(x) / BANDWIDTH_ROWS)]
-        d = _pdist(sub, sub)
+        sub = x[::math.ceil(len(x) / BANDWIDTH_ROWS)]   # (<= BANDWIDTH_ROWS, D)
+        d = _pdist(sub, sub)                              # (S, S)
         bandwidth = float(d[d > 0].median()) if (d > 0).any() else 1.0
     g = -1.0 / (2 * bandwidth ** 2)
     return max(0.0, _kernel_mean(x, x, g) + _kernel_mean(y, y, g) - 2 * _kernel_mean(x, y, g))
@@ -83,7 +90,7 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """||mu_x - mu_y||^2 + Tr(Sx + Sy - 2 (Sx^1/2 Sy Sx^1/2)^1/2); sample covariances (zero for one sample)."""
     x, y = x.double(), y.double()
 
-    def cov(a):
+    def cov(a: torch.Tensor) -> torch.Tensor:
         return torch.cov(a.T) if len(a) > 1 else torch.zeros(a.shape[1], a.shape[1], dtype=a.dtype)
 
     mx, my, sx, sy = x.mean(0), y.mean(0), cov(x), cov(y)
@@ -94,6 +101,8 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def precision_recall(x: torch.Tensor, y: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
+    """k-NN precision (synthetic inside the real manifold) and recall (real inside the synthetic one)
+    of real features x (N, D) and synthetic features y (M, D)."""
     rx, ry = _knn_radius(x, k), _knn_radius(y, k)
     inside_real = torch.zeros(len(y), dtype=torch.bool)    # synthetic inside some real ball
     recalled = torch.zeros(len(x), dtype=torch.bool)       # real inside some synthetic ball
@@ -104,6 +113,7 @@ def precision_recall(x: torch.Tensor, y: torch.Tensor, k: int = PR_K) -> tuple[f
 
 
 def density_coverage(x: torch.Tensor, y: torch.Tensor, k: int = DC_K) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020) of synthetic y (M, D) against the real k-NN balls of x (N, D)."""
     rx = _knn_radius(x, k)
     count, covered = 0.0, 0
     for i, d in _row_blocks(x, y):
@@ -121,13 +131,15 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def representativeness(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean over real rows x (N, D) of the cosine similarity to the nearest synthetic row of y (M, D)."""
     return float(_cos(x, y).max(1).values.mean())
 
 
 def diversity(y: torch.Tensor) -> float:
+    """1 - mean cosine similarity between distinct rows of y (M, D); 0 for fewer than two rows."""
     if len(y) < 2:
         return 0.0
-    s = _cos(y, y)
+    s = _cos(y, y)   # (M, M)
     m = len(y)
     return float(1 - (s.sum() - s.diagonal().sum()) / (m * (m - 1)))
 
@@ -177,21 +189,14 @@ def set_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor,
 class Features:
     """A feature extractor for uint8 images: the reference classifier, or a TorchScript file."""
 
-    def __init__(self, ds, spec: str = "reference", device: str | torch.device = "cpu"):
-        from minimaxdd.data.dataset import channel_stats
-
+    def __init__(self, ds: Dataset, spec: str = "reference", device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.stats = channel_stats(ds.x_train)
         if spec == "reference":
-            from minimaxdd.evaluation.reference_classifier import (
-                ReferenceConfig,
-                reference_classifier,
-            )
-
             cfg = ReferenceConfig()
             self.net = reference_classifier(ds, cfg, self.device)
-            self.name = (f"{cfg.model} reference classifier trained on all of {ds.name} ({cfg.epochs_for(len(ds.x_train))} "
-                         "epochs, dc protocol), penultimate layer; not Inception")
+            self.name = (f"{cfg.model} reference classifier trained on all of {ds.name} "
+                         f"({cfg.epochs_for(len(ds.x_train))} epochs, dc protocol), penultimate layer; not Inception")
             self.script = False
         elif spec.startswith("torchscript:"):
             path = Path(spec.split(":", 1)[1])
@@ -206,13 +211,12 @@ class Features:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        from minimaxdd.evaluation.reference_classifier import embed
-
+        """Features (N, D) float32 on the CPU of uint8 images x (N, C, H, W)."""
         if not self.script:
             return embed(self.net, x, self.stats, batch_size)
         out = []
         for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size].to(self.device).float() / 255
+            xb = x[i:i + batch_size].to(self.device).float() / 255   # (B, C, H, W) in [0, 1]
             out.append(self.net(xb).float().flatten(1).cpu())
         return torch.cat(out)
 
@@ -226,19 +230,26 @@ def tsne_plot(real_f: torch.Tensor, real_y: torch.Tensor, sets: dict[str, tuple[
     from sklearn.manifold import TSNE
 
     g = torch.Generator().manual_seed(seed)
-    idx = torch.cat([(real_y == c).nonzero().squeeze(1)[torch.randperm(int((real_y == c).sum()), generator=g)[:per_class]]
-                     for c in range(len(class_names))])
+    picks = []
+    for c in range(len(class_names)):
+        members = (real_y == c).nonzero().squeeze(1)                      # (n_c,)
+        picks.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    idx = torch.cat(picks)                                                # (n_real,)
     parts = [real_f[idx]] + [f for f, _ in sets.values()]
-    emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, max(5, len(idx) // 20))).fit_transform(
-        torch.cat(parts).numpy())
+    # perplexity: scikit-learn's default 30, lowered (ours) for small plots where it must stay below the
+    # number of points
+    tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, max(5, len(idx) // 20)))
+    emb = tsne.fit_transform(torch.cat(parts).numpy())                    # (n_real + sum of set sizes, 2)
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     fig, axes = plt.subplots(1, len(sets), figsize=(4.6 * len(sets), 4.4), squeeze=False)
     n_real = len(idx)
     off = n_real
     for ax, (name, (f, y)) in zip(axes[0], sets.items()):
-        ax.scatter(emb[:n_real, 0], emb[:n_real, 1], c=[cmap(int(c) % cmap.N) for c in real_y[idx]], s=4, alpha=0.25)
+        ax.scatter(emb[:n_real, 0], emb[:n_real, 1], c=[cmap(int(c) % cmap.N) for c in real_y[idx]], s=4,
+                   alpha=0.25)
         e = emb[off:off + len(f)]
-        ax.scatter(e[:, 0], e[:, 1], c=[cmap(int(c) % cmap.N) for c in y], s=40, marker="*", edgecolors="k", linewidths=0.5)
+        ax.scatter(e[:, 0], e[:, 1], c=[cmap(int(c) % cmap.N) for c in y], s=40, marker="*", edgecolors="k",
+                   linewidths=0.5)
         ax.set_title(f"{name} (stars) on real (dots)")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -269,19 +280,15 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
 
 
-def run(synth: list[str], real: str, out: str | None = None, features: str = "reference", size: int | None = None,
-        device: str = "auto", seed: int = 0, tsne: str | None = None) -> dict:
+def run_metrics(synth: list[str], real: str, out: str | None = None, features: str = "reference",
+                size: int | None = None, device: str = "auto", seed: int = 0, tsne: str | None = None) -> dict:
     """Metrics of one or more synthetic sets against `real`'s training set (one feature pass over it)."""
-    from minimaxdd.data.sources import load_dataset
-    from minimaxdd.data.synthetic import conform, load_synthetic
-    from minimaxdd.files import write_json
-    from minimaxdd.runtime import pick_device
-
     ds = load_dataset(real, size=size)
     fx = Features(ds, features, pick_device(device))
     real_f = fx(ds.x_train)
-    result = {"features": fx.name, "real": real, "seed": seed, "k_precision_recall": PR_K, "k_density_coverage": DC_K,
-              "max_real_per_class": MAX_REAL_PER_CLASS, "class_names": list(ds.class_names), "sets": {}}
+    result = {"features": fx.name, "real": real, "seed": seed, "k_precision_recall": PR_K,
+              "k_density_coverage": DC_K, "max_real_per_class": MAX_REAL_PER_CLASS,
+              "class_names": list(ds.class_names), "sets": {}}
     feats = {}
     for path in synth:
         s = conform(load_synthetic(path), ds.class_names, ds.channels, ds.size)

@@ -13,7 +13,8 @@ class Protocol:
     momentum: float
     weight_decay: float
     batch_size: int
-    augment: str              # "dsa" (one DSA op per batch) or "rrc_flip" (random resized crop + flip)
+    augment: str              # a key of minimaxdd.data.augment.AUGMENTATIONS: "dsa" (one DSA op per batch),
+                              # "rrc_flip" (random resized crop + flip) or "none"
     cutmix_p: float           # probability that a batch is CutMixed
     cutmix_beta: float
     milestones: tuple[float, ...]  # lr drops, as fractions of the epochs
@@ -21,11 +22,13 @@ class Protocol:
     epochs: int | None = None # fixed epoch count; None: chosen by IPC (see epochs_for)
 
     def epochs_for(self, ipc: int | None, num_classes: int) -> int:
+        """The fixed epoch count, or IDC's by images per class (`idc_epochs`)."""
         if self.epochs is not None:
             return self.epochs
         return idc_epochs(ipc, num_classes)
 
     def to_dict(self) -> dict:
+        """The protocol as plain data (stored beside every result)."""
         return asdict(self)
 
 
@@ -66,6 +69,7 @@ PROTOCOLS: dict[str, Protocol] = {
 
 
 def get_protocol(name: str) -> Protocol:
+    """PROTOCOLS[name]; an unknown name is a UserError listing the known ones."""
     if name not in PROTOCOLS:
         raise UserError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
     return PROTOCOLS[name]

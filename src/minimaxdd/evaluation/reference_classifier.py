@@ -16,9 +16,13 @@ import torch.nn as nn
 from minimaxdd.data.dataset import Dataset, channel_stats, normalise
 from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.evaluation.protocols import PROTOCOLS
-from minimaxdd.evaluation.train_test import train_classifier
+from minimaxdd.evaluation.train_test import accuracy, predict, train_classifier
 from minimaxdd.files import cache_dir, save_atomic
 from minimaxdd.runtime import progress
+
+# Ours: a fixed budget of ~100k training images seen (20 epochs of a 5k-image pool, 2 of Fashion-MNIST),
+# clipped to 1..50 epochs: enough for useful features on a 2-core CPU; override with --feature-epochs.
+REFERENCE_IMAGES_SEEN = 100_000
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,8 @@ class ReferenceConfig:
     precision: str = "bf16"
 
     def epochs_for(self, n: int) -> int:
-        # A fixed budget of ~100k images (20 epochs of a 5k-image pool, 2 of Fashion-MNIST):
-        # enough for useful features on a 2-core CPU; override with --feature-epochs.
-        return self.epochs if self.epochs is not None else max(1, min(50, round(100_000 / n)))
+        """Epochs over a training set of n images: `epochs` if given, else about REFERENCE_IMAGES_SEEN / n."""
+        return self.epochs if self.epochs is not None else max(1, min(50, round(REFERENCE_IMAGES_SEEN / n)))
 
 
 def _key(ds: Dataset, cfg: ReferenceConfig) -> str:
@@ -68,7 +71,7 @@ def embed(model: nn.Module, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Te
     model.eval()
     out = []
     for i in progress(range(0, len(x), batch_size), desc="features", total=(len(x) + batch_size - 1) // batch_size):
-        out.append(model.features(normalise(x[i:i + batch_size], *stats, dev)).float().cpu())
+        out.append(model.features(normalise(x[i:i + batch_size], *stats, dev)).float().cpu())  # (B, D)
     return torch.cat(out)
 
 
@@ -76,8 +79,6 @@ def generation_accuracy(ds: Dataset, images: torch.Tensor, labels: torch.Tensor,
                         cfg: ReferenceConfig = ReferenceConfig(), device: str | torch.device = "cpu") -> dict:
     """How often the full-data reference classifier assigns a generated image to the class it was
     conditioned on (overall and per class), next to the same classifier's real test accuracy."""
-    from minimaxdd.evaluation.train_test import accuracy, predict
-
     model = reference_classifier(ds, cfg, device)
     stats = channel_stats(ds.x_train)
     dev = torch.device(device)

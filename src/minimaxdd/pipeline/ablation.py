@@ -11,16 +11,23 @@ where it stopped and adding an objective runs only that one.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
+import typing
 from pathlib import Path
+
+import torch
 
 from minimaxdd.errors import UserError
 from minimaxdd.files import write_json
-from minimaxdd.pipeline.distill import (
+from minimaxdd.pipeline.config import (
+    NO_FINETUNING,
+    DistillConfig,
     build_config,
     merge,
     method_name,
+)
+from minimaxdd.pipeline.stages import (
     say,
     stage_base,
     stage_baselines,
@@ -29,18 +36,24 @@ from minimaxdd.pipeline.distill import (
     stage_sample,
 )
 from minimaxdd.runtime import pick_device
+from minimaxdd.settings import default_of, field_types
+from minimaxdd.training.finetune import FinetuneConfig
 from minimaxdd.training.minimax import OBJECTIVES
 
-SWEEP_PARAMS = {"lambda_r": float, "lambda_d": float, "memory": int, "epochs": float, "steps": int}
+# The fine-tuning knobs of the paper's Fig. 6 (and the run length); their types come from FinetuneConfig.
+SWEEP_PARAMS = ("lambda_r", "lambda_d", "memory", "epochs", "steps")
 
 
-def _config(base: str, data: str, ipcs, repeats: int, overrides: dict) -> dict:
+def _config(base: str, data: str, ipcs: str | list[int], repeats: int, overrides: dict,
+            device: str) -> DistillConfig:
     layer = {"data": data, "ipc": ipcs, "base": {"pretrained": base},
              "evaluate": {"repeats": repeats, "baselines": ["random"], "full_epochs": 0, "metrics": False}}
-    return build_config(None, merge(layer, overrides))
+    cfg = build_config(None, merge(layer, overrides))
+    return dataclasses.replace(cfg, device=str(pick_device(device)))
 
 
-def _variant(out: Path, name: str, cfg: dict, base: dict, device) -> tuple[list[dict], dict, dict]:
+def _variant(out: Path, name: str, cfg: DistillConfig, base: dict, device: torch.device
+             ) -> tuple[list[dict], dict, dict]:
     sub = out / name
     sub.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -51,7 +64,7 @@ def _variant(out: Path, name: str, cfg: dict, base: dict, device) -> tuple[list[
     return rows, ft, sample
 
 
-def _shared(out: Path, cfg: dict, device) -> tuple[dict, list[dict]]:
+def _shared(out: Path, cfg: DistillConfig, device: torch.device) -> tuple[dict, list[dict]]:
     base = stage_base(out, cfg, False, device)
     bl = stage_baselines(out, cfg, False, device)
     rows = stage_evaluate(out, cfg, None, bl, False, device, full=False, write_results=False)
@@ -63,27 +76,28 @@ def _cell(rows: list[dict], k: int) -> str:
     return "" if r is None else f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
 
 
-def run_ablation(base: str, data: str, ipcs, objectives: list[str], out: str | Path, repeats: int = 3,
-                 overrides: dict | None = None, device: str = "auto") -> dict:
-    bad = [o for o in objectives if o != "none" and o not in OBJECTIVES]
+def run_ablation(base: str, data: str, ipcs: str | list[int], objectives: list[str], out: str | Path,
+                 repeats: int = 3, overrides: dict | None = None, device: str = "auto") -> dict:
+    """Fine-tune, sample and evaluate each objective from one base; OUT/ablation.md and .json."""
+    bad = [o for o in objectives if o != NO_FINETUNING and o not in OBJECTIVES]
     if bad:
         raise UserError(f"unknown objective(s) {bad}; choose from none, {', '.join(OBJECTIVES)}")
     out = Path(out)
-    dev = pick_device(device)
-    cfg = _config(base, data, ipcs, repeats, overrides or {})
-    cfg["device"] = str(dev)
-    write_json(out / "config.json", {**cfg, "objectives": objectives})
+    cfg = _config(base, data, ipcs, repeats, overrides or {}, device)
+    dev = torch.device(cfg.device)
+    write_json(out / "config.json", {**cfg.to_dict(), "objectives": objectives})
     base_rec, random_rows = _shared(out, cfg, dev)
     table = []
     for obj in objectives:
-        c = {**cfg, "finetune": {**(cfg["finetune"] or {}), "objective": obj}}
+        c = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, objective=obj))
         rows, ft, sample = _variant(out, obj, c, base_rec, dev)
-        gen = [r.get("generation_accuracy") for r in rows if r["ipc"] == max(cfg["ipc"])]
+        gen = [r.get("generation_accuracy") for r in rows if r["ipc"] == max(cfg.ipc)]
         table.append({"objective": obj, "method": method_name(c), "rows": rows,
-                      "finetune_time_s": ft.get("time_s") if obj != "none" else 0.0,
+                      "finetune_time_s": ft.get("time_s") if obj != NO_FINETUNING else 0.0,
                       "finetune_steps": ft.get("steps"), "sample_time_s": sample.get("time_s"),
                       "generation_accuracy": gen[0] if gen else None})
-    result = {"base": base, "data": data, "ipc": cfg["ipc"], "config": cfg, "variants": table, "random": random_rows}
+    result = {"base": base, "data": data, "ipc": cfg.ipc, "config": cfg.to_dict(), "variants": table,
+              "random": random_rows}
     write_json(out / "ablation.json", result)
     (out / "ablation.md").write_text(ablation_markdown(result))
     return result
@@ -110,46 +124,46 @@ def ablation_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_sweep(base: str, data: str, ipcs, param: str, values: list, out: str | Path, objective: str = "minimax",
-              repeats: int = 3, overrides: dict | None = None, device: str = "auto") -> dict:
+def _sweep_values(param: str, values: list[str]) -> list[float | int]:
     if param not in SWEEP_PARAMS:
         raise UserError(f"--param must be one of {', '.join(SWEEP_PARAMS)}, got {param!r}")
+    tp = field_types(FinetuneConfig)[param]
+    kind = int if tp is int or int in typing.get_args(tp) else float
     try:
-        values = [SWEEP_PARAMS[param](v) for v in values]
+        return [kind(v) for v in values]
     except ValueError as e:
-        raise UserError(f"--values for {param} must be numbers: {e}") from e
+        raise UserError(f"--values for {param} must be {kind.__name__}s, e.g. 0,0.004,0.008: {e}") from e
+
+
+def run_sweep(base: str, data: str, ipcs: str | list[int], param: str, values: list, out: str | Path,
+              objective: str = default_of(FinetuneConfig, "objective"), repeats: int = 3,
+              overrides: dict | None = None, device: str = "auto") -> dict:
+    """Accuracy against one fine-tuning knob (the paper's Fig. 6); OUT/sweep-<param>.json / .png."""
+    values = _sweep_values(param, values)
     out = Path(out)
-    dev = pick_device(device)
-    cfg = _config(base, data, ipcs, repeats, overrides or {})
-    cfg["device"] = str(dev)
+    cfg = _config(base, data, ipcs, repeats, overrides or {}, device)
+    dev = torch.device(cfg.device)
     base_rec, random_rows = _shared(out, cfg, dev)
-    # Every point spells out all the swept knobs, so the point at the default values is the same
-    # run whichever knob is swept: it lives in OUT/default/ and sweeps sharing OUT run it once.
-    default = {**_explicit(cfg["finetune"] or {}), "objective": objective}
+    # Every point spells out all the fine-tuning settings, so the point at the default values is the
+    # same run whichever knob is swept: it lives in OUT/default/ and sweeps sharing OUT run it once.
+    default = dataclasses.replace(cfg.finetune, objective=objective)
     points = []
     for v in values:
-        f = {**default, param: v}
-        if param in ("epochs", "steps"):
-            f["epochs" if param == "steps" else "steps"] = None
+        other = {"epochs": "steps", "steps": "epochs"}.get(param)
+        f = dataclasses.replace(default, **{param: v, **({other: None} if other else {})})
         name = "default" if f == default else f"{param}={v}"
-        rows, ft, _ = _variant(out, name, {**cfg, "finetune": f}, base_rec, dev)
+        rows, ft, _ = _variant(out, name, dataclasses.replace(cfg, finetune=f), base_rec, dev)
         points.append({"value": v, "dir": name, "rows": rows, "finetune_time_s": ft.get("time_s")})
-    res = {"base": base, "data": data, "param": param, "objective": objective, "ipc": cfg["ipc"], "config": cfg,
-           "points": points, "random": random_rows}
+    res = {"base": base, "data": data, "param": param, "objective": objective, "ipc": cfg.ipc,
+           "config": cfg.to_dict(), "points": points, "random": random_rows}
     write_json(out / f"sweep-{param}.json", res)
     res["plot"] = str(sweep_plot(res, out / f"sweep-{param}.png"))
     write_json(out / f"sweep-{param}.json", res)
     return res
 
 
-def _explicit(f: dict) -> dict:
-    """The fine-tuning config with every swept knob written out (FinetuneConfig's defaults where unset)."""
-    from minimaxdd.training.finetune import FinetuneConfig
-
-    return {**{k: getattr(FinetuneConfig, k) for k in SWEEP_PARAMS}, **f}
-
-
 def sweep_plot(res: dict, path: Path) -> Path:
+    """Accuracy (mean +- std) against the swept value, per IPC, with random real as dashed lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -174,7 +188,3 @@ def sweep_plot(res: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def load(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())

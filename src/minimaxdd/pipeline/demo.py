@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from minimaxdd.evaluation.runner import format_table
+from minimaxdd.pipeline.config import build_config, load_distill_preset
+from minimaxdd.pipeline.distill import distill
 
-def run(out: str | Path = "runs/demo", repeats: int | None = None, device: str = "auto") -> list[dict]:
-    from minimaxdd.evaluation.train_test import format_table
-    from minimaxdd.pipeline.distill import build_config, load_distill_preset
-    from minimaxdd.pipeline.distill import run as distill
 
+def demo(out: str | Path = "runs/demo", repeats: int | None = None, device: str = "auto") -> list[dict]:
+    """`distill --preset digits` into `out`, then the accuracy table."""
     over: dict = {"device": device}
     if repeats is not None:
         over["evaluate"] = {"repeats": repeats}

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from minimaxdd.errors import UserError
+from minimaxdd.pipeline.stages import STAGES
 
 ORDER = ("random", "herding", "kcenter", "dm", "full")
 
@@ -82,9 +83,9 @@ def accuracy_plot(rows: list[dict], path: Path) -> Path | None:
 
 
 def _stage_table(run: Path) -> str:
-    from minimaxdd.pipeline.distill import STAGES
 
-    out = ["| stage | wall time | peak memory (process RSS; CUDA) | images/s | notes |", "| --- | ---: | ---: | ---: | --- |"]
+    out = ["| stage | wall time | peak memory (process RSS; CUDA) | images/s | notes |",
+           "| --- | ---: | ---: | ---: | --- |"]
     for s in STAGES[:-1]:
         f = run / s / "stage.json"
         if not f.exists():
@@ -117,7 +118,8 @@ def write_report(run: str | Path) -> Path:
     fig_dir = run / "figures"
     fig_dir.mkdir(exist_ok=True)
     lines = [f"# Distillation report: `{run.name}`", "",
-             f"Data `{cfg['data']}`; IPC {', '.join(map(str, cfg['ipc']))}; seed {cfg['seed']}; device {cfg['device']}.", ""]
+             f"Data `{cfg['data']}`; IPC {', '.join(map(str, cfg['ipc']))}; seed {cfg['seed']}; "
+             f"device {cfg['device']}.", ""]
     if not rows:
         lines += ["No evaluation has finished yet.", ""]
     else:

@@ -4,7 +4,7 @@ criteria (Gu et al., CVPR 2024, Algorithm 1), or any row of the paper's Table 5.
 The base is one of this package's checkpoints (or a run), the official DiT release file, or a
 diffusers DiT folder. The loss per batch is the diffusion loss plus, per class in the batch,
 lambda_r * representativeness + lambda_d * diversity against that class's memories of recent real
-latents and recent predictions (`minimaxdd.minimax`). The result is a checkpoint that `sample` reads.
+latents and recent predictions (`minimaxdd.training.minimax`). The result is a checkpoint that `sample` reads.
 """
 from __future__ import annotations
 
@@ -22,52 +22,60 @@ from minimaxdd.diffusion.networks import difffit_parameters
 from minimaxdd.diffusion.weights import load_diffusers_dit, load_official_dit
 from minimaxdd.errors import UserError
 from minimaxdd.runtime import pick_device
-from minimaxdd.training.loop import TrainConfig, fit, make_targets
-from minimaxdd.training.minimax import (
-    OBJECTIVES,
-    REDUCTIONS,
-    ClassMemory,
-    minimax_terms,
-)
+from minimaxdd.settings import run_field, setting
+from minimaxdd.training.loop import LoopConfig, fit, make_targets, redefault
+from minimaxdd.training.minimax import OBJECTIVES, REDUCTIONS, ClassMemory, MinimaxStep
 
-# Paper settings (Gu et al. 2024, Sec. 4.1; the reference code's defaults).
-LAMBDA_R, LAMBDA_D = 0.002, 0.008
-MEMORY = 64
-BATCH, EPOCHS, LR = 8, 8, 1e-3
+# Which parameters fine-tuning trains: Difffit's (Xie et al. 2023: biases, norms, the class embedding and
+# the per-block scales gamma), or all but the fixed sin-cos position embedding.
+TRAINABLE = ("difffit", "full")
 
 
-@dataclass
-class FinetuneConfig:
-    ckpt: str
-    data: str
-    out: str
-    objective: str = "minimax"
-    lambda_r: float = LAMBDA_R
-    lambda_d: float = LAMBDA_D
-    memory: int = MEMORY
-    reduction: str = "matrix"          # the reference's whole-matrix min / max; "sample" = the paper's per-sample form
-    trainable: str = "difffit"         # or "full"
-    batch: int = BATCH
-    epochs: float | None = EPOCHS
-    steps: int | None = None
-    lr: float = LR                     # AdamW, constant, no weight decay (reference)
-    ema: float = 0.9999
-    ema_warmup: bool = False           # the reference's EMA starts from the pretrained weights: no warm-up
-    class_dropout: float = 0.1
-    codec: str | None = None           # needed for official / diffusers weights (e.g. vae:DIR); ours carry theirs
-    class_map: list[int] | None = None
-    synsets: str | None = None         # LOC_synset_mapping.txt, to map WordNet-id classes to ImageNet indices
-    size: int | None = None
-    classes: list[int] | None = None   # fine-tune on these dataset labels only (one phase of a class split)
-    sync_memory: bool = False          # under torchrun: share the memories across ranks (default: per rank)
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    seed: int = 0
-    precision: str = "bf16"
-    compile: bool = False              # torch.compile the network (see TrainConfig.compile)
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
+@dataclass(kw_only=True)
+class FinetuneConfig(LoopConfig):
+    """`minimaxdd finetune`. The defaults are the paper's (Gu et al. 2024, Sec. 4.1, and the reference
+    code's): lambda_r 0.002, lambda_d 0.008, memories of 64 per class, batch 8 for 8 epochs, AdamW at a
+    constant 1e-3 without weight decay, EMA from the pretrained weights without warm-up."""
+    ckpt: str = run_field(help="the base: a run or ckpt-*.safetensors, the official DiT-XL-2-256x256.pt, "
+                               "or a diffusers DiT folder")
+    data: str = run_field(help="dataset spec NAME[:ARG]")
+    objective: str = setting("minimax", choices=tuple(OBJECTIVES),
+                             help="the terms added to the diffusion loss: a row of the paper's Table 5")
+    lambda_r: float = setting(0.002, help="weight of the representativeness term")
+    lambda_d: float = setting(0.008, help="weight of the diversity term")
+    memory: int = setting(64, help="entries per class of each memory (real samples, predictions)")
+    reduction: str = setting("matrix", choices=REDUCTIONS,
+                             help="matrix: one min / max per class over the whole similarity matrix (the reference "
+                                  "code); sample: per prediction, then averaged (the paper's Eqs. 3-4)")
+    trainable: str = setting("difffit", choices=TRAINABLE,
+                             help="difffit: biases, norms, class embedding and per-block scales; full: all "
+                                  "but the position embedding")
+    batch: int = redefault("batch", 8)
+    epochs: float | None = redefault("epochs", 8)
+    lr: float = redefault("lr", 1e-3)
+    ema_warmup: bool = redefault("ema_warmup", False)    # the reference's EMA starts from the pretrained weights
+    codec: str | None = setting(None, help="the codec of official or diffusers weights, e.g. vae:DIR "
+                                           "(our checkpoints carry theirs)")
+    class_map: list[int] | None = setting(None, help="network class index of each dataset class; null: from the "
+                                                     "base's class names, ImageNet indices, or the identity")
+    synsets: str | None = setting(None, help="LOC_synset_mapping.txt, to map WordNet-id classes to ImageNet indices")
+    size: int | None = run_field(None, help="image side; null: the base's")
+    classes: list[int] | None = run_field(None, help="fine-tune on these dataset labels only (one phase of a "
+                                                     "class split); null: all")
+    sync_memory: bool = setting(False, help="under torchrun: every rank pushes every rank's batch into its "
+                                            "memories; otherwise each rank keeps its own, as the reference does")
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """The fine-tuning choices, checked once before anything is loaded: the errors name the fix."""
+    if cfg.objective not in OBJECTIVES:
+        raise UserError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if cfg.reduction not in REDUCTIONS:
+        raise UserError(f"--reduction must be one of {', '.join(REDUCTIONS)}, not {cfg.reduction!r}")
+    if cfg.memory < 1:
+        raise UserError(f"--memory must be at least 1, got {cfg.memory}")
+    if cfg.trainable not in TRAINABLE:
+        raise UserError(f"--trainable must be one of {', '.join(TRAINABLE)}, not {cfg.trainable!r}")
 
 
 def load_base(path: str, codec_spec: str | None) -> tuple[nn.Module, ckpt.CheckpointMeta | None]:
@@ -110,27 +118,38 @@ def class_mapping(names: list[str], model: nn.Module, meta: ckpt.CheckpointMeta 
 
 
 def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
-    if mode not in ("difffit", "full"):
-        raise UserError(f"--trainable must be difffit or full, not {mode!r}")
-    keep = set(map(id, difffit_parameters(model))) if mode == "difffit" else None
+    """Turn requires_grad on for the parameters `mode` (one of TRAINABLE) trains and off for the rest;
+    returns them in the model's order."""
+    difffit = set(map(id, difffit_parameters(model)))
+    trains = {"difffit": lambda n, p: id(p) in difffit, "full": lambda n, p: n != "pos_embed"}[mode]
     params = []
     for n, p in model.named_parameters():
-        on = (keep is None and n != "pos_embed") or (keep is not None and id(p) in keep)
+        on = trains(n, p)
         p.requires_grad_(on)
         if on:
             params.append(p)
     return params
 
 
-def run(cfg: FinetuneConfig) -> dict:
+def minimax_step(cfg: FinetuneConfig, model: nn.Module, class_map: list[int], device: torch.device) -> MinimaxStep:
+    """The step that adds cfg.objective's terms, with empty memories for the classes the data use."""
+    dim = model.in_channels * model.input_size ** 2
+    # The batches carry network classes (an ImageWoof label is its ImageNet index, e.g. 193); the
+    # memories have one slot per class the data use, whatever the label dropout did to the conditioning.
+    used = sorted(set(class_map))
+    slot = torch.full((model.num_classes,), -1, dtype=torch.long, device=device)
+    slot[torch.as_tensor(used, device=device)] = torch.arange(len(used), device=device)
+    return MinimaxStep(objective=cfg.objective, lambda_r=cfg.lambda_r, lambda_d=cfg.lambda_d, reduction=cfg.reduction,
+                       real=ClassMemory(len(used), cfg.memory, dim, device),
+                       pred=ClassMemory(len(used), cfg.memory, dim, device), slot=slot,
+                       gather=dist.all_gather_cat if cfg.sync_memory else None)
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Fine-tune the base cfg.ckpt on cfg.data; returns the loop's summary (see `training.loop.fit`)."""
     from minimaxdd.data.sources import load_dataset
 
-    if cfg.objective not in OBJECTIVES:
-        raise UserError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if cfg.reduction not in REDUCTIONS:
-        raise UserError(f"--reduction must be one of {REDUCTIONS}")
-    if cfg.memory < 1:
-        raise UserError(f"--memory must be at least 1, got {cfg.memory}")
+    check_config(cfg)
     device = pick_device(cfg.device)
     model, meta0 = load_base(cfg.ckpt, cfg.codec)
     codec_spec = meta0.codec if meta0 is not None else cfg.codec
@@ -148,31 +167,12 @@ def run(cfg: FinetuneConfig) -> dict:
     params = select_trainable(model, cfg.trainable)
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
                                class_map=class_map, image_size=ds.size, channels=ds.channels, data=cfg.data,
-                               extra={"finetune": asdict(cfg), "base": cfg.ckpt, "pixel": isinstance(codec, PixelCodec)})
+                               extra={"finetune": asdict(cfg), "base": cfg.ckpt,
+                                      "pixel": isinstance(codec, PixelCodec)})
     targets = make_targets(codec, ds, class_map)
-    dim = model.in_channels * model.input_size ** 2
-    # The batches carry network classes (an ImageWoof label is its ImageNet index, e.g. 193); the
-    # memories have one slot per class the data use, whatever the label dropout did to the conditioning.
-    used = sorted(set(class_map))
-    slot = torch.full((model.num_classes,), -1, dtype=torch.long, device=device)
-    slot[torch.as_tensor(used, device=device)] = torch.arange(len(used), device=device)
-    real = ClassMemory(len(used), cfg.memory, dim, device)
-    pred = ClassMemory(len(used), cfg.memory, dim, device)
-
-    def extra(terms, y, x0, drop, step):
-        return minimax_terms(terms["x0_hat"], x0, slot[y], real, pred, cfg.objective, cfg.lambda_r, cfg.lambda_d,
-                             cfg.reduction, gather=dist.all_gather_cat if cfg.sync_memory else None)
-
-    tcfg = TrainConfig(data=cfg.data, out=cfg.out, model="(base)", codec=codec.spec, size=cfg.size, epochs=cfg.epochs,
-                       steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, weight_decay=0.0, ema=cfg.ema,
-                       ema_warmup=cfg.ema_warmup, class_dropout=cfg.class_dropout, checkpoint_every=cfg.checkpoint_every,
-                       log_every=cfg.log_every, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
-                       device=cfg.device,
-                       resume=cfg.resume, overwrite=cfg.overwrite, extra={"objective": cfg.objective})
-    info = fit(model, targets, meta, tcfg, params=params, extra_loss=None if cfg.objective == "simple" else extra,
-               desc=f"finetune {cfg.objective}", manifest_extra={
+    minimax = minimax_step(cfg, model, class_map, device)
+    # "simple" adds nothing; its (empty) memories are still checkpointed, as every objective's are
+    return fit(model, targets, meta, cfg, params=params, step_loss=minimax if OBJECTIVES[cfg.objective] else None,
+               state=minimax.memories(), desc=f"finetune {cfg.objective}", manifest_extra={
                    "objective": cfg.objective, "lambda_r": cfg.lambda_r, "lambda_d": cfg.lambda_d,
-                   "memory": cfg.memory, "reduction": cfg.reduction, "finetune_config": asdict(cfg)},
-               state={"real_memory": real, "pred_memory": pred})
-    return info
-
+                   "memory": cfg.memory, "reduction": cfg.reduction, "finetune_config": asdict(cfg)})

@@ -1,31 +1,36 @@
-"""`minimaxdd train`: a class-conditional diffusion model from scratch on a dataset.
+"""The training loop shared by `train` (training/scratch.py) and `finetune` (training/finetune.py).
 
 AdamW, EMA of the weights, label dropout to the null class for classifier-free guidance,
 self-describing safetensors checkpoints every K steps, `--resume`. The whole training set
 (images in [-1, 1], or cached VAE latent moments) is one tensor; batches are drawn by index.
 Every draw (order, timesteps, noise, flips, label dropout) comes from a generator seeded by
 (seed, step), so a resumed run continues exactly as an uninterrupted one would.
+
+A stage calls `fit(model, targets, meta, cfg)` with its config (a `LoopConfig`); fine-tuning also
+hands in a `StepLoss`, what it adds to the diffusion loss of each batch (the Minimax terms).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Any, Protocol
 
 import torch
 import torch.nn as nn
 
 from minimaxdd import distributed as dist
 from minimaxdd.diffusion import checkpoints as ckpt
-from minimaxdd.diffusion.codecs import encode_dataset
+from minimaxdd.diffusion.codecs import PixelCodec, VAECodec, encode_dataset
 from minimaxdd.diffusion.schedule import Diffusion
 from minimaxdd.errors import UserError
 from minimaxdd.files import manifest, save_atomic, write_json
 from minimaxdd.runtime import PRECISIONS, autocast, pick_device, progress
+from minimaxdd.settings import run_field, setting
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -35,38 +40,70 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((((int(seed) * _MIX + step) % 2**63) * _MIX + stream) % 2**63)
 
 
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    model: str = "dit-t/2"
-    codec: str = "pixel"
-    size: int | None = None
-    epochs: float | None = None
-    steps: int | None = None
-    time_limit: float | None = None      # seconds; stop (and checkpoint) when exceeded
-    batch: int = 64
-    lr: float = 1e-4                     # DiT: AdamW, lr 1e-4, no weight decay (Peebles & Xie 2023, Sec. 4)
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    ema: float = 0.9999                  # DiT's EMA decay; see ema_warmup
-    ema_warmup: bool = True              # decay min(ema, (1+step)/(10+step)): short CPU runs still get a useful EMA
-    class_dropout: float = 0.1           # DiT; U-ViT uses 0.15 (p_uncond)
-    learn_sigma: bool | None = None      # default: DiT yes (as published), U-ViT no
-    flip: bool = True
-    grad_clip: float | None = None
-    checkpoint_every: int = 1000
-    keep: int = 2                        # checkpoints kept besides the final one
-    log_every: int = 50
-    seed: int = 0
-    precision: str = "bf16"
-    compile: bool = False                # torch.compile the network: a one-off compile, then fused elementwise ops
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    preset: str | None = None
-    extra: dict = field(default_factory=dict)
+# ---------------------------------------------------------------------------------------------
+# configs
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    """How the shared loop trains, and where it writes.
+
+    The defaults are DiT's recipe (Peebles & Xie 2023, Sec. 4): AdamW at a constant lr 1e-4 without
+    weight decay, EMA decay 0.9999, label dropout 0.1. A stage redeclares a field (`redefault`) only
+    where its source uses another value.
+    """
+    out: str = run_field(help="run directory: checkpoints, log.jsonl, config.json and manifest.json")
+    epochs: float | None = setting(None, help="length in passes over the training set")
+    steps: int | None = setting(None, help="length in optimiser steps (wins over epochs)")
+    time_limit: float | None = setting(None, help="seconds; stop (and checkpoint) when exceeded")
+    batch: int = setting(64, help="global batch: images per step over all processes")
+    lr: float = setting(1e-4, help="AdamW learning rate (constant)")
+    weight_decay: float = setting(0.0, help="AdamW weight decay")
+    beta1: float = setting(0.9, help="AdamW beta1")
+    beta2: float = setting(0.999, help="AdamW beta2")
+    ema: float = setting(0.9999, help="decay per step of the EMA of the weights (see ema_warmup)")
+    # short CPU runs still get a useful EMA
+    ema_warmup: bool = setting(True, help="ramp the EMA decay up as min(ema, (1+step)/(10+step))")
+    # U-ViT uses 0.15 (p_uncond, Bao et al. 2023)
+    class_dropout: float = setting(0.1, help="probability that a label is replaced by the null class, which "
+                                             "classifier-free guidance needs")
+    flip: bool = setting(True, help="random horizontal flips of the training images")
+    grad_clip: float | None = setting(None, help="clip the gradient norm to this; null: no clipping")
+    checkpoint_every: int = setting(1000, help="steps between checkpoints")
+    keep: int = setting(2, help="checkpoints kept besides the final one")
+    log_every: int = setting(50, help="steps between lines of log.jsonl")
+    precision: str = setting("bf16", help="autocast precision of the network", choices=PRECISIONS)
+    compile: bool = setting(False, help="torch.compile the network: a one-off compile, then fused elementwise ops")
+    seed: int = run_field(0, help="seeds every draw: order, flips, label dropout, timesteps, noise")
+    device: str = run_field("auto", help="auto, cpu, cuda, cuda:1, ...")
+    resume: bool = run_field(False, help="continue the run in `out` from its latest checkpoint")
+    overwrite: bool = run_field(False, help="delete the run in `out` and start over")
+    fresh_state: bool = run_field(False, help="with resume: where the checkpoint's optimiser state or stage state "
+                                              "(the Minimax memories) is missing, start it afresh instead of "
+                                              "refusing; the run then differs from an uninterrupted one")
+
+
+def redefault(name: str, default: Any) -> Any:
+    """LoopConfig's field `name` with another default (same help, choices and kind), for a subclass."""
+    return dataclasses.field(default=default, metadata=LoopConfig.__dataclass_fields__[name].metadata)
+
+
+@dataclass(kw_only=True)
+class TrainConfig(LoopConfig):
+    """`minimaxdd train`: a class-conditional denoiser from scratch, with DiT's recipe (see LoopConfig)."""
+    data: str = run_field(help="dataset spec NAME[:ARG]")
+    model: str = setting("dit-t/2", help="denoiser: a name of minimaxdd.diffusion.networks.DENOISERS")
+    codec: str = setting("pixel", help="pixel, or vae:DIR (a diffusers AutoencoderKL folder)")
+    size: int | None = run_field(None, help="image side; null: the dataset's")
+    learn_sigma: bool | None = setting(None, help="also learn the variance; null: DiT yes (as published), U-ViT no")
+    preset: str | None = run_field(None, help="the preset the config came from, recorded in the run")
+    # a dict default needs a factory, which run_field does not take
+    extra: dict = dataclasses.field(default_factory=dict, metadata={
+        "run": True, "help": "free-form notes recorded in config.json and the checkpoint"})
+
+
+# ---------------------------------------------------------------------------------------------
+# data
 
 
 @dataclass
@@ -77,10 +114,11 @@ class Targets:
     std: torch.Tensor | None
     y: torch.Tensor                      # (N,) network class indices
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.y)
 
     def batch(self, idx: torch.Tensor, g: torch.Generator, flip: bool) -> torch.Tensor:
+        """The clean samples of `idx` (B, C, H, W): flipped at random, latents drawn from their moments."""
         flips = torch.rand(len(idx), generator=g) < 0.5 if flip else torch.zeros(len(idx), dtype=torch.bool)
         if self.x is not None:
             x = self.x[idx]
@@ -90,10 +128,45 @@ class Targets:
         return m + s * torch.randn(m.shape, generator=g)
 
 
-def make_targets(codec, ds, class_map: list[int]) -> Targets:
+def make_targets(codec: PixelCodec | VAECodec, ds: Any, class_map: list[int]) -> Targets:
+    """The dataset `ds` encoded by `codec` (cached), labels mapped through `class_map`."""
     enc = encode_dataset(codec, ds.x_train, ds.fingerprint())
     y = torch.as_tensor(class_map)[ds.y_train]
     return Targets(enc.get("x"), enc.get("mean"), enc.get("std"), y)
+
+
+@dataclass
+class Batch:
+    """This process's slice of one step's batch, as a StepLoss sees it (tensors on the device)."""
+    x0: torch.Tensor                     # (n, C, H, W) clean targets in model space
+    labels: torch.Tensor                 # (n,) network classes, before label dropout
+    dropped: torch.Tensor                # (n,) bool: conditioned on the null class instead of the label
+    step: int                            # the step being taken, counted from 0
+
+
+class StepLoss(Protocol):
+    """What a stage adds to the loss of each step (fine-tuning: `minimax.MinimaxStep`).
+
+    Called once per step after the forward pass and before the backward one, with the batch's
+    `Diffusion.training_losses` terms (per-sample "loss" and "mse", and "x0_hat" (n, C, H, W), the
+    predicted clean samples, with gradients) and the batch. Returns the scalar added to the mean
+    diffusion loss and {name: float} to log. It may update state of its own (memories), which the
+    stage hands to `fit` as `state` so that checkpoints hold it.
+    """
+
+    def __call__(self, terms: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class Stateful(Protocol):
+    """State a checkpoint holds beside the weights (torch's state_dict / load_state_dict pair)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# optimiser and EMA
 
 
 def ema_pairs(ema: nn.Module, model: nn.Module, params: list[nn.Parameter]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -103,7 +176,7 @@ def ema_pairs(ema: nn.Module, model: nn.Module, params: list[nn.Parameter]) -> l
     return [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if id(p) in trained]
 
 
-def adamw(params: list[nn.Parameter], **kw) -> torch.optim.AdamW:
+def adamw(params: list[nn.Parameter], **kw: Any) -> torch.optim.AdamW:
     """AdamW, with the fused kernel where torch has one (CPU and CUDA floating-point parameters): one
     call per step instead of a dozen small ops per tensor. On the 2-core CPU its gain on a compiled
     Difffit step of a small DiT was within the noise (BENCHMARKS.md, `micro_speed.py adamw`)."""
@@ -111,58 +184,31 @@ def adamw(params: list[nn.Parameter], **kw) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=fused or None, **kw)
 
 
+def ema_decay(cfg: LoopConfig, done: int) -> float:
+    """The EMA decay after `done` steps (see LoopConfig.ema_warmup)."""
+    return min(cfg.ema, (1 + done) / (10 + done)) if cfg.ema_warmup else cfg.ema
+
+
 def update_ema(pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * param, for each pair."""
     if pairs:
         with torch.no_grad():
             torch._foreach_lerp_([e for e, _ in pairs], [p.detach() for _, p in pairs], 1 - decay)
 
 
-def _prepare_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    run = Path(cfg.out)
-    existing = ckpt.list_checkpoints(run) if run.exists() else []
-    if cfg.resume:
-        if not existing:
-            raise UserError(f"--resume: {run} has no checkpoint to resume from; drop --resume to start")
-        return run, existing[-1]
-    if run.exists() and any(run.iterdir()):
-        if not cfg.overwrite:
-            raise UserError(f"{run} already holds a run; pass --resume to continue it, --overwrite to start over, "
-                            "or choose another --out")
-        for p in existing:
-            p.unlink()
-            p.with_suffix(".optim.pt").unlink(missing_ok=True)
-        (run / "log.jsonl").unlink(missing_ok=True)
-    run.mkdir(parents=True, exist_ok=True)
-    return run, None
+# ---------------------------------------------------------------------------------------------
+# the run directory
 
 
-def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: TrainConfig,
-        params: list[nn.Parameter] | None = None,
-        extra_loss: Callable | None = None, desc: str = "train", manifest_extra: dict | None = None,
-        state: dict | None = None) -> dict:
-    """The training loop shared by `train` and `finetune`.
-
-    `params`: the parameters to optimise (default all); `extra_loss(terms, y, step)` may add terms
-    to the per-batch loss and returns (loss_add, {name: value}) for logging. `state`: more objects
-    with state_dict / load_state_dict (the Minimax memories), saved by every rank beside each
-    checkpoint (`ckpt-N.state<rank>.pt`) and restored on resume, so a resumed run continues exactly.
-    """
-    device = dist.setup(pick_device(cfg.device))
+def _check(cfg: LoopConfig, n: int, world: int) -> tuple[int, int]:
+    """Refuse what cannot run; returns (steps per epoch, steps in all) for `n` training images."""
     if cfg.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.batch < 1 or cfg.batch > len(targets):
-        raise UserError(f"--batch {cfg.batch} must be between 1 and the number of training images ({len(targets)})")
-    world, rank = dist.world(), dist.rank()
+    if cfg.batch < 1 or cfg.batch > n:
+        raise UserError(f"--batch {cfg.batch} must be between 1 and the number of training images ({n})")
     if cfg.batch % world:
         raise UserError(f"--batch {cfg.batch} (the global batch) must be divisible by the {world} processes")
-    local = cfg.batch // world            # each rank trains on its slice of the global batch
-    if dist.is_main():
-        run, resume_from = _prepare_run(cfg)
-    dist.barrier()
-    if not dist.is_main():
-        run = Path(cfg.out)
-        resume_from = ckpt.list_checkpoints(run)[-1] if cfg.resume else None
-    per_epoch = len(targets) // cfg.batch
+    per_epoch = n // cfg.batch
     if cfg.steps is not None:
         total = int(cfg.steps)
     elif cfg.epochs is not None:
@@ -171,140 +217,286 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Trai
         raise UserError("say how long to train: --epochs E or --steps S")
     if total < 1:
         raise UserError(f"nothing to train: {total} steps")
-    model = model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    averaged = ema_pairs(ema, model, params)
-    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
-    step = 0
-    if resume_from is not None:
-        old = ckpt.read_meta(resume_from)
-        if old.model != meta.model or old.codec != meta.codec or old.class_map != meta.class_map:
-            raise UserError(f"--resume: {resume_from} was trained with another model, codec or class map; "
-                            "use the same settings or start a new --out")
-        ckpt.load_pair(resume_from, model, ema)
-        opt_path = resume_from.with_suffix(".optim.pt")
-        if opt_path.exists():
-            opt.load_state_dict(torch.load(opt_path, map_location=device, weights_only=True))
-        step = old.step
-        state_path = _state_path(resume_from, rank)
-        if state and state_path.exists():
-            saved = torch.load(state_path, map_location="cpu", weights_only=True)
-            for name, obj in state.items():
-                obj.load_state_dict(saved[name])
-    if dist.is_main():
-        write_json(run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
-                                         "class_names": meta.class_names, "class_map": meta.class_map,
-                                         "world_size": world})
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(model, device_ids=[device] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)     # shares the parameters: the optimiser, EMA and checkpoints see `model`
-    diffusion = Diffusion()
-    null = model.num_classes
-    t0, seen, t_start = time.time(), 0, time.time()
-    running: dict[str, float] = {}
-    epoch_sums: dict[str, float] = {}
-    epoch_means: list[dict] = []
-    epoch_n, cur_epoch = 0, step // per_epoch
-    log = open(run / "log.jsonl", "a") if dist.is_main() else None
-    model.train()
+    return per_epoch, total
 
-    def checkpoint(s: int):
-        path = ckpt.ckpt_path(run, s)
-        if state:                  # each rank its own; written before the weights, which mark completion
-            save_atomic({name: obj.state_dict() for name, obj in state.items()}, _state_path(path, rank))
-            dist.barrier()
-        if not dist.is_main():
-            return
-        meta.step = s
-        ckpt.save(path, model, ema, meta, opt)
-        old = ckpt.list_checkpoints(run)[:-1]
-        for p in old[:max(0, len(old) - cfg.keep)]:
-            p.unlink()
-            p.with_suffix(".optim.pt").unlink(missing_ok=True)
-            for f in p.parent.glob(p.stem + ".state*.pt"):
-                f.unlink()
 
-    stopped = None
-    with progress(total=total, initial=step, desc=desc, unit="step") as bar:
-        while step < total:
-            epoch, k = divmod(step, per_epoch)
-            perm = torch.randperm(len(targets), generator=step_generator(cfg.seed, epoch, stream=1))
-            idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
-            g = step_generator(cfg.seed, step)
-            # every draw is made for the global batch, then sliced: N processes train as one would
-            x0 = targets.batch(idx, g, cfg.flip)
-            y = targets.y[idx].clone()
-            drop = torch.rand(len(y), generator=g) < cfg.class_dropout
-            y[drop] = null
-            t = torch.randint(0, diffusion.num_timesteps, (len(y),), generator=g)
-            noise = torch.randn(x0.shape, generator=g)
-            mine = slice(rank * local, (rank + 1) * local)
-            labels = targets.y[idx][mine]
-            x0, y, t, noise, drop = (v[mine].to(device) for v in (x0, y, t, noise, drop))
-            with autocast(device, cfg.precision):
-                terms = diffusion.training_losses(net, x0, t, y, noise)
-            loss = terms["loss"].mean()
-            logs = {"loss": loss.item(), "mse": terms["mse"].mean().item()}
-            if "vb" in terms:
-                logs["vb"] = terms["vb"].mean().item()
-            if extra_loss is not None:
-                add, more = extra_loss(terms, labels.to(device), x0, drop, step)
-                loss = loss + add
-                logs.update(more)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-            decay = min(cfg.ema, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema
-            update_ema(averaged, decay)
-            seen += len(y) * world
-            if epoch != cur_epoch and epoch_n:
-                epoch_means.append({"epoch": cur_epoch, **{n: v / epoch_n for n, v in epoch_sums.items()}})
-                epoch_sums, epoch_n, cur_epoch = {}, 0, epoch
-            epoch_n += 1
-            for n, v in logs.items():
-                epoch_sums[n] = epoch_sums.get(n, 0.0) + v
-            for n, v in logs.items():
-                running[n] = v if n not in running else 0.98 * running[n] + 0.02 * v
-            bar.update(1)
-            if log is not None and (step % cfg.log_every == 0 or step == total):
-                rate = seen / max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{running['loss']:.4f}", img_s=f"{rate:.1f}")
-                log.write(json.dumps({"step": step, **{n: round(v, 6) for n, v in logs.items()},
-                                      "images_per_s": round(rate, 2)}) + "\n")
-                log.flush()
-            if cfg.time_limit is not None and dist.any_flag(time.time() - t_start > cfg.time_limit, device):
-                stopped = "time limit"
-                break
-            if step % cfg.checkpoint_every == 0 and step < total:
-                checkpoint(step)
-    if log is not None:
-        log.close()
-    if epoch_n:
-        epoch_means.append({"epoch": cur_epoch, "partial": epoch_n < per_epoch,
-                            **{n: v / epoch_n for n, v in epoch_sums.items()}})
-    checkpoint(step)
-    dist.barrier()              # the final checkpoint exists for every rank before any returns
-    wall = time.time() - t_start
-    info = {"steps": step, "planned_steps": total, "stopped": stopped, "images_seen": seen,
-            "images_per_s": round(seen / max(wall, 1e-9), 2), "final_loss": running.get("loss"),
-            "running": running, "checkpoint": str(ckpt.ckpt_path(run, step)), "epoch_means": epoch_means}
-    if not dist.is_main():
-        return info
-    write_json(run / "manifest.json", manifest(asdict(cfg), cfg.seed, wall, **info, world_size=world,
-                                               trainable_params=sum(p.numel() for p in params),
-                                               total_params=sum(p.numel() for p in model.parameters()),
-                                               **(manifest_extra or {})))
-    return info
+def _delete_checkpoint(path: Path) -> None:
+    """A checkpoint with its optimiser state and every rank's stage state."""
+    path.unlink()
+    path.with_suffix(".optim.pt").unlink(missing_ok=True)
+    for f in path.parent.glob(path.stem + ".state*.pt"):
+        f.unlink()
 
 
 def _state_path(ckpt_file: Path, rank: int) -> Path:
+    """Where rank `rank` keeps its stage state (the Minimax memories) beside checkpoint `ckpt_file`."""
     return ckpt_file.with_suffix(f".state{rank}.pt")
 
 
+def _prepare_run(cfg: LoopConfig) -> Path | None:
+    """Make `cfg.out` ready (main process); returns the checkpoint to resume from, if resuming."""
+    run = Path(cfg.out)
+    existing = ckpt.list_checkpoints(run) if run.exists() else []
+    if cfg.resume:
+        if not existing:
+            raise UserError(f"--resume: {run} has no checkpoint to resume from; drop --resume to start")
+        return existing[-1]
+    if run.exists() and any(run.iterdir()):
+        if not cfg.overwrite:
+            raise UserError(f"{run} already holds a run; pass --resume to continue it, --overwrite to start over, "
+                            "or choose another --out")
+        for p in existing:
+            _delete_checkpoint(p)
+        (run / "log.jsonl").unlink(missing_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _open_run(cfg: LoopConfig) -> Path | None:
+    """`_prepare_run` on the main process, then every process learns the checkpoint to resume from."""
+    if dist.is_main():
+        resume_from = _prepare_run(cfg)
+    dist.barrier()
+    if not dist.is_main():
+        resume_from = ckpt.list_checkpoints(cfg.out)[-1] if cfg.resume else None
+    return resume_from
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+
+@dataclass
+class _Trainer:
+    """What one call of `fit` trains and where it writes."""
+    cfg: LoopConfig
+    run: Path
+    device: torch.device
+    model: nn.Module
+    net: nn.Module                       # what the forward pass calls: `model`, or its DDP / compiled wrapper
+    ema: nn.Module
+    params: list[nn.Parameter]
+    averaged: list[tuple[torch.Tensor, torch.Tensor]]
+    opt: torch.optim.Optimizer
+    meta: ckpt.CheckpointMeta
+    state: dict[str, Stateful]
+    mine: slice                          # this process's rows of each global batch
+
+
+def _build(cfg: LoopConfig, model: nn.Module, params: list[nn.Parameter] | None, meta: ckpt.CheckpointMeta,
+           state: dict[str, Stateful] | None, device: torch.device, local: int) -> _Trainer:
+    """The network on the device, its EMA copy and the optimiser; `local`: rows of the batch per process."""
+    model = model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    rank = dist.rank()
+    return _Trainer(cfg, Path(cfg.out), device, model, model, ema, params, ema_pairs(ema, model, params), opt, meta,
+                    state or {}, slice(rank * local, (rank + 1) * local))
+
+
+def _wrap(tr: _Trainer) -> None:
+    """DDP over the processes, then torch.compile, as the config says."""
+    if dist.world() > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        tr.net = DDP(tr.model, device_ids=[tr.device] if tr.device.type == "cuda" else None)
+    if tr.cfg.compile:
+        tr.net = torch.compile(tr.net)   # shares the parameters: the optimiser, EMA and checkpoints see `model`
+
+
+def _saved(path: Path, what: str, cfg: LoopConfig, device: torch.device | str) -> Any:
+    """The tensors saved in `path` for --resume; None where it is missing and `fresh_state` allows that."""
+    if path.exists():
+        return torch.load(path, map_location=device, weights_only=True)
+    if cfg.fresh_state:
+        return None
+    raise UserError(f"--resume: {path} ({what}) is missing, so the run cannot continue as an uninterrupted one "
+                    f"would; restore the file, or pass --fresh-state (fresh_state=True) to start {what} afresh")
+
+
+def _resume(tr: _Trainer, path: Path) -> int:
+    """Load the checkpoint `path` and what sits beside it; returns its step."""
+    old = ckpt.read_meta(path)
+    if old.model != tr.meta.model or old.codec != tr.meta.codec or old.class_map != tr.meta.class_map:
+        raise UserError(f"--resume: {path} was trained with another model, codec or class map; "
+                        "use the same settings or start a new --out")
+    ckpt.load_pair(path, tr.model, tr.ema)
+    optim = _saved(path.with_suffix(".optim.pt"), "the optimiser state", tr.cfg, tr.device)
+    if optim is not None:
+        tr.opt.load_state_dict(optim)
+    if tr.state:
+        saved = _saved(_state_path(path, dist.rank()), f"this process's {', '.join(tr.state)}", tr.cfg, "cpu")
+        if saved is not None:
+            for name, obj in tr.state.items():
+                obj.load_state_dict(saved[name])
+    return old.step
+
+
+def _checkpoint(tr: _Trainer, step: int) -> None:
+    """Write the checkpoint of `step` (every rank its stage state), then drop all but the newest `keep` + 1."""
+    path = ckpt.ckpt_path(tr.run, step)
+    if tr.state:                  # each rank its own; written before the weights, which mark completion
+        save_atomic({name: obj.state_dict() for name, obj in tr.state.items()}, _state_path(path, dist.rank()))
+        dist.barrier()
+    if not dist.is_main():
+        return
+    tr.meta.step = step
+    ckpt.save(path, tr.model, tr.ema, tr.meta, tr.opt)
+    old = ckpt.list_checkpoints(tr.run)[:-1]
+    for p in old[:max(0, len(old) - tr.cfg.keep)]:
+        _delete_checkpoint(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# one step
+
+
+def _draw(targets: Targets, cfg: LoopConfig, step: int, per_epoch: int, null: int,
+          num_timesteps: int) -> tuple[torch.Tensor, ...]:
+    """The global batch of `step` and its draws: (x0, labels, y, dropped, t, noise), all on the CPU.
+
+    Every draw is made for the global batch, then sliced: N processes train as one would. The order
+    of the draws from the step's generator fixes the bytes: flips (and latent noise), label dropout,
+    timesteps, noise."""
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(len(targets), generator=step_generator(cfg.seed, epoch, stream=1))
+    idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
+    g = step_generator(cfg.seed, step)
+    x0 = targets.batch(idx, g, cfg.flip)                                   # (B, C, H, W)
+    labels = targets.y[idx]                                                # (B,)
+    y = labels.clone()
+    dropped = torch.rand(len(y), generator=g) < cfg.class_dropout
+    y[dropped] = null                                                      # the conditioning, (B,)
+    t = torch.randint(0, num_timesteps, (len(y),), generator=g)            # (B,)
+    noise = torch.randn(x0.shape, generator=g)                             # (B, C, H, W)
+    return x0, labels, y, dropped, t, noise
+
+
+def _step(tr: _Trainer, diffusion: Diffusion, draws: tuple[torch.Tensor, ...], step: int,
+          step_loss: StepLoss | None) -> dict[str, float]:
+    """One optimiser step and EMA update on this process's slice of `draws`; returns the values to log."""
+    x0, labels, y, dropped, t, noise = (v[tr.mine].to(tr.device) for v in draws)
+    with autocast(tr.device, tr.cfg.precision):
+        terms = diffusion.training_losses(tr.net, x0, t, y, noise)
+    loss = terms["loss"].mean()
+    logs = {"loss": loss.item(), "mse": terms["mse"].mean().item()}
+    if "vb" in terms:
+        logs["vb"] = terms["vb"].mean().item()
+    if step_loss is not None:
+        add, more = step_loss(terms, Batch(x0=x0, labels=labels, dropped=dropped, step=step))
+        loss = loss + add
+        logs.update(more)
+    tr.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if tr.cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(tr.params, tr.cfg.grad_clip)
+    tr.opt.step()
+    update_ema(tr.averaged, ema_decay(tr.cfg, step + 1))
+    return logs
+
+
+# ---------------------------------------------------------------------------------------------
+# logging
+
+
+class _Meter:
+    """The logged values: a running mean (EMA 0.98, for the progress bar) and the mean over each epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.running: dict[str, float] = {}
+        self.sums: dict[str, float] = {}
+        self.n, self.epoch = 0, epoch
+        self.epoch_means: list[dict] = []
+
+    def add(self, epoch: int, logs: dict[str, float]) -> None:
+        if epoch != self.epoch and self.n:
+            self.epoch_means.append({"epoch": self.epoch, **{k: v / self.n for k, v in self.sums.items()}})
+            self.sums, self.n, self.epoch = {}, 0, epoch
+        self.n += 1
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        for k, v in logs.items():
+            self.running[k] = v if k not in self.running else 0.98 * self.running[k] + 0.02 * v
+
+    def close(self, per_epoch: int) -> None:
+        """The last epoch's mean, marked partial when the run stopped inside it."""
+        if self.n:
+            self.epoch_means.append({"epoch": self.epoch, "partial": self.n < per_epoch,
+                                     **{k: v / self.n for k, v in self.sums.items()}})
+
+
+def _log_line(log: IO[str], bar: Any, step: int, logs: dict[str, float], meter: _Meter, rate: float) -> None:
+    bar.set_postfix(loss=f"{meter.running['loss']:.4f}", img_s=f"{rate:.1f}")
+    log.write(json.dumps({"step": step, **{n: round(v, 6) for n, v in logs.items()},
+                          "images_per_s": round(rate, 2)}) + "\n")
+    log.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def _loop(tr: _Trainer, targets: Targets, step: int, per_epoch: int, total: int, step_loss: StepLoss | None,
+          desc: str) -> tuple[dict[str, Any], float]:
+    """Train from `step` to `total` (or the time limit), checkpointing on the way and at the end;
+    returns the summary and the wall time in seconds."""
+    cfg, diffusion = tr.cfg, Diffusion()
+    t_start, seen, stopped = time.time(), 0, None
+    meter = _Meter(step // per_epoch)
+    log = open(tr.run / "log.jsonl", "a") if dist.is_main() else None
+    tr.model.train()
+    with progress(total=total, initial=step, desc=desc, unit="step") as bar:
+        while step < total:
+            draws = _draw(targets, cfg, step, per_epoch, tr.model.num_classes, diffusion.num_timesteps)
+            logs = _step(tr, diffusion, draws, step, step_loss)
+            meter.add(step // per_epoch, logs)
+            step += 1
+            seen += len(draws[0])                     # the global batch: every process's slice
+            bar.update(1)
+            if log is not None and (step % cfg.log_every == 0 or step == total):
+                _log_line(log, bar, step, logs, meter, seen / max(time.time() - t_start, 1e-9))
+            if cfg.time_limit is not None and dist.any_flag(time.time() - t_start > cfg.time_limit, tr.device):
+                stopped = "time limit"
+                break
+            if step % cfg.checkpoint_every == 0 and step < total:
+                _checkpoint(tr, step)
+    if log is not None:
+        log.close()
+    meter.close(per_epoch)
+    _checkpoint(tr, step)
+    dist.barrier()              # the final checkpoint exists for every rank before any returns
+    wall = time.time() - t_start
+    return {"steps": step, "planned_steps": total, "stopped": stopped, "images_seen": seen,
+            "images_per_s": round(seen / max(wall, 1e-9), 2), "final_loss": meter.running.get("loss"),
+            "running": meter.running, "checkpoint": str(ckpt.ckpt_path(tr.run, step)),
+            "epoch_means": meter.epoch_means}, wall
+
+
+def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: LoopConfig,
+        params: list[nn.Parameter] | None = None, step_loss: StepLoss | None = None,
+        state: dict[str, Stateful] | None = None, desc: str = "train",
+        manifest_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `model` on `targets` as `cfg` says; returns the run's summary (also in manifest.json).
+
+    `params`: the parameters to optimise (default: those that require grad). `step_loss`: what the
+    stage adds to each step's loss (see StepLoss). `state`: objects with state_dict / load_state_dict
+    (the Minimax memories), saved by every rank beside each checkpoint (`ckpt-N.state<rank>.pt`) and
+    restored on resume, so a resumed run continues exactly. `meta` is written into every checkpoint.
+    """
+    device = dist.setup(pick_device(cfg.device))
+    world = dist.world()
+    per_epoch, total = _check(cfg, len(targets), world)
+    resume_from = _open_run(cfg)
+    tr = _build(cfg, model, params, meta, state, device, cfg.batch // world)   # each rank its slice of the batch
+    step = _resume(tr, resume_from) if resume_from is not None else 0
+    if dist.is_main():
+        write_json(tr.run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
+                                            "class_names": meta.class_names, "class_map": meta.class_map,
+                                            "world_size": world})
+    _wrap(tr)
+    info, wall = _loop(tr, targets, step, per_epoch, total, step_loss, desc)
+    if dist.is_main():
+        write_json(tr.run / "manifest.json", manifest(
+            asdict(cfg), cfg.seed, wall, **info, world_size=world, trainable_params=sum(p.numel() for p in tr.params),
+            total_params=sum(p.numel() for p in tr.model.parameters()), **(manifest_extra or {})))
+    return info

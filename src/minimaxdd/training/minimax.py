@@ -1,4 +1,5 @@
-"""The Minimax criteria (Gu et al., CVPR 2024, Eqs. 2-5) as pure functions of tensors, and per-class memories.
+"""The Minimax criteria (Gu et al., CVPR 2024, Eqs. 2-5) as pure functions of tensors, per-class
+memories, and `MinimaxStep`, the fine-tuning step that computes the terms and then fills the memories.
 
 All losses take predictions `pred` (P, ...) and a memory (M, ...) of one class; trailing dims are
 flattened and compared by cosine similarity (with an epsilon; the reference divides without one).
@@ -10,7 +11,13 @@ memory for each prediction); the reference code takes one min / max over the who
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
 import torch
+
+if TYPE_CHECKING:
+    from minimaxdd.training.loop import Batch
 
 COS_EPS = 1e-8
 REDUCTIONS = ("matrix", "sample")
@@ -25,7 +32,7 @@ def cosine_matrix(pred: torch.Tensor, memory: torch.Tensor, eps: float = COS_EPS
     return a @ b.T                                                           # (P, M)
 
 
-def _check(pred, memory, reduction):
+def _check(pred: torch.Tensor, memory: torch.Tensor, reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if memory.shape[0] == 0:
@@ -71,7 +78,8 @@ class ClassMemory:
     `get(c)` returns class c's valid entries (order irrelevant to the min / max / mean terms).
     """
 
-    def __init__(self, num_classes: int, size: int, dim: int, device="cpu", dtype=torch.float32):
+    def __init__(self, num_classes: int, size: int, dim: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
         if size < 1:
             raise ValueError(f"memory size must be at least 1, got {size}")
         self.size = size
@@ -92,6 +100,7 @@ class ClassMemory:
             self.count[c] = min(self.size, int(self.count[c]) + len(rows))
 
     def get(self, c: int) -> torch.Tensor:
+        """Class c's valid entries (n, dim), n <= size: a view, not a copy."""
         return self.data[c, :int(self.count[c])]
 
     def __len__(self) -> int:
@@ -118,48 +127,71 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
 }
 
 
-def minimax_terms(x0_hat: torch.Tensor, x0: torch.Tensor, labels: torch.Tensor, real: ClassMemory,
-                  pred: ClassMemory, objective: str, lambda_r: float, lambda_d: float,
-                  reduction: str = "matrix", gather=None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The added loss for one batch, then enqueue the batch (Algorithm 1 of the paper).
+def minimax_loss(x0_hat: torch.Tensor, labels: torch.Tensor, real: ClassMemory, pred: ClassMemory, objective: str,
+                 lambda_r: float, lambda_d: float, reduction: str = "matrix") -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss `objective` (a key of OBJECTIVES) adds for one batch; reads the memories, changes nothing.
 
-    x0_hat: predicted clean samples (N, ...) with gradients; x0: the real clean samples (N, ...);
-    labels: dataset labels (N,). For each class in the batch whose prediction memory is non-empty,
-    the representativeness term compares x0_hat of that class with the real memory and the diversity
-    term with the prediction memory; each is weighted by its lambda and averaged over the distinct
-    classes of the batch (as the reference does). The batch is enqueued afterwards, so it never
-    meets itself. `gather` (e.g. dist.all_gather_cat) makes every process enqueue every process's
-    batch, so the memories stay identical across ranks (--sync-memory); by default each rank keeps
-    its own, as the reference does.
+    x0_hat: predicted clean samples (N, ...) with gradients; labels: their memory slots (N,). For each
+    class in the batch whose prediction memory is non-empty, the representativeness term compares
+    x0_hat of that class with the real memory and the diversity term with the prediction memory;
+    each is weighted by its lambda and averaged over the distinct classes of the batch (as the
+    reference does). Returns the loss (a scalar) and the unweighted means {"rep", "div"} to log.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     use = OBJECTIVES[objective]
-    total = x0_hat.new_zeros(())
-    logs = {"rep": 0.0, "div": 0.0}
-    if use:
-        classes = labels.unique().tolist()
-        rep_sum, div_sum = x0_hat.new_zeros(()), x0_hat.new_zeros(())
-        for c in classes:
-            if len(pred.get(c)) == 0:
-                continue
-            mask = labels == c
-            p = x0_hat[mask]
-            if "rep" in use:
-                rep_sum = rep_sum + representativeness_loss(p, real.get(c), reduction)
-            if "rep-mean" in use:
-                rep_sum = rep_sum + representativeness_mean_loss(p, real.get(c))
-            if "div" in use:
-                div_sum = div_sum + diversity_loss(p, pred.get(c), reduction)
-            if "div-mean" in use:
-                div_sum = div_sum + diversity_mean_loss(p, pred.get(c))
-        n = len(classes)
-        total = (lambda_r * rep_sum + lambda_d * div_sum) / n
-        logs = {"rep": float(rep_sum.detach()) / n, "div": float(div_sum.detach()) / n}
-    x0_hat = x0_hat.detach()
-    if gather is not None:
-        labels, x0, x0_hat = gather(labels), gather(x0), gather(x0_hat)
-    real.push(labels, x0)
-    pred.push(labels, x0_hat)
-    return total, logs
+    if not use:
+        return x0_hat.new_zeros(()), {"rep": 0.0, "div": 0.0}
+    classes = labels.unique().tolist()
+    rep_sum, div_sum = x0_hat.new_zeros(()), x0_hat.new_zeros(())
+    for c in classes:
+        if len(pred.get(c)) == 0:
+            continue                     # the class's first batch: nothing to compare it with yet
+        p = x0_hat[labels == c]                                              # (P, ...)
+        if "rep" in use:
+            rep_sum = rep_sum + representativeness_loss(p, real.get(c), reduction)
+        if "rep-mean" in use:
+            rep_sum = rep_sum + representativeness_mean_loss(p, real.get(c))
+        if "div" in use:
+            div_sum = div_sum + diversity_loss(p, pred.get(c), reduction)
+        if "div-mean" in use:
+            div_sum = div_sum + diversity_mean_loss(p, pred.get(c))
+    n = len(classes)
+    total = (lambda_r * rep_sum + lambda_d * div_sum) / n
+    return total, {"rep": float(rep_sum.detach()) / n, "div": float(div_sum.detach()) / n}
 
+
+@dataclass
+class MinimaxStep:
+    """The fine-tuning step's addition to the loss (Algorithm 1 of the paper), a `training.loop.StepLoss`.
+
+    Each call computes `minimax_loss` of the batch against the memories as they are, then pushes the
+    batch (real x0 and detached predictions) into them, so a batch never meets itself. `gather` (e.g.
+    dist.all_gather_cat) makes every process push every process's batch, so the memories stay
+    identical across ranks (--sync-memory); without it each rank keeps its own, as the reference does.
+    """
+    objective: str                       # a key of OBJECTIVES
+    lambda_r: float
+    lambda_d: float
+    reduction: str                       # one of REDUCTIONS
+    real: ClassMemory                    # recent real samples, one buffer per slot
+    pred: ClassMemory                    # recent predictions x0_hat, one buffer per slot
+    slot: torch.Tensor                   # (network classes,) the memory slot of each network class, -1: unused
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, terms: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        slots = self.slot[batch.labels]                                      # (n,)
+        loss, logs = minimax_loss(terms["x0_hat"], slots, self.real, self.pred, self.objective, self.lambda_r,
+                                  self.lambda_d, self.reduction)
+        self.push(slots, batch.x0, terms["x0_hat"])
+        return loss, logs
+
+    def push(self, slots: torch.Tensor, x0: torch.Tensor, x0_hat: torch.Tensor) -> None:
+        """Enqueue a batch: real samples x0 (n, ...) and predictions x0_hat (n, ...), stored detached."""
+        x0_hat = x0_hat.detach()
+        if self.gather is not None:
+            slots, x0, x0_hat = self.gather(slots), self.gather(x0), self.gather(x0_hat)
+        self.real.push(slots, x0)
+        self.pred.push(slots, x0_hat)
+
+    def memories(self) -> dict[str, ClassMemory]:
+        """The state a checkpoint holds for a resumed run to continue exactly."""
+        return {"real_memory": self.real, "pred_memory": self.pred}

@@ -14,8 +14,8 @@ from minimaxdd.runtime import pick_device
 from minimaxdd.training.loop import TrainConfig, fit, make_targets
 
 
-def run(cfg: TrainConfig) -> dict:
-
+def train_from_scratch(cfg: TrainConfig) -> dict:
+    """Train cfg.model from scratch on cfg.data; returns the loop's summary (see `training.loop.fit`)."""
     ds = load_dataset(cfg.data, size=cfg.size)
     device = pick_device(cfg.device)
     codec = build_codec(cfg.codec, ds.channels, ds.size, device)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minimaxdd.evaluation import reference_classifier as reference
-from minimaxdd.data.dataset import Dataset
-from minimaxdd.errors import UserError
 from minimaxdd.baselines.coreset import herding_order, kcenter_order, random_indices
-from minimaxdd.baselines.registry import select
+from minimaxdd.baselines.registry import BASELINES, METHODS, select
+from minimaxdd.data.dataset import Dataset
 from minimaxdd.data.synthetic import SyntheticSet
+from minimaxdd.errors import UserError
+from minimaxdd.evaluation import reference_classifier as reference
 
 
 def test_random_indices_per_class_distinct_and_seeded(digits):
@@ -46,11 +46,11 @@ def test_herding_balances_rather_than_ranks():
 
 def test_kcenter_order_by_hand():
     # mean (2.3, -0.56): row 1 (1, 0) is nearest; the farthest from it is row 2 (10, 0) (81 vs 10);
-    # then the point farthest from both chosen is row 3 (0, -3) (min distance^2 10).
+    # then the point farthest from both chosen is row 3 (0, -3) (min distance^2 10). Left: row 0 at
+    # squared distance 1 from row 1, row 4 (0.5, 0.2) at 0.29: row 0, then row 4.
     f = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.0, -3.0], [0.5, 0.2]])
     assert kcenter_order(f, 3).tolist() == [1, 2, 3]
-    order = kcenter_order(f, 5).tolist()
-    assert sorted(order) == [0, 1, 2, 3, 4]
+    assert kcenter_order(f, 5).tolist() == [1, 2, 3, 0, 4]
 
 
 def _toy_dataset():
@@ -72,6 +72,15 @@ def test_select_ipc_larger_than_a_class_names_it():
     s = select(ds, "random", 2)
     assert isinstance(s, SyntheticSet) and s.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert s.class_names == ["cat", "dog", "emu"]
+
+
+def test_baseline_registry_names_the_cli_choices():
+    assert list(BASELINES) == ["random", "herding", "kcenter", "dm"] and METHODS == tuple(BASELINES)
+    ds = _toy_dataset()
+    s = BASELINES["random"](ds, 2, 0, "cpu")
+    t = select(ds, "random", 2, seed=0)
+    assert torch.equal(s.images, t.images) and torch.equal(s.labels, t.labels)
+    assert torch.equal(s.images, ds.x_train[random_indices(ds.y_train, 3, 2, seed=0)])
 
 
 def _assert_real_images(s: SyntheticSet, ds: Dataset, ipc: int) -> None:

@@ -5,12 +5,11 @@ import pytest
 import torch
 
 from minimaxdd.baselines import distribution_matching as dm
-from minimaxdd.data.dataset import Dataset
-from minimaxdd.baselines.distribution_matching import DMConfig, distribution_matching
-from minimaxdd.errors import UserError
-from minimaxdd.data.dataset import channel_stats, normalise
-from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.baselines.coreset import random_indices
+from minimaxdd.baselines.distribution_matching import DMConfig, distribution_matching
+from minimaxdd.data.dataset import Dataset, channel_stats, normalise
+from minimaxdd.errors import UserError
+from minimaxdd.evaluation.classifiers import build_model
 
 CFG = DMConfig(iterations=12, batch_real=32, precision="fp32", checkpoint_every=4)
 

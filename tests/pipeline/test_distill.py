@@ -3,10 +3,11 @@ import json
 import os
 
 import pytest
+import torch
 
 from minimaxdd.cli import main
-from minimaxdd.pipeline.distill import build_config, parse_set
 from minimaxdd.errors import UserError
+from minimaxdd.pipeline.config import build_config, parse_set
 
 TINY = ["--data", "digits", "--ipc", "2,3", "--device", "cpu",
         "--set", 'base.train={"model": "dit-n/2", "steps": 12, "batch": 32, "checkpoint_every": 6}',
@@ -25,6 +26,7 @@ def run_dir(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
 def test_outputs(run_dir):
     rows = json.loads((run_dir / "results.json").read_text())
     methods = {(r["method"], r["ipc"]) for r in rows}
@@ -41,9 +43,14 @@ def test_outputs(run_dir):
         assert (run_dir / "figures" / f).stat().st_size > 0
     m = json.loads((run_dir / "metrics.json").read_text())
     assert set(m["sets"]) == {"minimax (IPC 3)", "random (IPC 3)"}
-    assert m["sets"]["random (IPC 3)"]["accuracy"]["mean"] >= 0
+    # each diagnosed set carries its own accuracy row (the IPC-3 rows of results.json), not another's
+    by = {(r["method"], r["ipc"]): r for r in rows}
+    for method in ("minimax", "random"):
+        acc = m["sets"][f"{method} (IPC 3)"]["accuracy"]
+        assert (acc["mean"], acc["std"], acc["model"]) == (by[method, 3]["mean"], by[method, 3]["std"], "convnet3")
 
 
+@pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
 def test_smaller_ipc_is_prefix_of_larger(run_dir):
     import torch
     a = torch.load(run_dir / "sample" / "ipc2" / "data.pt", weights_only=True)
@@ -52,6 +59,7 @@ def test_smaller_ipc_is_prefix_of_larger(run_dir):
         assert torch.equal(a["images"][a["labels"] == c], b["images"][b["labels"] == c][:2])
 
 
+@pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
 def test_rerun_skips_and_changes_rerun_only_what_depends(run_dir, capsys):
     stage_files = ["base/stage.json", "finetune/stage.json", "sample/stage.json", "baselines/stage.json",
                    "evaluate/random-ipc2-convnet3.json", "evaluate/minimax-ipc2-convnet3.json"]
@@ -73,6 +81,7 @@ def test_rerun_skips_and_changes_rerun_only_what_depends(run_dir, capsys):
     assert again["baselines/stage.json"] != after["baselines/stage.json"]
 
 
+@pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
 def test_interrupted_training_resumes(run_dir):
     st = run_dir / "base" / "stage.json"
     d = json.loads(st.read_text())
@@ -89,14 +98,29 @@ def test_interrupted_training_resumes(run_dir):
 
 
 def test_config_errors(tmp_path, capsys):
-    with pytest.raises(UserError, match="unknown sample setting"):
+    with pytest.raises(UserError, match=r"unknown setting\(s\) sample.stepz; known under sample: .*steps"):
         build_config(None, {"data": "digits", "sample": {"stepz": 3}})
-    with pytest.raises(UserError, match="finetune"):
+    with pytest.raises(UserError, match=r"finetune.objectiv;"):
         build_config(None, {"data": "digits", "finetune": {"objectiv": "minimax"}})
-    with pytest.raises(UserError, match="--ipc"):
+    with pytest.raises(UserError, match="ipc takes comma-separated integers"):
         build_config(None, {"data": "digits", "ipc": "ten"})
     with pytest.raises(UserError, match="--data"):
         build_config(None, {})
+    # values are type-checked once, and the error names the key, the type and the allowed values
+    with pytest.raises(UserError, match=r"base.train.steps: expected int \| null, got 'abc'"):
+        build_config(None, {"data": "digits", **parse_set(["base.train.steps=abc"])})
+    with pytest.raises(UserError, match=r"sample.sampler: expected str; allowed: ddpm, ddim, dpm-solver"):
+        build_config(None, {"data": "digits", "sample": {"sampler": "euler"}})
+    with pytest.raises(UserError, match=r"finetune.objective: expected str; allowed: none, simple, rep"):
+        build_config(None, {"data": "digits", "finetune": {"objective": "minmax"}})
+    with pytest.raises(UserError, match=r"evaluate.models\[1\]: expected str; allowed: .*convnet3"):
+        build_config(None, {"data": "digits", "evaluate": {"models": ["convnet3", "vgg"]}})
+    with pytest.raises(UserError, match=r"evaluate.repeats: expected int, got 2.5"):
+        build_config(None, {"data": "digits", "evaluate": {"repeats": 2.5}})
+    with pytest.raises(UserError, match=r"unknown setting\(s\) base.train.out"):      # run fields are not settings
+        build_config(None, {"data": "digits", "base": {"train": {"out": "x"}}})
+    ok = build_config(None, {"data": "digits", "finetune": {"lr": 1}, "ipc": "50,10"})
+    assert ok.finetune.lr == 1.0 and isinstance(ok.finetune.lr, float) and ok.ipc == [10, 50]
     assert parse_set(["a.b=3", "a.c=[1,2]", "d=x"]) == {"a": {"b": 3, "c": [1, 2]}, "d": "x"}
     rc = main(["distill", "--data", "digits", "--set", "base.pretrained=/nope/DiT-XL-2-256x256.pt",
                "--out", str(tmp_path / "r")])
@@ -111,8 +135,17 @@ def test_presets_list_and_resolve(capsys):
     assert main(["distill", "--preset", "digits", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["data"] == "digits" and cfg["ipc"] == [10] and cfg["finetune"]["objective"] == "minimax"
+    # the typed tree, every default filled in: the preset's values and the stage configs' defaults
+    assert cfg["base"]["train"]["model"] == "dit-n/2" and cfg["base"]["train"]["lr"] == 0.001
+    assert cfg["finetune"]["lambda_r"] == 0.002 and cfg["finetune"]["memory"] == 64 and cfg["finetune"]["ema"] == 0.997
+    assert cfg["sample"]["cfg"] == 4.0 and cfg["sample"]["spacing"] == "time"
+    assert cfg["evaluate"]["dm"]["iterations"] == 20000 and cfg["evaluate"]["epochs"] == 300
+    # --seed 0 overrides a preset's seed (0 is a value, not "not given")
+    assert main(["distill", "--preset", "digits", "--seed", "0", "--set", "seed=5", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 0
 
 
+@pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
 def test_ablation_and_sweep_share_the_base(run_dir, tmp_path):
     base = str(run_dir / "base")
     sets = ["--set", "finetune.steps=3", "--set", "sample.steps=3", "--set", "evaluate.epochs=2"]
@@ -125,7 +158,17 @@ def test_ablation_and_sweep_share_the_base(run_dir, tmp_path):
     assert "| none (base model) |" in md and "| random real |" in md and "| minimax |" in md
     # `none` samples the base model's own weights; simple and minimax have their own fine-tuned checkpoints
     assert res["variants"][1]["finetune_steps"] == 3
-    # with both lambdas zero, minimax fine-tuning is simple fine-tuning step for step
+    # with both lambdas zero, minimax fine-tuning is simple fine-tuning step for step: the same weights,
+    # the same images
+    zero = tmp_path / "zero"
+    assert main(["ablation", "--base", base, "--data", "digits", "--ipc", "2", "--objectives", "simple,minimax",
+                 "--repeats", "1", "--out", str(zero), "--device", "cpu", *sets, "--set", "finetune.lambda_r=0",
+                 "--set", "finetune.lambda_d=0", "--set", "evaluate.epochs=1"]) == 0
+    from safetensors.torch import load_file
+    a, b = (load_file(next((zero / o / "finetune").glob("ckpt-*.safetensors"))) for o in ("simple", "minimax"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ((zero / "simple" / "sample" / "ipc2" / "data.pt").read_bytes()
+            == (zero / "minimax" / "sample" / "ipc2" / "data.pt").read_bytes())
     sw = tmp_path / "sw"
     assert main(["sweep", "--base", base, "--data", "digits", "--ipc", "2", "--param", "lambda_r", "--values", "0,0.002",
                  "--repeats", "1", "--out", str(sw), "--device", "cpu", *sets]) == 0
@@ -148,7 +191,7 @@ def test_ablation_and_sweep_share_the_base(run_dir, tmp_path):
 
 
 def test_every_shipped_preset_resolves():
-    from minimaxdd.pipeline.distill import build_config, load_distill_preset
+    from minimaxdd.pipeline.config import build_config, load_distill_preset
     from minimaxdd.pipeline.presets import describe, list_presets
 
     distill = [p for p in list_presets() if describe(p)[0] == "distill"]
@@ -156,12 +199,12 @@ def test_every_shipped_preset_resolves():
             "imagenet100", "cifar100", "tinyimagenet"} <= set(distill)
     for name in distill:
         cfg = build_config(load_distill_preset(name), {})
-        assert cfg["data"] and cfg["ipc"], name
+        assert cfg.data and cfg.ipc, name
     woof = build_config(load_distill_preset("imagewoof"), {})
-    assert woof["ipc"] == [10, 20, 50, 70, 100] and woof["evaluate"]["protocol"] == "idc"
-    assert woof["sample"]["cfg"] == 4.0 and woof["sample"]["cfg_channels"] == 3   # the reference's sampling
+    assert woof.ipc == [10, 20, 50, 70, 100] and woof.evaluate.protocol == "idc"
+    assert woof.sample.cfg == 4.0 and woof.sample.cfg_channels == 3   # the reference's sampling
     in100 = build_config(load_distill_preset("imagenet100"), {})
-    assert in100["phases"] == 5 and in100["ipc"] == [10, 20] and in100["data"].startswith("imagenet100:")
+    assert in100.phases == 5 and in100.ipc == [10, 20] and in100.data.startswith("imagenet100:")
 
 
 def test_paper_preset_names_missing_weights_and_where_they_are_published(tmp_path, capsys):
@@ -178,12 +221,13 @@ def test_paper_preset_names_missing_weights_and_where_they_are_published(tmp_pat
     assert "VAE folder" in err and "sd-vae-ft-ema" in err and "huggingface.co/stabilityai" in err
 
 
+@pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
 def test_phases_fine_tune_one_model_per_class_group(run_dir, tmp_path):
     """ImageNet-100 style: classes split into contiguous phases, one fine-tuned model each, one merged set."""
     import torch
 
     from minimaxdd.diffusion import checkpoints as ckpt
-    from minimaxdd.pipeline.distill import phase_groups
+    from minimaxdd.pipeline.stages import phase_groups
 
     assert phase_groups(100, 5)[1] == list(range(20, 40)) and phase_groups(10, 3) == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
     out = tmp_path / "phased"
@@ -210,9 +254,10 @@ def test_phases_fine_tune_one_model_per_class_group(run_dir, tmp_path):
                  "--out", str(out)]) == 2
 
 
+@pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
 def test_evaluate_compile_reaches_the_classifiers(run_dir, tmp_path, monkeypatch):
     # `--set evaluate.compile=true` is passed to every evaluation row (compiled training itself is
-    # tested in test_evaluate.py; here the rows train eagerly to stay fast)
+    # tested in tests/evaluation/test_train_test.py; here the rows train eagerly to stay fast)
     import shutil
 
     import minimaxdd.evaluation.train_test as ev

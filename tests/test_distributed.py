@@ -12,8 +12,11 @@ from safetensors.torch import load_file
 
 from minimaxdd.data.synthetic import load_synthetic
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                       reason="torch.distributed with gloo is not available"),
+    pytest.mark.slow,   # every test launches torchrun subprocesses
+]
 
 
 def free_port() -> int:

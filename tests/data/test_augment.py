@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minimaxdd.data import augment
-from minimaxdd.data.augment import DSA_OPS, DSAParams
+from minimaxdd.data.augment import AUGMENTATIONS, DSA_OPS, DSAParams
 from minimaxdd.runtime import generator
 
 ALL_OPS = {**DSA_OPS, "random_resized_crop": augment.random_resized_crop, "rrc_flip": augment.rrc_flip,
@@ -50,6 +50,14 @@ def test_flip_probability_one_and_zero():
     flipped = [torch.equal(o, xi.flip(2)) for o, xi in zip(out, x)]
     kept = [torch.equal(o, xi) for o, xi in zip(out, x)]
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def test_augmentation_registry():
+    # the names an evaluation protocol's `augment` field may take, and what they run
+    assert AUGMENTATIONS == {"dsa": augment.dsa, "rrc_flip": augment.rrc_flip, "none": augment.no_augmentation}
+    x = _batch()
+    g = generator(0)
+    assert AUGMENTATIONS["none"](x, g) is x and torch.equal(g.get_state(), generator(0).get_state())  # no draw
 
 
 def test_dsa_applies_one_op_of_the_strategy():

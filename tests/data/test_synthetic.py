@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from minimaxdd.data.synthetic import (
+    SyntheticSet,
+    conform,
+    load_synthetic,
+    write_synthetic,
+)
 from minimaxdd.errors import UserError
-from minimaxdd.data.synthetic import SyntheticSet, conform, load_synthetic, write_synthetic
 from minimaxdd.runtime import generator
 
 MANIFEST = {"producer": "test", "seed": 3, "config": {"ipc": 12}}

@@ -5,8 +5,15 @@ import pytest
 import torch
 import torch.nn as nn
 
+from minimaxdd.diffusion.samplers import (
+    SAMPLERS,
+    PerImageNoise,
+    dpm_time_points,
+    generate,
+    guided_fn,
+    image_seed,
+)
 from minimaxdd.diffusion.schedule import Diffusion, linear_betas
-from minimaxdd.diffusion.samplers import SAMPLERS, PerImageNoise, dpm_time_points, generate, guided_fn, image_seed
 
 
 class Oracle(nn.Module):
@@ -15,12 +22,12 @@ class Oracle(nn.Module):
     With it, any correct sampler must land on target[c] (up to the final noise level).
     """
 
-    def __init__(self, target, learn_sigma=False, null_target=None):
+    def __init__(self, target, learn_sigma=False, null_target=None, v=0.0):
         super().__init__()
         self.register_buffer("target", target)                     # (K, C, H, W)
         self.null = null_target if null_target is not None else target.mean(0)
         self.num_classes, self.in_channels, self.input_size = len(target), target.shape[1], target.shape[-1]
-        self.learn_sigma = learn_sigma
+        self.learn_sigma, self.v = learn_sigma, v   # v: the constant variance output with learn_sigma
         self.acp = torch.tensor(np.cumprod(1 - linear_betas()), dtype=torch.float32)
 
     def forward(self, x, t, y):
@@ -28,7 +35,7 @@ class Oracle(nn.Module):
                          self.target[y.clamp(max=self.num_classes - 1)])
         a = self.acp[t].view(-1, 1, 1, 1)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        return torch.cat([eps, torch.zeros_like(eps)], 1) if self.learn_sigma else eps
+        return torch.cat([eps, torch.full_like(eps, self.v)], 1) if self.learn_sigma else eps
 
 
 def targets():
@@ -58,22 +65,45 @@ def test_forward_process_and_inverse():
     assert math.isclose(float(d.np["sqrt_acp"][999]), 0.0064, abs_tol=5e-4)
 
 
+def _vb_by_hand(d: Diffusion, t: torch.Tensor, v: float) -> torch.Tensor:
+    """The VB term (bits per dimension) when the predicted mean is the true posterior mean.
+
+    The log-variance is frac * log(beta_t) + (1 - frac) * log(posterior var), frac = (v + 1) / 2. For t > 0
+    the term is KL(q || p) between Gaussians with equal means; for t = 0 it is -log2 of the mass of a
+    2/255-wide bin centred on the mean, with DiT's tanh approximation of the normal CDF.
+    """
+    frac = (v + 1) / 2
+    out = []
+    for step in t.tolist():
+        lv_q = d.np["post_logvar"][step]
+        lv_p = frac * d.np["log_betas"][step] + (1 - frac) * lv_q
+        if step > 0:
+            out.append(0.5 * (-1 + lv_p - lv_q + math.exp(lv_q - lv_p)) / math.log(2))
+        else:
+            z = (1 / 255) / math.exp(0.5 * lv_p)
+            cdf = lambda u: 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
+            out.append(-math.log(cdf(z) - cdf(-z)) / math.log(2))
+    return torch.tensor(out, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("learn_sigma", [False, True])
 def test_training_losses(learn_sigma):
     d = Diffusion()
     tg = targets()
-    model = Oracle(tg, learn_sigma)
+    model = Oracle(tg, learn_sigma, v=0.6)
     y = torch.tensor([0, 1, 2, 0])
     t = torch.tensor([0, 3, 400, 999])
-    noise = torch.randn(4, 2, 4, 4)
+    noise = torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     terms = d.training_losses(model, tg[y], t, y, noise)
     assert torch.allclose(terms["mse"], torch.zeros(4), atol=1e-4)   # the oracle predicts epsilon exactly
     assert torch.allclose(terms["x0_hat"], tg[y], atol=1e-2)
     if learn_sigma:
-        assert torch.all(terms["vb"][1:] >= 0) and terms["vb"].shape == (4,)
+        # the targets lie inside (-0.999, 0.999), so t = 0 is an inner bin; float32 limits t = 400 and 999
+        torch.testing.assert_close(terms["vb"], _vb_by_hand(d, t, 0.6), rtol=1e-3, atol=1e-6)
+        assert terms["vb"][1] > 1e-3   # a variance away from the posterior's costs something
         assert torch.allclose(terms["loss"], terms["mse"] + terms["vb"])
     else:
-        assert "vb" not in terms
+        assert "vb" not in terms and torch.equal(terms["loss"], terms["mse"])
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
@@ -194,6 +224,7 @@ def test_bf16_sampling_stays_close_to_fp32():
     assert next(m.parameters()).dtype == torch.float32   # the caller's model is untouched
 
 
+@pytest.mark.slow   # torch.compile: ~10 s on a 2-core CPU
 def test_compiled_sampling_matches_eager_and_compiles_once():
     # The compiled network (frozen weights, matmul attention, padded last batch) computes what the
     # eager one does; a network built once by `sampling_network` serves later calls without
@@ -233,3 +264,22 @@ def test_compiled_sampling_matches_eager_and_compiles_once():
     e2 = generate(other, y, seeds, **kw)
     assert (e2 - eager).abs().max() > 0.1
     torch.testing.assert_close(generate(other, y, seeds, compile=True, **kw), e2, rtol=1e-4, atol=1e-4)
+
+
+def test_codec_registry_and_pixel_round_trip():
+    from minimaxdd.diffusion.codecs import CODECS, PixelCodec, build_codec
+    from minimaxdd.errors import UserError
+
+    assert set(CODECS) == {"pixel", "vae"}
+    codec = build_codec("pixel", 3, 8)
+    assert isinstance(codec, PixelCodec) and codec.spec == "pixel" and codec.latent_size == 8
+    x = torch.arange(256, dtype=torch.uint8).view(4, 1, 8, 8).expand(4, 3, 8, 8).contiguous()
+    z = codec.encode(x)
+    assert z.min() == -1 and z.max() == 1 and torch.equal(codec.decode(z), x)   # every grey level survives
+    assert torch.equal(codec.decode(torch.full((1, 3, 8, 8), 5.0)), torch.full((1, 3, 8, 8), 255, dtype=torch.uint8))
+    with pytest.raises(UserError, match="unknown codec 'jpeg'"):
+        build_codec("jpeg", 3, 8)
+    with pytest.raises(UserError, match="takes no argument"):
+        build_codec("pixel:x", 3, 8)
+    with pytest.raises(UserError, match="vae:DIR"):
+        build_codec("vae", 3, 8)

@@ -4,13 +4,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from minimaxdd.diffusion.networks import DENOISERS, build_denoiser, build_from_config
-from minimaxdd.diffusion.weights import infer_dit_config, load_diffusers_dit, load_official_dit, load_state_strict
 from minimaxdd.diffusion.dit import DiT, DiTConfig
-from minimaxdd.errors import UserError
+from minimaxdd.diffusion.networks import ARCHITECTURES, DENOISERS, build_denoiser, build_from_config
 from minimaxdd.diffusion.uvit import UViT, UViTConfig
+from minimaxdd.diffusion.weights import (
+    infer_dit_config,
+    load_diffusers_dit,
+    load_official_dit,
+    load_state_strict,
+)
+from minimaxdd.errors import UserError
 
-KEYS = json.loads((Path(__file__).parent / "data" / "dit_xl2_256_keys.json").read_text())
+KEYS = json.loads((Path(__file__).parents[1] / "fixtures" / "dit_xl2_256_keys.json").read_text())
 
 
 def tiny_dit(**kw):
@@ -40,7 +45,8 @@ def test_dit_xl2_state_dict_matches_official_key_list():
     own = {k: list(v.shape) for k, v in m.state_dict().items() if "gamma" not in k.rsplit(".", 1)[-1]}
     want = {k: s for k, s in KEYS["keys"]}
     assert own == want
-    assert sum(v.numel() for k, v in m.state_dict().items() if k != "pos_embed" and "gamma" not in k) == KEYS["num_params"]
+    params = sum(v.numel() for k, v in m.state_dict().items() if k != "pos_embed" and "gamma" not in k)
+    assert params == KEYS["num_params"]
     # Difffit (the reference): four gammas in each of the first 14 blocks
     gammas = [k for k in m.state_dict() if "gamma" in k]
     assert len(gammas) == 14 * 4 and all(int(k.split(".")[1]) < 14 for k in gammas)
@@ -51,7 +57,8 @@ def test_official_format_loads_strictly(tmp_path):
     path = tmp_path / "DiT-tiny.pt"
     torch.save(src.state_dict(), path)
     cfg = infer_dit_config(torch.load(path, weights_only=True), num_heads=2)
-    assert (cfg["hidden_size"], cfg["depth"], cfg["patch_size"], cfg["input_size"], cfg["num_classes"]) == (32, 4, 2, 8, 5)
+    shape = (cfg["hidden_size"], cfg["depth"], cfg["patch_size"], cfg["input_size"], cfg["num_classes"])
+    assert shape == (32, 4, 2, 8, 5)
     with pytest.raises(UserError, match="head count"):
         load_official_dit(path)
     m = load_official_dit(path, num_heads=2).eval()
@@ -134,6 +141,9 @@ def test_registry_and_uvit():
         build_denoiser("dit-q/2", 32, 3, 10)
     with pytest.raises(UserError, match="does not divide"):
         build_denoiser("dit-t/8", 28, 1, 10)
+    assert set(ARCHITECTURES) == {cfg["arch"] for cfg in DENOISERS.values()} == {"dit", "uvit"}
+    with pytest.raises(UserError, match="unknown architecture 'unet'.*dit or uvit"):
+        build_from_config({"arch": "unet", "input_size": 8})
     torch.manual_seed(0)
     u = UViT(UViTConfig(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=4, num_heads=2, num_classes=3))
     assert len(u.in_blocks) == 2 and len(u.out_blocks) == 2

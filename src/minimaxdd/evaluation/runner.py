@@ -1,0 +1,74 @@
+"""`minimaxdd evaluate`: a synthetic set (or the full real training set) from disk through the protocol,
+with the reference classifier's generation accuracy on request; results as a table or JSON."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from minimaxdd import distributed as dist
+from minimaxdd.data.dataset import channel_stats
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.data.synthetic import conform, load_synthetic
+from minimaxdd.errors import UserError
+from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
+from minimaxdd.evaluation.protocols import PROTOCOLS, get_protocol
+from minimaxdd.evaluation.train_test import evaluate_set
+from minimaxdd.files import write_json
+from minimaxdd.runtime import PRECISIONS, pick_device
+from minimaxdd.settings import run_field, setting
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig:
+    synth: str | None = run_field(None, help="synthetic-set dir, ImageFolder, .pt or .npz")
+    real: str = run_field(help="dataset spec NAME[:ARG] (`minimaxdd datasets` lists the sources)")
+    full: bool = run_field(False, help="train on the whole real training set instead")
+    out: str | None = run_field(None, help="write the result as JSON here")
+    seed: int = run_field(0)
+    size: int | None = run_field(None)
+    device: str = run_field("auto")
+    model: str = setting("convnet3", choices=tuple(MODELS), help="the classifier trained on the set")
+    protocol: str = setting("dc", choices=tuple(PROTOCOLS), help="training recipe and augmentation")
+    repeats: int = setting(3, help="classifiers trained, each with its own seed")
+    epochs: int | None = setting(None, help="override the protocol's epoch count (quick runs; say so when quoting)")
+    precision: str = setting("bf16", choices=PRECISIONS, help="autocast for training")
+    compile: bool = setting(False, help="train the classifiers through torch.compile (a compile of seconds, "
+                                        "then faster steps; BENCHMARKS.md)")
+    generation_accuracy: bool = setting(False, help="also report how often a full-data classifier assigns each "
+                                                    "image to its own class")
+
+
+def run_evaluation(cfg: EvaluateConfig) -> dict:
+    """Evaluate a synthetic set (or, with `full`, the real training set) against the real test set."""
+
+    protocol = get_protocol(cfg.protocol)
+    real = load_dataset(cfg.real, size=cfg.size)
+    if cfg.full:
+        x, y = real.x_train, real.y_train
+    elif cfg.synth is None:
+        raise UserError("evaluate needs a synthetic set (SYNTH) or --full")
+    else:
+        s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size)
+        x, y = s.images, s.labels
+    res = evaluate_set(x, y, real.x_test, real.y_test, real.num_classes, cfg.model, protocol, cfg.repeats,
+                       cfg.epochs, cfg.seed, dist.setup(pick_device(cfg.device)), cfg.precision,
+                       stats=channel_stats(real.x_train), compile=cfg.compile)
+    out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
+           "class_names": real.class_names, "config": asdict(cfg)}
+    if cfg.generation_accuracy and not cfg.full:
+        from minimaxdd.evaluation.reference_classifier import generation_accuracy
+        out["generation"] = generation_accuracy(real, x, y, device=pick_device(cfg.device))
+    if cfg.out and dist.is_main():
+        write_json(cfg.out, out)
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of results: method, IPC, model, protocol, epochs, accuracy mean +- std (%)."""
+    head = f"{'method':<14}{'ipc':>6}  {'model':<11}{'protocol':<9}{'epochs':>7}  {'accuracy (%)':>15}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        full = r.get("synth") == "full" or r.get("method") == "full"
+        ipc = "full" if full else ("-" if r.get("ipc") is None else str(r["ipc"]))
+        lines.append(f"{r.get('method', r.get('synth', '?'))!s:<14.14}{ipc:>6}  {r['model']:<11}{r['protocol']:<9}"
+                     f"{r['epochs']:>7}  {100 * r['mean']:>8.2f} +- {100 * r['std']:.2f}")
+    return "\n".join(lines)

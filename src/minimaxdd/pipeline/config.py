@@ -1,0 +1,178 @@
+"""The distill config: one typed tree composed of the stage configs, built once from defaults <- preset <- overrides.
+
+    DistillConfig
+      data, size, seed, device, ipc, phases
+      base       BaseConfig: pretrained weights, or `train` (the settings of training.scratch.TrainConfig)
+      finetune   the settings of training.finetune.FinetuneConfig (objective "none": no fine-tuning)
+      sample     the settings of diffusion.generation.SampleConfig
+      evaluate   EvaluationConfig: classifiers, protocol, repeats, baselines (with DM's settings), ...
+
+Each stage section is derived from its stage's dataclass (`settings_class`), so each default is written
+once, where the stage defines it. Presets and `--set KEY=VALUE` go through `build`, which checks every
+key and value; an error names the key, the type expected and the allowed values.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from minimaxdd.baselines.distribution_matching import DMConfig
+from minimaxdd.baselines.registry import METHODS
+from minimaxdd.diffusion.generation import SampleConfig
+from minimaxdd.errors import UserError
+from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
+from minimaxdd.evaluation.protocols import PROTOCOLS
+from minimaxdd.evaluation.runner import EvaluateConfig
+from minimaxdd.pipeline.presets import load_preset_file
+from minimaxdd.runtime import PRECISIONS
+from minimaxdd.settings import (
+    build,
+    default_of,
+    parse_text,
+    setting,
+    settings_class,
+    to_dict,
+)
+from minimaxdd.training.finetune import FinetuneConfig
+from minimaxdd.training.loop import TrainConfig
+from minimaxdd.training.minimax import OBJECTIVES
+
+NO_FINETUNING = "none"     # the objective that skips fine-tuning: the base model as is (the paper's "DiT" column)
+
+TrainSettings = settings_class(TrainConfig, "TrainSettings")
+# fine-tuning reads the codec of the base (`base.codec` for pretrained weights; ours carry theirs)
+FinetuneSettings = settings_class(FinetuneConfig, "FinetuneSettings", exclude=("codec",),
+                                  choices={"objective": (NO_FINETUNING, *OBJECTIVES)})
+SampleSettings = settings_class(SampleConfig, "SampleSettings")
+DMSettings = settings_class(DMConfig, "DMSettings")
+
+
+@dataclass(kw_only=True)
+class BaseConfig:
+    pretrained: str | None = setting(None, help="pretrained weights: one of our checkpoints, the official DiT .pt, "
+                                                "or a diffusers DiT folder; null: train from scratch")
+    codec: str | None = setting(None, help="the codec of pretrained weights, e.g. vae:DIR")
+    weights_help: str | None = setting(None, help="where to get the pretrained weights, shown if they are missing")
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+@dataclass(kw_only=True)
+class EvaluationConfig:
+    models: list[str] = setting(["convnet3"], help="classifiers trained on each set", choices=tuple(MODELS))
+    protocol: str = setting(default_of(EvaluateConfig, "protocol"), choices=tuple(PROTOCOLS))
+    repeats: int = setting(default_of(EvaluateConfig, "repeats"), help="classifiers per set, each its own seed")
+    epochs: int | dict[str, int] | None = setting(None, help="null: the protocol's; an int; or by IPC, "
+                                                             "e.g. {\"10\": 300, \"50\": 100}")
+    precision: str = setting(default_of(EvaluateConfig, "precision"), choices=PRECISIONS)
+    baselines: list[str] = setting(["random", "herding", "kcenter"], choices=tuple(METHODS),
+                                   help="real-image baselines at each IPC")
+    full_epochs: int | None = setting(50, help="epochs of the full-data row; null or 0: no full-data row")
+    generation_accuracy: bool = setting(True, help="score our sets with the full-data reference classifier")
+    dm: DMSettings = field(default_factory=DMSettings)
+    metrics: bool = setting(True, help="diagnostics (MMD, FD, precision / recall, ...) at the largest IPC")
+    compile: bool = setting(default_of(EvaluateConfig, "compile"),
+                            help="train the classifiers through torch.compile (not part of a row's key)")
+
+
+@dataclass(kw_only=True)
+class DistillConfig:
+    data: str | None = setting(None, help="dataset spec NAME[:ARG]")
+    size: int | None = setting(None, help="image side (default: the dataset's)")
+    seed: int = setting(0)
+    device: str = setting("auto", help="auto, cpu, cuda, cuda:1, ...")
+    ipc: list[int] = setting([10], help="images per class; smaller IPCs are per-class prefixes of the largest")
+    # fine-tune one model per contiguous group of classes and sample each group from its own model
+    # (the paper's ImageNet-100: 5 phases of 20 classes); 1 = one model for all classes
+    phases: int = setting(1, help="fine-tuning phases (contiguous class groups), each its own model")
+    base: BaseConfig = field(default_factory=BaseConfig)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    evaluate: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge `over` into a copy of `base`."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_set(items: list[str]) -> dict:
+    """`--set a.b=v` pairs as a nested dict; v is read as JSON when it parses (10, null, [10,50], true)."""
+    out: dict = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--set takes KEY=VALUE (e.g. finetune.steps=200), got {item!r}")
+        d = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise UserError(f"--set {item!r}: {p} is set both as a value and as a section")
+        d[parts[-1]] = parse_text(raw)
+    return out
+
+
+def parse_ipcs(v: Any) -> list[int]:
+    """IPCs from an int, a list or text like "10,50": sorted, distinct, positive."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if isinstance(v, str):
+        try:
+            v = [int(s) for s in v.split(",") if s.strip()]
+        except ValueError as e:
+            raise UserError(f"ipc takes comma-separated integers (e.g. 10,50), got {v!r}") from e
+    if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise UserError(f"ipc: expected an integer or a list of integers (e.g. 10,50), got {v!r}")
+    ipcs = sorted(set(v))
+    if not ipcs or ipcs[0] < 1:
+        raise UserError(f"ipc: images per class must be positive integers, got {v!r}")
+    return ipcs
+
+
+def load_distill_preset(name: str) -> dict:
+    """A distill preset's config section (named preset or .json path); refuses presets of other stages."""
+    d = load_preset_file(name)
+    if d.get("stage") != "distill":
+        raise UserError(f"preset {name!r} is for `{d.get('stage')}`, not `distill`; see `minimaxdd presets`")
+    return d["config"]
+
+
+def build_config(preset: dict | None, overrides: dict) -> DistillConfig:
+    """The run's typed config: defaults <- preset <- overrides, every key and value checked once."""
+    raw = merge(preset or {}, overrides)
+    if "ipc" in raw:
+        raw["ipc"] = parse_ipcs(raw["ipc"])
+    cfg = build(DistillConfig, raw)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: DistillConfig) -> None:
+    """Checks across keys (types and choices were checked by `build`)."""
+    if not cfg.data:
+        raise UserError("distill needs a dataset: --data SPEC (or a --preset that sets it)")
+    if cfg.phases < 1:
+        raise UserError(f"phases must be a positive integer (classes are split into that many fine-tuning "
+                        f"groups), got {cfg.phases!r}")
+    e = cfg.evaluate
+    if isinstance(e.epochs, dict):
+        bad = [k for k in e.epochs if not k.isdigit()]
+        if bad:
+            raise UserError(f"evaluate.epochs: keys must be IPCs like \"10\", got {bad}")
+    if e.repeats < 1:
+        raise UserError(f"evaluate.repeats must be at least 1, got {e.repeats}")
+
+
+def method_name(cfg: DistillConfig) -> str:
+    """The name of our set in tables: the fine-tuning objective, or `diffusion` for the base model as is."""
+    return "diffusion" if cfg.finetune.objective == NO_FINETUNING else cfg.finetune.objective

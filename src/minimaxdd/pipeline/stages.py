@@ -1,0 +1,408 @@
+"""The stages of `distill`, in order, and their bookkeeping (RUN/<stage>/stage.json).
+
+    base       train a diffusion model from scratch, or point at pretrained weights
+    finetune   Difffit + the Minimax criteria (or another Table-5 objective; "none" skips it)
+    sample     IPC images per class (the largest IPC once; smaller IPCs are its per-class prefixes,
+               which per-image seeds make identical to sampling them separately)
+    baselines  random, herding, k-center (and DM if asked) at each IPC
+    evaluate   every set with every classifier, plus the full training set
+    metrics    MMD, FID, precision / recall / coverage, ... of each set at the largest IPC, t-SNE
+    report     RUN/results.json, RUN/report.md and its figures (pipeline.report)
+
+Each stage writes into RUN/<stage>/ and records RUN/<stage>/stage.json: a key (a hash of the
+stage's config and of the keys of the stages it reads), the config, wall time and peak memory.
+A stage whose stage.json holds the same key is skipped; a changed config reruns that stage and,
+through the keys, everything that reads it. An interrupted stage resumes: training and
+fine-tuning from their latest checkpoint, baselines and evaluation item by item (each item is
+written atomically with its own key).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minimaxdd.baselines.distribution_matching import DMConfig
+from minimaxdd.baselines.registry import select
+from minimaxdd.data.dataset import channel_stats
+from minimaxdd.data.grid import save_grid
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.data.synthetic import SyntheticSet, load_synthetic, write_synthetic
+from minimaxdd.diffusion import checkpoints as ckpt
+from minimaxdd.diffusion.codecs import PixelCodec, build_codec
+from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.errors import UserError
+from minimaxdd.evaluation import metrics, train_test
+from minimaxdd.evaluation.protocols import get_protocol
+from minimaxdd.evaluation.reference_classifier import generation_accuracy
+from minimaxdd.files import manifest, write_json
+from minimaxdd.pipeline.config import NO_FINETUNING, DistillConfig, method_name
+from minimaxdd.settings import to_dict
+from minimaxdd.training.finetune import FinetuneConfig, class_mapping, finetune, load_base
+from minimaxdd.training.loop import TrainConfig
+from minimaxdd.training.scratch import train_from_scratch as train
+
+STAGES = ("base", "finetune", "sample", "baselines", "evaluate", "metrics", "report")
+
+
+def key_of(*parts: Any) -> str:
+    """A short hash of JSON-able parts: a stage's (or a row's) identity."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+class Stage:
+    """RUN/<name>/stage.json: {key, done, config, time_s, ...}."""
+
+    def __init__(self, run: Path, name: str, key: str, config: Any, force: bool):
+        self.dir = run / name
+        self.name, self.key, self.config = name, key, config
+        self.file = self.dir / "stage.json"
+        old = json.loads(self.file.read_text()) if self.file.exists() else None
+        self.same = old is not None and old.get("key") == key and not force
+        self.done = self.same and bool(old.get("done"))
+        self.resumable = self.same and not old.get("done")
+        self.record = old if self.done else None
+
+    def begin(self, device: torch.device) -> None:
+        if not self.same and self.dir.exists():
+            shutil.rmtree(self.dir)     # another config (or --from-stage): start this stage afresh
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.file, {"key": self.key, "done": False, "config": self.config})
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.t0 = time.time()
+
+    def finish(self, device: torch.device, **info: Any) -> dict:
+        self.record = {"key": self.key, "done": True, "config": self.config, "time_s": round(time.time() - self.t0, 2),
+                       **peak_memory_mb(device), **info}
+        write_json(self.file, self.record)
+        return self.record
+
+
+def say(msg: str) -> None:
+    print(f"[distill] {msg}", flush=True)
+
+
+def epochs_for(cfg: DistillConfig, ipc: int) -> int | None:
+    """evaluate.epochs at one IPC: null (the protocol's), an int, or {"10": 300, "50": 100} by IPC."""
+    spec = cfg.evaluate.epochs
+    if isinstance(spec, dict):
+        return spec.get(str(ipc))
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# base and fine-tuning
+
+
+def _check_pretrained_files(cfg: DistillConfig) -> Path:
+    """The pretrained weights (and VAE folder) exist, or a UserError says where to get them."""
+    b = cfg.base
+    p = Path(b.pretrained).expanduser()
+    if not p.exists():
+        help_ = b.weights_help or "download the weights once and give their local path"
+        raise UserError(f"pretrained weights {p} not found: {help_}; or set base.pretrained=PATH")
+    codec = b.codec or ""
+    if codec.startswith("vae:") and not Path(codec[4:]).expanduser().exists():
+        help_ = b.weights_help or "download the VAE once (a diffusers AutoencoderKL folder) and give its path"
+        raise UserError(f"VAE folder {codec[4:]} not found: {help_}; or set base.codec=vae:DIR")
+    return p
+
+
+def stage_base(run: Path, cfg: DistillConfig, force: bool, device: torch.device) -> dict:
+    """Pretrained weights as they are (recorded with their size and date), or a model trained from scratch."""
+    b = cfg.base
+    if b.pretrained:
+        p = _check_pretrained_files(cfg)
+        stat = (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else sorted(x.name for x in p.iterdir())
+        st = Stage(run, "base", key_of("pretrained", str(p.resolve()), stat, b.codec), to_dict(b), force)
+        if st.done:
+            return st.record
+        st.begin(device)
+        return st.finish(device, checkpoint=str(p), codec=b.codec, pretrained=True)
+    tcfg = {**to_dict(b.train), "data": cfg.data, "size": cfg.size, "seed": cfg.seed}
+    st = Stage(run, "base", key_of("train", tcfg), tcfg, force)
+    if st.done:
+        say(f"base: done ({st.record['checkpoint']}), skipped")
+        return st.record
+    resume = st.resumable and bool(ckpt.list_checkpoints(st.dir))
+    st.begin(device)
+    say(f"base: {'resuming' if resume else 'training'} {b.train.model} from scratch on {cfg.data}")
+    info = train(TrainConfig(**tcfg, out=str(st.dir), device=str(device), resume=resume, overwrite=not resume))
+    return st.finish(device, checkpoint=info["checkpoint"], codec=None, pretrained=False,
+                     steps=info["steps"], images_per_s=info["images_per_s"], stopped=info["stopped"])
+
+
+def stage_finetune(run: Path, cfg: DistillConfig, base: dict, force: bool, device: torch.device) -> dict:
+    """Fine-tune the base with the configured objective (in phases if asked), or pass the base through."""
+    f = to_dict(cfg.finetune)
+    objective = cfg.finetune.objective
+    phases = cfg.phases if objective != NO_FINETUNING else 1
+    key = key_of(base["key"], f, cfg.data, cfg.size, cfg.seed, *([phases] if phases > 1 else []))
+    st = Stage(run, "finetune", key, {**f, "phases": phases} if phases > 1 else f, force)
+    if st.done:
+        say(f"finetune: done ({st.record['checkpoint']}), skipped")
+        return st.record
+    if objective == NO_FINETUNING:
+        st.begin(device)
+        if not base.get("pretrained"):
+            return st.finish(device, checkpoint=base["checkpoint"], objective=NO_FINETUNING)
+        path = export_pretrained(base, cfg, st.dir, device)  # pretrained weights in our format, with the class map
+        return st.finish(device, checkpoint=str(path), objective=NO_FINETUNING)
+    if phases > 1:
+        return _finetune_phases(st, cfg, base, phases, device)
+    resume = st.resumable and bool(ckpt.list_checkpoints(st.dir))
+    st.begin(device)
+    say(f"finetune: {'resuming' if resume else 'starting'} {objective} fine-tuning of {base['checkpoint']}")
+    info = finetune(_finetune_config(cfg, base, st.dir, resume, device))
+    man = json.loads((st.dir / "manifest.json").read_text())
+    return st.finish(device, checkpoint=info["checkpoint"], objective=objective, steps=info["steps"],
+                     images_per_s=info["images_per_s"], trainable_params=man.get("trainable_params"),
+                     total_params=man.get("total_params"), epoch_means=info["epoch_means"])
+
+
+def _finetune_config(cfg: DistillConfig, base: dict, out: Path, resume: bool, device: torch.device,
+                     classes: list[int] | None = None) -> FinetuneConfig:
+    return FinetuneConfig(**to_dict(cfg.finetune), classes=classes, ckpt=base["checkpoint"], data=cfg.data,
+                          out=str(out), codec=base.get("codec"), size=cfg.size, seed=cfg.seed, device=str(device),
+                          resume=resume, overwrite=not resume)
+
+
+def phase_groups(num_classes: int, phases: int) -> list[list[int]]:
+    """Contiguous groups of labels, as even as possible (100 classes, 5 phases: 0-19, 20-39, ...)."""
+    if phases > num_classes:
+        raise UserError(f"phases={phases} is more than the dataset's {num_classes} classes; use at most {num_classes}")
+    cuts = [round(i * num_classes / phases) for i in range(phases + 1)]
+    return [list(range(a, b)) for a, b in zip(cuts, cuts[1:])]
+
+
+def _finetune_phases(st: Stage, cfg: DistillConfig, base: dict, phases: int, device: torch.device) -> dict:
+    """One fine-tuning per group of classes, in RUN/finetune/phase<P>/; a finished phase writes
+    phase.json and is skipped on resume, an unfinished one resumes from its latest checkpoint."""
+    st.begin(device)
+    names = list(load_dataset(cfg.data, size=cfg.size).class_names)
+    recs = []
+    for p, group in enumerate(phase_groups(len(names), phases)):
+        pdir = st.dir / f"phase{p}"
+        if (pdir / "phase.json").exists():
+            recs.append(json.loads((pdir / "phase.json").read_text()))
+            continue
+        resume = bool(ckpt.list_checkpoints(pdir))
+        say(f"finetune: phase {p + 1}/{phases}, classes {group[0]}-{group[-1]}: "
+            f"{'resuming' if resume else 'starting'} {cfg.finetune.objective} fine-tuning of {base['checkpoint']}")
+        info = finetune(_finetune_config(cfg, base, pdir, resume, device, classes=group))
+        rec = {"phase": p, "classes": group, "checkpoint": info["checkpoint"], "steps": info["steps"],
+               "images_per_s": info["images_per_s"], "epoch_means": info["epoch_means"]}
+        write_json(pdir / "phase.json", rec)
+        recs.append(rec)
+    return st.finish(device, checkpoint=recs[0]["checkpoint"], objective=cfg.finetune.objective,
+                     steps=sum(r["steps"] for r in recs), phases=recs, class_names=names)
+
+
+def export_pretrained(base: dict, cfg: DistillConfig, out: Path, device: torch.device) -> Path:
+    """Pretrained weights as one of our checkpoints (model = EMA = the weights), with the class map."""
+    model, meta0 = load_base(base["checkpoint"], base.get("codec"))
+    ds = load_dataset(cfg.data, size=cfg.size)
+    codec = build_codec(base.get("codec") or "pixel", ds.channels, ds.size, device)
+    f = cfg.finetune
+    cmap = class_mapping(list(ds.class_names), model, meta0, f.class_map, f.synsets, cfg.data)
+    meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
+                               class_map=cmap, image_size=ds.size, channels=ds.channels, data=cfg.data,
+                               extra={"base": base["checkpoint"], "pixel": isinstance(codec, PixelCodec)})
+    path = ckpt.ckpt_path(out, 0)
+    ckpt.save(path, model, copy.deepcopy(model), meta)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+
+def _sample_config(cfg: DistillConfig, checkpoint: str, out: Path, device: torch.device) -> SampleConfig:
+    return SampleConfig(**to_dict(cfg.sample), ckpt=checkpoint, out=str(out), ipc=max(cfg.ipc), seed=cfg.seed,
+                        device=str(device))
+
+
+def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device) -> dict:
+    """The largest IPC once; each IPC's set is its per-class prefix, written in the synthetic-set format."""
+    s = to_dict(cfg.sample)
+    ipcs = cfg.ipc
+    st = Stage(run, "sample", key_of(ft["key"], s, ipcs, cfg.seed), {**s, "ipc": ipcs}, force)
+    if st.done:
+        say("sample: done, skipped")
+        return st.record
+    st.begin(device)
+    say(f"sample: {max(ipcs)} images per class, {cfg.sample.sampler} {cfg.sample.steps} steps")
+    if ft.get("phases"):
+        full, info = _sample_phases(cfg, ft, st.dir, device)
+    else:
+        full, info = sample_checkpoint(_sample_config(cfg, ft["checkpoint"], st.dir, device))
+    sets = {}
+    for k in ipcs:
+        keep = torch.cat([(full.labels == c).nonzero().squeeze(1)[:k] for c in range(len(full.class_names))])
+        sub = SyntheticSet(full.images[keep], full.labels[keep], full.class_names)
+        path = write_synthetic(st.dir / f"ipc{k}", sub, manifest({**s, "ipc": k}, cfg.seed, 0.0, **info),
+                               overwrite=True)
+        sets[str(k)] = str(path)
+    save_grid(full.images, full.labels, st.dir / "grid.png", per_row=min(10, max(ipcs)))
+    return st.finish(device, sets=sets, **info)
+
+
+def _sample_phases(cfg: DistillConfig, ft: dict, out: Path, device: torch.device) -> tuple[SyntheticSet, dict]:
+    """Each phase's classes from that phase's checkpoint, relabelled into the whole class list."""
+    names = ft["class_names"]
+    images, labels, class_map, t, steps = [], [], [None] * len(names), 0.0, []
+    for rec in ft["phases"]:
+        say(f"sample: phase {rec['phase'] + 1}/{len(ft['phases'])} from {rec['checkpoint']}")
+        part, info = sample_checkpoint(_sample_config(cfg, rec["checkpoint"], out, device))
+        glob = torch.tensor([names.index(n) for n in part.class_names])
+        images.append(part.images)
+        labels.append(glob[part.labels])
+        for local, g in enumerate(glob.tolist()):
+            class_map[g] = info["class_map"][local]
+        t += info["sample_time_s"]
+        steps.append(info["checkpoint_step"])
+    y = torch.cat(labels)
+    order = torch.sort(y, stable=True).indices       # class-major, as a one-model run writes it
+    full = SyntheticSet(torch.cat(images)[order], y[order], names)
+    info = {"sample_time_s": round(t, 3), "images_per_s": round(len(y) / max(t, 1e-9), 3),
+            "checkpoint": [r["checkpoint"] for r in ft["phases"]], "checkpoint_step": steps, "class_map": class_map,
+            "num_images": len(y)}
+    return full, info
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines, evaluation, diagnostics
+
+
+def stage_baselines(run: Path, cfg: DistillConfig, force: bool, device: torch.device) -> dict:
+    """Each baseline at each IPC, item by item (an item present on disk is complete)."""
+    ev = cfg.evaluate
+    conf = {"baselines": ev.baselines, "dm": to_dict(ev.dm), "ipc": cfg.ipc}
+    st = Stage(run, "baselines", key_of(conf, cfg.data, cfg.size, cfg.seed), conf, force)
+    if st.done:
+        say("baselines: done, skipped")
+        return st.record
+    st.begin(device)
+    ds = load_dataset(cfg.data, size=cfg.size)
+    sets = {}
+    for method in ev.baselines:
+        for k in cfg.ipc:
+            out = st.dir / f"{method}-ipc{k}"
+            if not (out / "data.pt").exists():   # items written atomically: present means complete
+                say(f"baselines: {method} at IPC {k}")
+                t0 = time.time()
+                s = select(ds, method, k, cfg.seed, device, dm=DMConfig(**to_dict(ev.dm)),
+                           state_path=st.dir / f"{method}-ipc{k}.dm-state.pt")
+                write_synthetic(out, s, manifest(conf, cfg.seed, time.time() - t0, method=method, ipc=k),
+                                overwrite=True)
+            sets[f"{method}:{k}"] = str(out)
+    return st.finish(device, sets=sets)
+
+
+def _eval_items(cfg: DistillConfig, sample: dict | None, baselines: dict | None) -> list[tuple]:
+    """(method, ipc, key of the stage that made it, path) of every set to evaluate."""
+    ours = method_name(cfg)
+    items = [(ours, k, sample["key"], sample["sets"][str(k)]) for k in cfg.ipc] if sample else []
+    if baselines:
+        items += [(m, k, baselines["key"], baselines["sets"][f"{m}:{k}"])
+                  for m in cfg.evaluate.baselines for k in cfg.ipc]
+    return items
+
+
+def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines: dict | None, force: bool,
+                   device: torch.device, full: bool = True, write_results: bool = True) -> list[dict]:
+    """One JSON per (set, model) row in RUN/evaluate/, each with its own key, so an interrupted or
+    partly changed evaluation redoes only the rows it must. `sample` / `baselines` None: no such rows."""
+    ev = cfg.evaluate
+    d = run / "evaluate"
+    if force and d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(cfg.data, size=cfg.size)
+    stats = channel_stats(ds.x_train)
+    items = _eval_items(cfg, sample, baselines)
+    rows = []
+    for model in ev.models:
+        todo = [*items, ("full", None, ds.fingerprint(), None)] if ev.full_epochs and full else items
+        for method, k, src_key, path in todo:
+            epochs = ev.full_epochs if method == "full" else epochs_for(cfg, k)
+            rk = key_of(src_key, method, k, model, ev.protocol, epochs, ev.repeats, ev.precision, cfg.seed)
+            f = d / f"{method}-{'full' if k is None else f'ipc{k}'}-{model}.json"
+            if f.exists() and json.loads(f.read_text()).get("key") == rk:
+                rows.append(json.loads(f.read_text()))
+                continue
+            say(f"evaluate: {method} {'full data' if k is None else f'IPC {k}'} with {model} ({ev.repeats} repeats)")
+            row = _evaluate_row(cfg, ds, stats, method, k, path, model, epochs, device)
+            row["key"] = rk
+            write_json(f, row)
+            rows.append(row)
+    if write_results:
+        write_json(run / "results.json", [{k: v for k, v in r.items() if k not in ("key", "per_class")} for r in rows])
+    return rows
+
+
+def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int | None, path: str | None,
+                  model: str, epochs: int | None, device: torch.device) -> dict:
+    """Train `repeats` classifiers on one set, test them on the real test set: one results row."""
+    ev = cfg.evaluate
+    protocol = get_protocol(ev.protocol)
+    if k is None:
+        x, y = ds.x_train, ds.y_train
+    else:
+        s = load_synthetic(path)
+        x, y = s.images, s.labels
+    # compile is not part of the row's key: it changes how the classifiers train, not what
+    # (the same weights to 1e-4, tests/evaluation)
+    r = train_test.evaluate_set(x, y, ds.x_test, ds.y_test, ds.num_classes, model, protocol, ev.repeats, epochs,
+                                cfg.seed, device, ev.precision, stats=stats, compile=ev.compile)
+    row = {"method": method, "ipc": k, "model": model, "protocol": protocol.name, "mean": r.mean,
+           "std": r.std, "runs": r.runs, "epochs": r.epochs, "per_class": r.per_class,
+           "time_s": r.train_time_s, "num_images": r.num_images, "set": path}
+    if k is not None and method == method_name(cfg) and ev.generation_accuracy:
+        g = generation_accuracy(ds, x, y, device=device)
+        row["generation_accuracy"] = g["generation_accuracy"]
+        row["reference_test_accuracy"] = g["reference_test_accuracy"]
+    return row
+
+
+def stage_metrics(run: Path, cfg: DistillConfig, sample: dict, baselines: dict, rows: list[dict], force: bool,
+                  device: torch.device) -> dict | None:
+    """Diagnostics (evaluation.metrics) of every set at the largest IPC, with their accuracies, and a t-SNE."""
+    if not cfg.evaluate.metrics:
+        return None
+    k = max(cfg.ipc)
+    sets = {r["method"]: r["set"] for r in rows if r["ipc"] == k and r["set"]}
+    key = key_of(sample["key"], baselines["key"], sorted(sets), cfg.seed)
+    out = run / "metrics.json"
+    if out.exists() and not force and json.loads(out.read_text()).get("key") == key:
+        say("metrics: done, skipped")
+        return json.loads(out.read_text())
+    say(f"metrics: {', '.join(sets)} at IPC {k}")
+    (run / "figures").mkdir(exist_ok=True)
+    m = metrics.run_metrics(list(sets.values()), cfg.data, size=cfg.size, device=str(device), seed=cfg.seed,
+                    tsne=str(run / "figures" / "tsne.png"))
+    named = {}
+    for method, path in sets.items():
+        entry = m["sets"][Path(path).name]
+        accs = [r for r in rows if r["method"] == method and r["ipc"] == k]
+        entry["accuracy"] = ({"mean": accs[0]["mean"], "std": accs[0]["std"], "model": accs[0]["model"]}
+                             if accs else None)
+        named[f"{method} (IPC {k})"] = entry
+    m["sets"], m["key"] = named, key
+    write_json(out, m)
+    return m

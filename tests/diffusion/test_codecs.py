@@ -1,0 +1,34 @@
+"""The VAE codec: its scaling factor, both flips of each image cached, and its errors."""
+import pytest
+import torch
+
+from minimaxdd.errors import UserError
+
+
+def test_vae_codec_reads_scaling_and_caches_both_flips(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from minimaxdd.diffusion.codecs import build_codec, encode_dataset
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                  latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    codec = build_codec(f"vae:{tmp_path / 'vae'}", 3, 16)
+    assert codec.scaling == 0.5 and codec.latent_size == 8 and codec.latent_channels == 4
+    x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    enc = encode_dataset(codec, x, "k")
+    assert enc["mean"].shape == (5, 2, 4, 8, 8)
+    m, _ = codec.moments(x.flip(-1))
+    assert torch.allclose(enc["mean"][:, 1].float(), m, atol=1e-2)
+    with torch.no_grad():
+        raw = vae.encode(x.float() / 127.5 - 1).latent_dist.mean
+    assert torch.allclose(enc["mean"][:, 0].float(), raw * 0.5, atol=1e-2)
+    again = encode_dataset(codec, x, "k")   # from the cache
+    assert torch.equal(again["mean"], enc["mean"])
+    assert codec.decode(enc["mean"][:, 0].float()).shape == (5, 3, 16, 16)
+    with pytest.raises(UserError, match="RGB"):
+        build_codec(f"vae:{tmp_path / 'vae'}", 1, 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="config.json"):
+        build_codec(f"vae:{tmp_path / 'empty'}", 3, 16)

@@ -1,0 +1,67 @@
+"""`minimaxdd sample`: a checkpoint to a synthetic set, invariant to batching, under a time budget."""
+import json
+
+import pytest
+import torch
+
+from minimaxdd.cli import main
+from minimaxdd.data.synthetic import load_synthetic
+from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.errors import UserError
+from minimaxdd.training.loop import TrainConfig
+from minimaxdd.training.scratch import train_from_scratch
+
+TINY = dict(data="digits", model="dit-t/2", batch=16, checkpoint_every=2, log_every=1, precision="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "r"
+    train_from_scratch(TrainConfig(out=str(out), steps=2, **TINY))
+    return out
+
+
+def test_sample_writes_a_synthetic_set(trained, tmp_path):
+    out = tmp_path / "s"
+    assert main(["sample", str(trained), "--ipc", "2", "--steps", "3", "--out", str(out),
+                 "--device", "cpu", "--sampler", "dpm-solver", "--spacing", "logsnr", "--cfg", "2"]) == 0
+    s = load_synthetic(out)
+    assert s.images.shape == (20, 1, 8, 8) and s.images.dtype == torch.uint8
+    assert s.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["sampler"] == "dpm-solver" and man["config"]["spacing"] == "logsnr"
+    assert man["checkpoint_step"] == 2
+    with pytest.raises(UserError, match="--spacing logsnr applies to dpm-solver and sde-dpm-solver"):
+        sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", sampler="ddpm", spacing="logsnr"))
+    assert main(["sample", str(trained), "--ipc", "2", "--out", str(out), "--device", "cpu"]) == 2  # exists
+    assert main(["sample", str(trained), "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2  # no --ipc
+
+
+def _base(trained):
+    return dict(ckpt=str(trained), out="-", ipc=2, steps=3, device="cpu")
+
+
+def test_an_image_does_not_depend_on_batching_or_the_classes_sampled(trained):
+    # image i of class c does not depend on the batch size or on which classes are sampled
+    a, _ = sample_checkpoint(SampleConfig(**_base(trained), batch_size=20))
+    b, _ = sample_checkpoint(SampleConfig(**_base(trained), batch_size=3, classes=[4, 7]))
+    diff = (a.images[8:10].int() - b.images[:2].int()).abs()
+    assert diff.max() <= 1   # float rounding of a different batch may move a pixel by one level
+    assert torch.equal(a.images[14:16], b.images[2:4]) or (a.images[14:16].int() - b.images[2:4].int()).abs().max() <= 1
+
+
+def test_a_time_budget_keeps_whole_class_balanced_rounds(trained):
+    # each round a per-class prefix of the unbudgeted set
+    base = _base(trained)
+    a, _ = sample_checkpoint(SampleConfig(**base, batch_size=20))
+    c, info = sample_checkpoint(SampleConfig(**{**base, "ipc": 3}, batch_size=20, budget_minutes=10))
+    assert info["budget"]["per_class"] == 3 and info["budget"]["stopped"] == "ipc cap" and info["budget"]["rounds"] == 2
+    assert c.labels.tolist() == [k for k in range(10) for _ in range(3)]
+    assert (c.images.view(10, 3, 1, 8, 8)[:, :2].int() - a.images.view(10, 2, 1, 8, 8).int()).abs().max() <= 1
+    d, info = sample_checkpoint(SampleConfig(**{**base, "ipc": 10**6}, batch_size=10, budget_minutes=0.02))
+    assert info["budget"]["stopped"] == "budget" and len(d.labels) == 10 * info["budget"]["per_class"] >= 10
+
+
+def test_cli_sample_errors(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "nothing"), "--ipc", "1", "--out", str(tmp_path / "s")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,141 @@
+"""The shared training loop: its configs, the step-loss interface, EMA, AdamW and resume refusals."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from minimaxdd.diffusion import checkpoints as ckpt
+from minimaxdd.diffusion.codecs import build_codec
+from minimaxdd.diffusion.networks import build_denoiser
+from minimaxdd.errors import UserError
+from minimaxdd.runtime import PRECISIONS
+from minimaxdd.settings import default_of, is_run_field
+from minimaxdd.training.finetune import FinetuneConfig
+from minimaxdd.training.loop import Batch, LoopConfig, TrainConfig, ema_decay, fit, make_targets, step_generator
+from minimaxdd.training.minimax import OBJECTIVES, REDUCTIONS
+from minimaxdd.training.scratch import train_from_scratch as train
+
+REQUIRED = object()
+# Every field and default the configs had before LoopConfig: presets and `--set` keys name them.
+TRAIN_DEFAULTS = dict(data=REQUIRED, out=REQUIRED, model="dit-t/2", codec="pixel", size=None, epochs=None, steps=None,
+                      time_limit=None, batch=64, lr=1e-4, weight_decay=0.0, beta1=0.9, beta2=0.999, ema=0.9999,
+                      ema_warmup=True, class_dropout=0.1, learn_sigma=None, flip=True, grad_clip=None,
+                      checkpoint_every=1000, keep=2, log_every=50, seed=0, precision="bf16", compile=False,
+                      device="auto", resume=False, overwrite=False, preset=None, extra={})
+FINETUNE_DEFAULTS = dict(ckpt=REQUIRED, data=REQUIRED, out=REQUIRED, objective="minimax", lambda_r=0.002,
+                         lambda_d=0.008, memory=64, reduction="matrix", trainable="difffit", batch=8, epochs=8,
+                         steps=None, lr=1e-3, ema=0.9999, ema_warmup=False, class_dropout=0.1, codec=None,
+                         class_map=None, synsets=None, size=None, classes=None, sync_memory=False,
+                         checkpoint_every=1000, log_every=50, seed=0, precision="bf16", compile=False,
+                         device="auto", resume=False, overwrite=False)
+
+
+@pytest.mark.parametrize("cls, old", [(TrainConfig, TRAIN_DEFAULTS), (FinetuneConfig, FINETUNE_DEFAULTS)])
+def test_configs_keep_every_field_and_default(cls, old):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in old.items():
+        if value is REQUIRED:
+            assert fields[name].default is dataclasses.MISSING and fields[name].default_factory is dataclasses.MISSING
+        else:
+            assert default_of(cls, name) == value, name
+    # the loop's fields are declared once, in LoopConfig, and inherited
+    assert issubclass(cls, LoopConfig) and {f.name for f in dataclasses.fields(LoopConfig)} <= set(fields)
+    assert [n for n, f in fields.items() if not f.metadata.get("help")] == []
+
+
+def test_run_fields_and_choices():
+    run = {f.name for f in dataclasses.fields(TrainConfig) if is_run_field(f)}
+    assert run == {"data", "out", "size", "seed", "device", "resume", "overwrite", "fresh_state", "preset", "extra"}
+    run = {f.name for f in dataclasses.fields(FinetuneConfig) if is_run_field(f)}
+    assert run == {"ckpt", "data", "out", "size", "classes", "seed", "device", "resume", "overwrite", "fresh_state"}
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(FinetuneConfig)}
+    assert choices["objective"] == tuple(OBJECTIVES) and choices["reduction"] == REDUCTIONS
+    assert choices["trainable"] == ("difffit", "full") and choices["precision"] == PRECISIONS
+    # a subclass's own default keeps the loop's help
+    lr = (FinetuneConfig.__dataclass_fields__["lr"], LoopConfig.__dataclass_fields__["lr"])
+    assert dict(lr[0].metadata) == dict(lr[1].metadata) and (lr[0].default, lr[1].default) == (1e-3, 1e-4)
+
+
+def test_ema_decay_schedule():
+    cfg = TrainConfig(data="digits", out="-")
+    assert ema_decay(cfg, 1) == 2 / 11 and ema_decay(cfg, 10**6) == 0.9999
+    assert ema_decay(dataclasses.replace(cfg, ema_warmup=False), 1) == 0.9999
+
+
+def test_step_generator_depends_only_on_seed_step_and_stream():
+    draw = lambda *a: torch.randint(0, 2**31, (4,), generator=step_generator(*a)).tolist()   # noqa: E731
+    assert draw(0, 5) == draw(0, 5)
+    assert len({str(draw(0, 5)), str(draw(1, 5)), str(draw(0, 6)), str(draw(0, 5, 1))}) == 4
+
+
+def test_fused_adamw_steps_like_the_plain_one():
+    from minimaxdd.training.loop import adamw
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    start = [p.detach().clone() for p in a]
+    fused, plain = adamw(a, lr=1e-2, weight_decay=0.1), torch.optim.AdamW(b, lr=1e-2, weight_decay=0.1)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(5):
+        for ps, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            sum((p ** 2).sum() for p in ps).backward()
+            opt.step()
+    for p, q, p0 in zip(a, b, start):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        assert (p - p0).abs().min() > 1e-3          # every entry moved
+
+
+def _setup(digits):
+    codec = build_codec("pixel", digits.channels, digits.size)
+    torch.manual_seed(0)
+    model = build_denoiser("dit-n/2", codec.latent_size, codec.latent_channels, digits.num_classes)
+    meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(digits.class_names),
+                               class_map=list(range(10)), image_size=digits.size, channels=digits.channels)
+    return model, make_targets(codec, digits, list(range(10))), meta
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+    return load_file(str(ckpt.resolve(run)))
+
+
+def test_fit_hands_the_step_loss_each_batch(digits, tmp_path):
+    seen = []
+
+    def record(terms, batch: Batch):
+        seen.append(batch)
+        assert terms["x0_hat"].shape == batch.x0.shape and terms["x0_hat"].requires_grad
+        return terms["loss"].new_zeros(()), {"rows": float(len(batch.labels))}
+
+    cfg = dict(data="digits", steps=3, batch=8, precision="fp32", device="cpu", log_every=1, class_dropout=0.5)
+    model, targets, meta = _setup(digits)
+    info = fit(model, targets, meta, TrainConfig(out=str(tmp_path / "a"), **cfg), step_loss=record)
+    assert [b.step for b in seen] == [0, 1, 2]
+    assert all(b.x0.shape == (8, 1, 8, 8) and b.labels.shape == (8,) and b.dropped.dtype == torch.bool for b in seen)
+    # the labels are the classes before dropout (never the null class 10), and dropout happened
+    assert all(0 <= int(b.labels.min()) and int(b.labels.max()) < 10 for b in seen)
+    assert 0 < sum(int(b.dropped.sum()) for b in seen) < 24
+    assert info["epoch_means"][0]["rows"] == 8.0
+    assert json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[0])["rows"] == 8
+    # adding zero changes nothing: the same bytes as the loop without a step loss
+    model, targets, meta = _setup(digits)
+    fit(model, targets, meta, TrainConfig(out=str(tmp_path / "b"), **cfg))
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_missing_optimizer_state_unless_told(tmp_path):
+    kw = dict(data="digits", model="dit-n/2", batch=8, precision="fp32", device="cpu", checkpoint_every=2)
+    train(TrainConfig(out=str(tmp_path / "a"), steps=4, **kw))
+    train(TrainConfig(out=str(tmp_path / "b"), steps=2, **kw))
+    (tmp_path / "b" / "ckpt-00000002.optim.pt").unlink()
+    with pytest.raises(UserError, match=r"ckpt-00000002\.optim\.pt \(the optimiser state\) is missing.*--fresh-state"):
+        train(TrainConfig(out=str(tmp_path / "b"), steps=4, resume=True, **kw))
+    assert not (tmp_path / "b" / "ckpt-00000004.safetensors").exists()
+    train(TrainConfig(out=str(tmp_path / "b"), steps=4, resume=True, fresh_state=True, **kw))
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    # AdamW restarted from zero moments: the run went elsewhere
+    assert ckpt.read_meta(tmp_path / "b").step == 4 and any(not torch.equal(a[k], b[k]) for k in a)
