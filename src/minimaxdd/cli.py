@@ -79,7 +79,8 @@ def config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = 
         help_ = f.metadata.get("help", "")
         try:
             default = default_of(cls, f.name)
-            help_ = f"{help_} (default {default})".strip() if default not in (None, False) else help_
+            if default is not None and default is not False:
+                help_ = f"{help_} (default {default})".strip()
         except TypeError:
             pass
         if tp is bool:
@@ -125,20 +126,29 @@ def _parse_select(sub: Any) -> None:
     p.add_argument("--real", required=True, help=_datasets_help())
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="output directory (synthetic-set format)")
-    config_flags(p, SelectConfig, skip=("method", "real", "ipc", "out", "seed", "size", "device"))
-    _add_place(p)
+    config_flags(p, SelectConfig, skip=("method", "real", "ipc", "out"))
 
 
 def _parse_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="train classifiers on a synthetic set, test on the real test set")
-    config_flags(p, EvaluateConfig, skip=("seed", "size", "device"), required=("real",), positional=("synth",))
-    _add_place(p)
+    config_flags(p, EvaluateConfig, required=("real",), positional=("synth",))
+
+
+def _add_time_limit(p: argparse.ArgumentParser) -> None:
+    # the config holds seconds (LoopConfig.time_limit); people think of a run's budget in minutes
+    p.add_argument("--time-limit", type=float, default=None, metavar="MIN",
+                   help="stop (with a checkpoint) after this many minutes")
+
+
+def _minutes_to_seconds(a: argparse.Namespace, kw: dict[str, Any]) -> None:
+    if a.time_limit is not None:
+        kw["time_limit"] = a.time_limit * 60
 
 
 def _parse_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a class-conditional diffusion model from scratch")
     p.add_argument("--preset", default=None, help="a named train preset (see `minimaxdd presets`); flags override it")
-    p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
+    _add_time_limit(p)
     config_flags(p, TrainConfig, skip=("preset", "extra", "time_limit"))
 
 
@@ -149,7 +159,8 @@ def _parse_sample(sub: Any) -> None:
 
 def _parse_finetune(sub: Any) -> None:
     p = sub.add_parser("finetune", help="Difffit fine-tuning with the Minimax criteria (or a Table-5 ablation row)")
-    config_flags(p, FinetuneConfig, skip=("classes",), required=("ckpt", "data", "out"))
+    _add_time_limit(p)
+    config_flags(p, FinetuneConfig, skip=("classes", "time_limit"), required=("ckpt", "data", "out"))
 
 
 def _parse_distill(sub: Any) -> None:
@@ -268,8 +279,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     kw = dict(load_preset(a.preset, "train")) if a.preset else {}
     kw.update(given(a, TrainConfig))
-    if a.time_limit is not None:
-        kw["time_limit"] = a.time_limit * 60
+    _minutes_to_seconds(a, kw)
     if a.epochs is not None or a.steps is not None:   # a flag for one length replaces the preset's other
         kw["epochs"], kw["steps"] = a.epochs, a.steps
     for need in ("data", "out"):
@@ -299,6 +309,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 def cmd_finetune(a: argparse.Namespace) -> int:
     kw = given(a, FinetuneConfig)
+    _minutes_to_seconds(a, kw)
     if a.epochs is not None or a.steps is not None:
         kw["epochs"], kw["steps"] = a.epochs, a.steps
     info = run_finetune(build(FinetuneConfig, kw, allow_run=True))

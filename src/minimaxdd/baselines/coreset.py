@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from minimaxdd.data.dataset import Dataset, channel_stats
 from minimaxdd.errors import UserError
+from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
 from minimaxdd.runtime import generator
 
 # pick(ds, ipc, seed, device, feature_epochs) -> indices (K * ipc,) into ds.x_train, class-major
@@ -78,12 +79,6 @@ def kcenter_order(f: torch.Tensor, k: int) -> torch.Tensor:
 def feature_indices(order: Callable[[torch.Tensor, int], torch.Tensor]) -> Selector:
     """A selector that orders each class's reference-classifier features (n_k, D) by `order`."""
     def pick(ds: Dataset, ipc: int, seed: int, device: torch.device, feature_epochs: int | None) -> torch.Tensor:
-        from minimaxdd.evaluation.reference_classifier import (
-            ReferenceConfig,
-            embed,
-            reference_classifier,
-        )
-
         model = reference_classifier(ds, ReferenceConfig(epochs=feature_epochs, seed=seed), device)
         feats = F.normalize(embed(model, ds.x_train, channel_stats(ds.x_train)), dim=1)  # (N, D), unit rows
         picks = []

@@ -23,22 +23,27 @@ from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.files import manifest
 from minimaxdd.runtime import pick_device
+from minimaxdd.settings import run_field, setting
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SelectConfig:
-    method: str
-    real: str
-    ipc: int
-    out: str
-    seed: int = 0
-    size: int | None = None
-    device: str = "auto"
-    feature_epochs: int | None = None
-    overwrite: bool = False
-    iterations: int | None = None       # dm only; None: the DM default (20000)
-    lr_img: float | None = None         # dm only
-    batch_real: int | None = None       # dm only
+    """`minimaxdd select`: one baseline at one IPC, written in the synthetic-set format. The DM knobs
+    left at None take DMConfig's defaults (the DM paper's)."""
+    method: str = run_field(help="a name of BASELINES")
+    real: str = run_field(help="dataset spec NAME[:ARG]")
+    ipc: int = run_field(help="images per class")
+    out: str = run_field(help="output directory (synthetic-set format)")
+    seed: int = run_field(0)
+    size: int | None = run_field(None, help="image side (default: the dataset's)")
+    device: str = run_field("auto", help="auto, cpu, cuda, cuda:1, ...")
+    overwrite: bool = run_field(False, help="replace --out if it exists")
+    feature_epochs: int | None = setting(None, help="herding / k-center: epochs of the cached reference classifier "
+                                                    "(default: its own)")
+    iterations: int | None = setting(None, help=f"dm: iterations (default {DMConfig.iterations})")
+    lr_img: float | None = setting(None, help=f"dm: image learning rate (default {DMConfig.lr_img})")
+    batch_real: int | None = setting(None, help=f"dm: real images per class per iteration "
+                                                f"(default {DMConfig.batch_real})")
 
 
 # factory(ds, ipc, seed, device, feature_epochs=..., dm=..., state_path=...) -> K images per class

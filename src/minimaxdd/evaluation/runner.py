@@ -11,6 +11,7 @@ from minimaxdd.data.synthetic import conform, load_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS, get_protocol
+from minimaxdd.evaluation.reference_classifier import generation_accuracy
 from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.files import write_json
 from minimaxdd.runtime import PRECISIONS, pick_device
@@ -55,7 +56,6 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
            "class_names": real.class_names, "config": asdict(cfg)}
     if cfg.generation_accuracy and not cfg.full:
-        from minimaxdd.evaluation.reference_classifier import generation_accuracy
         out["generation"] = generation_accuracy(real, x, y, device=pick_device(cfg.device))
     if cfg.out and dist.is_main():
         write_json(cfg.out, out)

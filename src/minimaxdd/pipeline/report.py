@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from minimaxdd.data.grid import save_grid
+from minimaxdd.data.synthetic import load_synthetic
 from minimaxdd.errors import UserError
+from minimaxdd.evaluation.metrics import format_metrics
 from minimaxdd.pipeline.stages import STAGES
 
 ORDER = ("random", "herding", "kcenter", "dm", "full")
@@ -107,8 +110,6 @@ def _stage_table(run: Path) -> str:
 
 
 def write_report(run: str | Path) -> Path:
-    from minimaxdd.data.grid import save_grid
-    from minimaxdd.data.synthetic import load_synthetic
 
     run = Path(run)
     if not (run / "config.json").exists():
@@ -154,7 +155,6 @@ def write_report(run: str | Path) -> Path:
             lines += [f"![{extra}](figures/{extra})", ""]
     metrics = run / "metrics.json"
     if metrics.exists():
-        from minimaxdd.evaluation.metrics import format_metrics
         lines += ["## Diagnostics", "", format_metrics(json.loads(metrics.read_text())), ""]
     lines += ["## Stages", "", _stage_table(run), "",
               "## Config", "", "```json", json.dumps(cfg, indent=2), "```", ""]

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from minimaxdd import distributed as dist
 from minimaxdd.data.imagenet import WNID, imagenet_indices, train_folder
+from minimaxdd.data.sources import load_dataset
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.codecs import PixelCodec, build_codec
 from minimaxdd.diffusion.networks import difffit_parameters
@@ -147,7 +148,6 @@ def minimax_step(cfg: FinetuneConfig, model: nn.Module, class_map: list[int], de
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune the base cfg.ckpt on cfg.data; returns the loop's summary (see `training.loop.fit`)."""
-    from minimaxdd.data.sources import load_dataset
 
     check_config(cfg)
     device = pick_device(cfg.device)
