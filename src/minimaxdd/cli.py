@@ -41,12 +41,16 @@ from minimaxdd.pipeline.distill import distill
 from minimaxdd.pipeline.presets import describe, list_presets, load_preset
 from minimaxdd.pipeline.report import write_report
 from minimaxdd.pipeline.stages import STAGES
+from minimaxdd.runtime import flush_denormals
 from minimaxdd.settings import build, default_of, field_types, type_name
 from minimaxdd.training.finetune import FinetuneConfig
 from minimaxdd.training.finetune import finetune as run_finetune
 from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.minimax import OBJECTIVES
 from minimaxdd.training.scratch import train_from_scratch as run_train
+
+# `distill --data SPEC` without a preset: the generic small-data recipe (U-Net, EDM; pipeline/presets)
+DEFAULT_DISTILL_PRESET = "small-data"
 
 # ---------------------------------------------------------------------------------------------
 # flags from config dataclasses
@@ -166,7 +170,8 @@ def _parse_finetune(sub: Any) -> None:
 def _parse_distill(sub: Any) -> None:
     p = sub.add_parser("distill", help="the main job: base model -> minimax fine-tuning -> sampling -> "
                                        "evaluation against baselines -> report")
-    p.add_argument("--preset", default=None, help="a distill preset (see `minimaxdd presets`) or a preset .json path")
+    p.add_argument("--preset", default=None, help="a distill preset (see `minimaxdd presets`) or a preset .json path "
+                                                  f"(default {DEFAULT_DISTILL_PRESET})")
     p.add_argument("--data", default=None, help=f"overrides the preset's; {_datasets_help()}")
     p.add_argument("--ipc", default=None, help="images per class, comma separated (e.g. 10,50)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -327,7 +332,10 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    preset = load_distill_preset(a.preset) if a.preset else None
+    name = a.preset or DEFAULT_DISTILL_PRESET
+    if not a.preset:
+        print(f"[distill] no --preset: the {name} preset (`minimaxdd presets` describes it)", file=sys.stderr)
+    preset = load_distill_preset(name)
     over = parse_set(a.set)
     for k in ("data", "ipc", "size", "device", "seed"):
         if getattr(a, k) is not None:
@@ -336,7 +344,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if a.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    out = a.out or f"runs/{a.preset.removesuffix('.json').split('/')[-1] if a.preset else 'distill'}"
+    out = a.out or f"runs/{name.removesuffix('.json').split('/')[-1]}"
     rows = distill(cfg, out, a.from_stage)
     print(format_table(rows))
     print(f"wrote {out}/results.json and {out}/report.md")
@@ -384,6 +392,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: list[str] | None = None) -> int:
     """Parse, run one command; a UserError prints its message (no traceback) and exits with 2."""
     args = build_parser().parse_args(argv)
+    flush_denormals()
     ok = False
     try:
         rc = COMMANDS[args.command](args)

@@ -48,3 +48,10 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def flush_denormals() -> None:
+    """Treat denormal floats as zero on the CPU. Zero-initialised layers drift through denormal values
+    early in training, and x86 handles those ~50x slower (measured on a U-Net step in fp32, issue 18);
+    results differ only below float32's normal range."""
+    torch.set_flush_denormal(True)

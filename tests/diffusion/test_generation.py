@@ -79,3 +79,25 @@ def test_a_time_budget_keeps_whole_class_balanced_rounds(trained):
 def test_cli_sample_errors(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nothing"), "--ipc", "1", "--out", str(tmp_path / "s")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_edm_checkpoint_samples_with_edm_samplers_by_default(tmp_path, capsys):
+    run = tmp_path / "edm"
+    train_from_scratch(TrainConfig(out=str(run), steps=2, **{**TINY, "model": "unet-s", "formulation": "edm",
+                                                              "flip": False}))
+    s, info = sample_checkpoint(SampleConfig(ckpt=str(run), out="-", ipc=2, device="cpu"))
+    assert info["sampler"] == "heun 18 steps (edm)" and s.images.shape == (20, 1, 8, 8)
+    _, info = sample_checkpoint(SampleConfig(ckpt=str(run), out="-", ipc=1, sampler="dpm-solver", device="cpu"))
+    assert info["sampler"] == "dpm-solver 20 steps (edm)"
+    for bad, needle in (({"sampler": "ddim"}, "does not apply to models of the edm formulation"),
+                        ({"spacing": "logsnr", "sampler": "dpm-solver"}, "of ddpm models only"),
+                        ({"cfg_channels": 3}, "applies to ddpm models only")):
+        with pytest.raises(UserError, match=needle):
+            sample_checkpoint(SampleConfig(ckpt=str(run), out="-", ipc=1, device="cpu", **bad))
+
+
+def test_a_ddpm_checkpoint_keeps_the_papers_sampler_and_refuses_edm_ones(trained):
+    _, info = sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, steps=2, device="cpu"))
+    assert info["sampler"] == "ddpm 2 steps"
+    with pytest.raises(UserError, match="sampler 'heun' does not apply to models of the ddpm formulation"):
+        sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, sampler="heun", device="cpu"))

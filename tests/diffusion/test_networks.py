@@ -141,9 +141,9 @@ def test_registry_and_uvit():
         build_denoiser("dit-q/2", 32, 3, 10)
     with pytest.raises(UserError, match="does not divide"):
         build_denoiser("dit-t/8", 28, 1, 10)
-    assert set(ARCHITECTURES) == {cfg["arch"] for cfg in DENOISERS.values()} == {"dit", "uvit"}
-    with pytest.raises(UserError, match="unknown architecture 'unet'.*dit or uvit"):
-        build_from_config({"arch": "unet", "input_size": 8})
+    assert set(ARCHITECTURES) == {cfg["arch"] for cfg in DENOISERS.values()} == {"dit", "uvit", "unet"}
+    with pytest.raises(UserError, match="unknown architecture 'convnext'.*dit, uvit or unet"):
+        build_from_config({"arch": "convnext", "input_size": 8})
     torch.manual_seed(0)
     u = UViT(UViTConfig(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=4, num_heads=2, num_classes=3))
     assert len(u.in_blocks) == 2 and len(u.out_blocks) == 2

@@ -12,7 +12,8 @@ from minimaxdd.pipeline.config import build_config, parse_set
 TINY = ["--data", "digits", "--ipc", "2,3", "--device", "cpu",
         "--set", 'base.train={"model": "dit-n/2", "steps": 12, "batch": 32, "checkpoint_every": 6}',
         "--set", "finetune.steps=4", "--set", "sample.steps=3", "--set", "evaluate.repeats=1",
-        "--set", "evaluate.epochs=2", "--set", "evaluate.full_epochs=1", "--set", 'evaluate.baselines=["random"]']
+        "--set", "evaluate.epochs=2", "--set", "evaluate.full_epochs=1", "--set", 'evaluate.baselines=["random"]',
+        "--set", "choose.cfg=[]"]    # no --preset: the small-data recipe (EDM), without its guidance choice
 
 
 def mtimes(run, names):
@@ -109,8 +110,9 @@ def test_config_errors(tmp_path, capsys):
     # values are type-checked once, and the error names the key, the type and the allowed values
     with pytest.raises(UserError, match=r"base.train.steps: expected int \| null, got 'abc'"):
         build_config(None, {"data": "digits", **parse_set(["base.train.steps=abc"])})
-    with pytest.raises(UserError, match=r"sample.sampler: expected str; allowed: ddpm, ddim, dpm-solver"):
-        build_config(None, {"data": "digits", "sample": {"sampler": "euler"}})
+    with pytest.raises(UserError, match=r"sample.sampler: expected str \| null; allowed: ddpm, ddim, dpm-solver, "
+                                        r"sde-dpm-solver, heun, euler"):
+        build_config(None, {"data": "digits", "sample": {"sampler": "lms"}})
     with pytest.raises(UserError, match=r"finetune.objective: expected str; allowed: none, simple, rep"):
         build_config(None, {"data": "digits", "finetune": {"objective": "minmax"}})
     with pytest.raises(UserError, match=r"evaluate.models\[1\]: expected str; allowed: .*convnet3"):
@@ -136,9 +138,11 @@ def test_presets_list_and_resolve(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["data"] == "digits" and cfg["ipc"] == [10] and cfg["finetune"]["objective"] == "minimax"
     # the typed tree, every default filled in: the preset's values and the stage configs' defaults
-    assert cfg["base"]["train"]["model"] == "dit-n/2" and cfg["base"]["train"]["lr"] == 0.001
+    assert cfg["base"]["train"]["model"] == "unet-s" and cfg["base"]["train"]["formulation"] == "edm"
+    assert cfg["base"]["train"]["lr"] == 0.001 and cfg["base"]["train"]["flip"] is False
     assert cfg["finetune"]["lambda_r"] == 0.002 and cfg["finetune"]["memory"] == 64 and cfg["finetune"]["ema"] == 0.997
-    assert cfg["sample"]["cfg"] == 4.0 and cfg["sample"]["spacing"] == "time"
+    assert cfg["sample"]["sampler"] == "heun" and cfg["sample"]["spacing"] == "time"
+    assert cfg["choose"]["cfg"] == [1.0, 1.5, 2.0, 3.0] and cfg["choose"]["val_fraction"] == 0.1
     assert cfg["evaluate"]["dm"]["iterations"] == 20000 and cfg["evaluate"]["epochs"] == 300
     # --seed 0 overrides a preset's seed (0 is a value, not "not given")
     assert main(["distill", "--preset", "digits", "--seed", "0", "--set", "seed=5", "--print-config"]) == 0
@@ -198,8 +202,13 @@ def test_every_shipped_preset_resolves():
     assert {"digits", "fashion-mnist", "cifar10-500pc", "cifar10", "imagewoof", "imagenette", "imageidc",
             "imagenet100", "cifar100", "tinyimagenet"} <= set(distill)
     for name in distill:
-        cfg = build_config(load_distill_preset(name), {})
+        # the small-data preset is the recipe of `distill --data SPEC`: it names no dataset of its own
+        cfg = build_config(load_distill_preset(name), {"data": "digits"} if name == "small-data" else {})
         assert cfg.data and cfg.ipc, name
+    small = [n for n in ("digits", "fashion-mnist", "cifar10-500pc", "small-data")]
+    for name in small:                            # the small-data presets use the U-Net under EDM
+        train = build_config(load_distill_preset(name), {"data": "digits"}).base.train
+        assert (train.model, train.formulation) == ("unet-s", "edm"), name
     woof = build_config(load_distill_preset("imagewoof"), {})
     assert woof.ipc == [10, 20, 50, 70, 100] and woof.evaluate.protocol == "idc"
     assert woof.sample.cfg == 4.0 and woof.sample.cfg_channels == 3   # the reference's sampling
@@ -242,8 +251,10 @@ def test_phases_fine_tune_one_model_per_class_group(run_dir, tmp_path):
     # classes of different phases come from different fine-tuned models: resampling class 4 from phase 1's
     # checkpoint reproduces the merged set's images of class 4 exactly
     from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
-    part, _ = sample_checkpoint(SampleConfig(ckpt=str(out / "finetune" / "phase1"), out=str(tmp_path / "x"),
-                                             ipc=2, steps=3, classes=[1], device="cpu"))
+    settings = {k: v for k, v in json.loads((out / "sample" / "stage.json").read_text())["config"].items()
+                if k != "ipc"}                        # the run's sampling settings (the small-data preset's)
+    part, _ = sample_checkpoint(SampleConfig(**settings, ckpt=str(out / "finetune" / "phase1"), out=str(tmp_path / "x"),
+                                             ipc=2, classes=[1], device="cpu"))
     assert torch.equal(part.images, s["images"][s["labels"] == 4])
     rows = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in rows} == {"minimax", "random"}

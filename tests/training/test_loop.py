@@ -139,3 +139,80 @@ def test_resume_refuses_a_missing_optimizer_state_unless_told(tmp_path):
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     # AdamW restarted from zero moments: the run went elsewhere
     assert ckpt.read_meta(tmp_path / "b").step == 4 and any(not torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------
+# the short-run recipe and the EDM formulation (issue 18)
+
+
+def test_power_ema_exponent_has_the_asked_relative_std():
+    from minimaxdd.training.loop import power_ema_exponent
+
+    for sigma_rel in (0.05, 0.10, 0.2):
+        g = power_ema_exponent(sigma_rel)
+        assert ((g + 1) / ((g + 2) ** 2 * (g + 3))) ** 0.5 == pytest.approx(sigma_rel, rel=1e-9)
+    assert power_ema_exponent(0.10) == pytest.approx(6.94, abs=0.01)     # EDM2's gamma for sigma_rel 0.10
+    with pytest.raises(UserError, match="ema_length must be in"):
+        power_ema_exponent(0.5)
+
+
+def test_power_ema_averages_the_whole_run_with_a_power_profile():
+    cfg = TrainConfig(data="digits", out="-", ema_length=0.1)
+    from minimaxdd.training.loop import power_ema_exponent
+
+    g = power_ema_exponent(0.1)
+    assert ema_decay(cfg, 1) == 0.0                                   # the first step: EMA = the weights
+    assert ema_decay(cfg, 100) == pytest.approx((1 - 1 / 100) ** (g + 1), rel=1e-12)
+    # applied to a sequence 1..T, the EMA is the power-weighted mean sum t^g * t / sum t^g
+    e, T = 0.0, 400
+    for t in range(1, T + 1):
+        d = ema_decay(cfg, t)
+        e = d * e + (1 - d) * t
+    w = torch.arange(1, T + 1, dtype=torch.float64) ** g
+    assert e == pytest.approx(float((w * torch.arange(1, T + 1)).sum() / w.sum()), rel=2e-2)
+
+
+def test_lr_warmup_ramps_linearly_over_its_fraction(tmp_path):
+    kw = dict(data="digits", model="dit-n/2", batch=8, precision="fp32", device="cpu", log_every=1)
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+    torch.optim.AdamW.step = spy
+    try:
+        train(TrainConfig(out=str(tmp_path / "w"), steps=8, lr=1e-3, lr_warmup=0.5, **kw))
+    finally:
+        torch.optim.AdamW.step = real_step
+    assert seen == pytest.approx([1e-3 * min(1, (s + 1) / 4) for s in range(8)])
+
+
+def test_edm_training_records_its_formulation_and_resumes_exactly(tmp_path):
+    kw = dict(data="digits", model="dit-n/2", formulation="edm", batch=16, precision="fp32", device="cpu",
+              checkpoint_every=3, flip=False, ema_length=0.1)
+    info = train(TrainConfig(out=str(tmp_path / "a"), steps=6, **kw))
+    meta = ckpt.read_meta(tmp_path / "a")
+    assert meta.formulation == "edm" and meta.model["learn_sigma"] is False     # EDM: no learned variance
+    assert info["final_loss"] is not None and info["final_loss"] == info["final_loss"]   # finite, not NaN
+    train(TrainConfig(out=str(tmp_path / "b"), steps=3, **kw))
+    train(TrainConfig(out=str(tmp_path / "b"), steps=6, resume=True, **kw))
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_edm_draws_sigmas_where_ddpm_draws_timesteps(digits):
+    from minimaxdd.diffusion.edm import EDM
+    from minimaxdd.diffusion.schedule import Diffusion
+    from minimaxdd.training.loop import _draw
+
+    codec = build_codec("pixel", 1, 8)
+    targets = make_targets(codec, digits, list(range(10)))
+    cfg = TrainConfig(data="digits", out="-", batch=16, flip=False)
+    x0, _, _, _, t, noise = _draw(targets, cfg, 0, len(targets) // 16, 10, Diffusion())
+    x0e, _, _, _, s, noise_e = _draw(targets, cfg, 0, len(targets) // 16, 10, EDM())
+    assert t.dtype == torch.int64 and s.dtype == torch.float32 and (s > 0).all()
+    assert torch.equal(x0, x0e)                     # the same images; the level and the noise are drawn after
+    g = step_generator(0, 0)
+    torch.rand(16, generator=g)                      # label dropout
+    assert torch.equal(s, (torch.randn(16, generator=g) * 1.2 - 1.2).exp())

@@ -37,6 +37,7 @@ class CheckpointMeta:
     step: int = 0
     data: str | None = None
     extra: dict = field(default_factory=dict)   # training config, objective, losses, ...
+    formulation: str = "ddpm"        # a key of diffusion.formulations.FORMULATIONS (older checkpoints: ddpm)
 
     def to_json(self) -> str:
         """The metadata as the JSON string stored in the safetensors header."""

@@ -1,9 +1,11 @@
 """`minimaxdd sample`: IPC images per class from a checkpoint, written in the synthetic-set format."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -12,6 +14,7 @@ from minimaxdd import distributed as dist
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.codecs import Codec, build_codec
+from minimaxdd.diffusion.edm import EDM_DEFAULT_STEPS, EDM_SAMPLERS, generate_edm
 from minimaxdd.diffusion.samplers import (
     DPM_SAMPLERS,
     SAMPLERS,
@@ -25,6 +28,11 @@ from minimaxdd.files import manifest
 from minimaxdd.runtime import PRECISIONS, pick_device
 from minimaxdd.settings import run_field, setting
 
+SAMPLER_CHOICES = tuple(dict.fromkeys([*SAMPLERS, *EDM_SAMPLERS]))   # the CLI choices, both formulations
+DEFAULT_SAMPLER = {"ddpm": "ddpm", "edm": "heun"}
+# steps: the paper samples with 50 respaced DDPM steps (Gu et al. 2024, Sec. 4.1); EDM's samplers: edm.py
+DEFAULT_STEPS = {"ddpm": 50, **EDM_DEFAULT_STEPS}
+
 
 @dataclass(kw_only=True)
 class SampleConfig:
@@ -35,8 +43,12 @@ class SampleConfig:
     device: str = run_field("auto")
     classes: list[int] | None = run_field(None, help="dataset labels to sample (default all)")
     overwrite: bool = run_field(False, help="replace --out if it exists")
-    steps: int = setting(50, help="sampling steps (the paper samples with 50 respaced DDPM steps)")
-    sampler: str = setting("ddpm", help="ddpm: ancestral, respaced (the paper's)", choices=tuple(SAMPLERS))
+    sampler: str | None = setting(None, choices=SAMPLER_CHOICES,
+                                  help="null: the checkpoint's formulation's default (ddpm: ancestral ddpm, the "
+                                       "paper's; edm: heun); ddpm, ddim, dpm-solver, sde-dpm-solver for ddpm models, "
+                                       "heun, euler, dpm-solver for edm models")
+    steps: int | None = setting(None, help="sampling steps; null: the sampler's default (ddpm: 50, the paper's; "
+                                           "heun: 18, EDM's; euler 35; dpm-solver 20)")
     spacing: str = setting("time", choices=SPACINGS,
                            help="time points of the DPM-Solvers: uniform in time or in log-SNR "
                                 "(better for small pixel-space models)")
@@ -50,21 +62,45 @@ class SampleConfig:
                                                       "keep what finished (the challenge's generative track: 10)")
 
 
+def resolve_sampler(cfg: SampleConfig, formulation: str) -> tuple[str, int]:
+    """The sampler and step count a config means for a model of `formulation`, checked (UserError names the fix)."""
+    sampler = cfg.sampler or DEFAULT_SAMPLER[formulation]
+    known = SAMPLERS if formulation == "ddpm" else EDM_SAMPLERS
+    if sampler not in known:
+        raise UserError(f"sampler {sampler!r} does not apply to models of the {formulation} formulation; choose one of "
+                        f"{', '.join(known)} (or leave --sampler out for {DEFAULT_SAMPLER[formulation]})")
+    steps = cfg.steps if cfg.steps is not None else DEFAULT_STEPS[sampler if formulation == "edm" else "ddpm"]
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if cfg.spacing != "time" and (formulation != "ddpm" or sampler not in DPM_SAMPLERS):
+        raise UserError(f"--spacing {cfg.spacing} applies to {' and '.join(DPM_SAMPLERS)} of ddpm models only; "
+                        f"use one of them or drop --spacing ({sampler} has its own spacing)")
+    if cfg.cfg_channels is not None and formulation != "ddpm":
+        raise UserError("--cfg-channels (DiT's guidance quirk) applies to ddpm models only; drop it")
+    return sampler, steps
+
+
 def check_sample_config(cfg: SampleConfig) -> None:
-    """Every check of a sampling config, before any work (UserError names the fix)."""
+    """Every check of a sampling config that needs no checkpoint, before any work (UserError names the fix)."""
     if cfg.ipc < 1:
         raise UserError(f"--ipc must be at least 1, got {cfg.ipc}")
-    if cfg.sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if cfg.sampler is not None and cfg.sampler not in SAMPLER_CHOICES:
+        raise UserError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLER_CHOICES)}")
     if cfg.spacing not in SPACINGS:
         raise UserError(f"unknown spacing {cfg.spacing!r}; choose one of {', '.join(SPACINGS)}")
-    if cfg.spacing != "time" and cfg.sampler not in DPM_SAMPLERS:
-        raise UserError(f"--spacing {cfg.spacing} applies to {' and '.join(DPM_SAMPLERS)} only; "
-                        f"use one of them or drop --spacing ({cfg.sampler} respaces uniformly in time)")
-    if cfg.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {cfg.steps}")
     if cfg.budget_minutes is not None and cfg.budget_minutes <= 0:
         raise UserError(f"--budget-minutes must be positive, got {cfg.budget_minutes}")
+
+
+def _generator(cfg: SampleConfig, formulation: str, clip: bool, device: torch.device) -> tuple[Callable, str]:
+    """generate(model, labels, seeds, desc=..., **overrides) for the model's formulation, and a description."""
+    sampler, steps = resolve_sampler(cfg, formulation)
+    common = dict(sampler=sampler, steps=steps, cfg_scale=cfg.cfg, clip=clip, precision=cfg.precision,
+                  batch_size=cfg.batch_size, device=device, compile=cfg.compile)
+    if formulation == "ddpm":
+        gen = functools.partial(generate, **common, cfg_channels=cfg.cfg_channels, spacing=cfg.spacing)
+        return gen, f"{sampler} {steps} steps"
+    return functools.partial(generate_edm, **common), f"{sampler} {steps} steps (edm)"
 
 
 def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
@@ -77,32 +113,29 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     bad = [c for c in labels if not 0 <= c < len(meta.class_names)]
     if bad:
         raise UserError(f"--classes {bad} out of range: the checkpoint has {len(meta.class_names)} classes")
+    gen, what = _generator(cfg, meta.formulation, meta.codec == "pixel", device)
     t0 = time.time()
-    kw = dict(sampler=cfg.sampler, steps=cfg.steps, cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels,
-              clip=meta.codec == "pixel", precision=cfg.precision, batch_size=cfg.batch_size, device=device,
-              compile=cfg.compile, spacing=cfg.spacing)
     budget = None
     if cfg.budget_minutes is None:
         ds_labels = torch.tensor([c for c in labels for _ in range(cfg.ipc)])
         net_labels = torch.as_tensor(meta.class_map)[ds_labels]
         # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
         seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
-        latents = generate(model, net_labels, seeds, desc=f"sample {cfg.sampler} {cfg.steps} steps", **kw)
-        images = codec.decode(latents)
+        images = codec.decode(gen(model, net_labels, seeds, desc=f"sample {what}"))
     else:
-        images, ds_labels, budget = _budgeted(model, codec, labels, meta.class_map, cfg, kw)
+        images, ds_labels, budget = _budgeted(model, codec, labels, meta.class_map, cfg, gen, device)
     t_sample = time.time() - t0
     s = SyntheticSet(images, ds_labels, list(meta.class_names))
     info = {"sample_time_s": round(t_sample, 3), "images_per_s": round(len(images) / max(t_sample, 1e-9), 3),
             "checkpoint": str(ckpt.resolve(cfg.ckpt)), "checkpoint_step": meta.step, "class_map": meta.class_map,
-            "num_images": len(images)}
+            "num_images": len(images), "sampler": what}
     if budget is not None:
         info["budget"] = budget
     return s, info
 
 
 def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list[int], cfg: SampleConfig,
-              kw: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+              gen: Callable, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Rounds of `per_round` images per class (decoded as they finish) until the next round would overrun
     the budget or `ipc` per class is reached. Image i of class c has the same seed as in an unbudgeted
     run, so what a budget keeps is a per-class prefix of the full set."""
@@ -110,19 +143,20 @@ def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list
     per_round = max(1, cfg.batch_size // len(labels))
     # One network for all rounds: with --compile it compiles once, and every round is padded to the
     # first round's batch.
-    kw = dict(kw, network=sampling_network(model, cfg.precision, cfg.compile), batch_size=per_round * len(labels))
+    gen = functools.partial(gen, network=sampling_network(model, cfg.precision, cfg.compile),
+                            batch_size=per_round * len(labels))
     t0 = time.time()
     images, out_labels, done, last = [], [], 0, 0.0
     while done < cfg.ipc:
         n = min(per_round, cfg.ipc - done)
         elapsed = time.time() - t0
-        if done and dist.any_flag(elapsed + last * n / per_round > budget_s, kw["device"]):
+        if done and dist.any_flag(elapsed + last * n / per_round > budget_s, device):
             break
         ds_labels = torch.tensor([c for c in labels for _ in range(n)])
         net_labels = torch.as_tensor(class_map)[ds_labels]
         seeds = [image_seed(cfg.seed, c, done + i % n) for i, c in enumerate(net_labels.tolist())]
         t1 = time.time()
-        images.append(codec.decode(generate(model, net_labels, seeds, desc=f"round {done // per_round + 1}", **kw)))
+        images.append(codec.decode(gen(model, net_labels, seeds, desc=f"round {done // per_round + 1}")))
         out_labels.append(ds_labels)
         last = (time.time() - t1) * per_round / n
         done += n

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from minimaxdd.diffusion.dit import DiT, DiTConfig
+from minimaxdd.diffusion.unet import UNet, UNetConfig
 from minimaxdd.diffusion.uvit import UViT, UViTConfig
 from minimaxdd.errors import UserError
 
@@ -30,11 +31,19 @@ for _s, (_d, _n, _h) in DIT_SIZES.items():
         DENOISERS[f"dit-{_s}/{_p}"] = {"arch": "dit", "hidden_size": _d, "depth": _n, "num_heads": _h, "patch_size": _p}
 for _s, (_d, _n, _h, _p) in UVIT_SIZES.items():
     DENOISERS[f"uvit-{_s}"] = {"arch": "uvit", "hidden_size": _d, "depth": _n, "num_heads": _h, "patch_size": _p}
+# Pixel-space conv U-Nets (ours; `minimaxdd.diffusion.unet`): widths per level, 2 res blocks per level, attention
+# at the lowest level and in the middle with 64 channels per head, embedding 4x the first width (EDM's DDPM++).
+# unet-s is the CPU model of issue 18 (~1.6M parameters on 28 px digits).
+UNET_SIZES = {"s": (32, 64, 64), "m": (64, 128, 128), "l": (128, 256, 256)}
+for _s, _c in UNET_SIZES.items():
+    DENOISERS[f"unet-{_s}"] = {"arch": "unet", "channels": list(_c), "blocks": 2, "heads": _c[-1] // 64,
+                               "embed_dim": 4 * _c[0]}
 
 # The "arch" of a config dict -> the network class built from the rest of the dict.
 ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {
     "dit": lambda cfg: DiT(DiTConfig(**cfg)),
     "uvit": lambda cfg: UViT(UViTConfig(**cfg)),
+    "unet": lambda cfg: UNet(UNetConfig.from_dict(cfg)),
 }
 
 
@@ -47,7 +56,7 @@ def denoiser_config(name: str, input_size: int, in_channels: int, num_classes: i
     cfg = dict(DENOISERS[key], input_size=input_size, in_channels=in_channels, num_classes=num_classes, **overrides)
     if learn_sigma is not None:
         cfg["learn_sigma"] = learn_sigma
-    p = cfg["patch_size"]
+    p = cfg.get("patch_size", 1)   # the U-Nets have no patches
     if input_size % p:
         raise UserError(f"model {name} has patch {p}, which does not divide the input size {input_size}; "
                         f"pick a patch that divides it (e.g. {name.split('/')[0]}/2) or resize the data")
@@ -59,7 +68,9 @@ def build_from_config(cfg: dict) -> nn.Module:
     cfg = dict(cfg)
     arch = cfg.pop("arch")
     if arch not in ARCHITECTURES:
-        raise UserError(f"unknown architecture {arch!r} in a model config (expected {' or '.join(ARCHITECTURES)})")
+        names = list(ARCHITECTURES)
+        raise UserError(f"unknown architecture {arch!r} in a model config "
+                        f"(expected {', '.join(names[:-1])} or {names[-1]})")
     return ARCHITECTURES[arch](cfg)
 
 

@@ -155,6 +155,10 @@ class Diffusion:
         return mean, logvar, x0, eps
 
     # ---- training
+    def draw_level(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """The noise level of each of `n` training samples: a timestep, uniform over the training steps (n,)."""
+        return torch.randint(0, self.num_timesteps, (n,), generator=g)
+
     def training_losses(self, model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                         x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                         noise: torch.Tensor) -> dict[str, torch.Tensor]:

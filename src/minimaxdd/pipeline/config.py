@@ -5,6 +5,7 @@
       base       BaseConfig: pretrained weights, or `train` (the settings of training.scratch.TrainConfig)
       finetune   the settings of training.finetune.FinetuneConfig (objective "none": no fine-tuning)
       sample     the settings of diffusion.generation.SampleConfig
+      choose     ChoiceConfig: guidance scales / step counts to choose among on a validation split
       evaluate   EvaluationConfig: classifiers, protocol, repeats, baselines (with DM's settings), ...
 
 Each stage section is derived from its stage's dataclass (`settings_class`), so each default is written
@@ -76,6 +77,18 @@ class EvaluationConfig:
 
 
 @dataclass(kw_only=True)
+class ChoiceConfig:
+    cfg: list[float] = setting([], help="guidance scales to choose among on a validation split of the training "
+                                        "set (the `choose` stage); empty: sample.cfg as it is")
+    steps: list[int] = setting([], help="sampler step counts to choose among (every pair with cfg); empty: "
+                                        "sample.steps as it is")
+    val_fraction: float = setting(0.1, help="share of each class's training images held out to score candidates")
+    ipc: int | None = setting(None, help="images per class sampled per candidate (default: the smallest IPC)")
+    epochs: int | None = setting(None, help="classifier epochs per candidate (default: evaluate's at that IPC)")
+    repeats: int = setting(1, help="classifiers per candidate")
+
+
+@dataclass(kw_only=True)
 class DistillConfig:
     data: str | None = setting(None, help="dataset spec NAME[:ARG]")
     size: int | None = setting(None, help="image side (default: the dataset's)")
@@ -88,6 +101,7 @@ class DistillConfig:
     base: BaseConfig = field(default_factory=BaseConfig)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     sample: SampleSettings = field(default_factory=SampleSettings)
+    choose: ChoiceConfig = field(default_factory=ChoiceConfig)
     evaluate: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +178,8 @@ def check(cfg: DistillConfig) -> None:
     if cfg.phases < 1:
         raise UserError(f"phases must be a positive integer (classes are split into that many fine-tuning "
                         f"groups), got {cfg.phases!r}")
+    if not 0 < cfg.choose.val_fraction < 1:
+        raise UserError(f"choose.val_fraction must be between 0 and 1, got {cfg.choose.val_fraction}")
     e = cfg.evaluate
     if isinstance(e.epochs, dict):
         bad = [k for k in e.epochs if not k.isdigit()]

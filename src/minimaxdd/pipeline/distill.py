@@ -10,6 +10,7 @@ from pathlib import Path
 
 from minimaxdd.errors import UserError
 from minimaxdd.files import write_json
+from minimaxdd.pipeline.choice import stage_choose
 from minimaxdd.pipeline.config import DistillConfig
 from minimaxdd.pipeline.report import write_report
 from minimaxdd.pipeline.stages import (
@@ -38,7 +39,8 @@ def distill(cfg: DistillConfig, out: str | Path, from_stage: str | None = None) 
     t0 = time.time()
     base = stage_base(run_dir, cfg, force["base"], device)
     ft = stage_finetune(run_dir, cfg, base, force["finetune"], device)
-    sample = stage_sample(run_dir, cfg, ft, force["sample"], device)
+    chosen = stage_choose(run_dir, cfg, ft, force["choose"], device)
+    sample = stage_sample(run_dir, cfg, ft, force["sample"], device, chosen["sample"] if chosen["scores"] else None)
     baselines = stage_baselines(run_dir, cfg, force["baselines"], device)
     rows = stage_evaluate(run_dir, cfg, sample, baselines, force["evaluate"], device)
     stage_metrics(run_dir, cfg, sample, baselines, rows, force["metrics"], device)

@@ -86,7 +86,7 @@ def accuracy_plot(rows: list[dict], path: Path) -> Path | None:
 
 
 def _stage_table(run: Path) -> str:
-
+    """Wall time, peak memory and notes of each stage that ran."""
     out = ["| stage | wall time | peak memory (process RSS; CUDA) | images/s | notes |",
            "| --- | ---: | ---: | ---: | --- |"]
     for s in STAGES[:-1]:
@@ -109,7 +109,24 @@ def _stage_table(run: Path) -> str:
     return "\n".join(out)
 
 
+def _choice_lines(run: Path) -> list[str]:
+    """The `choose` stage's candidates and their validation accuracies, if it compared any."""
+    f = run / "choose" / "stage.json"
+    d = json.loads(f.read_text()) if f.exists() else {}
+    if not d.get("scores"):
+        return []
+    lines = ["## Sampling settings chosen on training data", "",
+             f"Each candidate sampled {d['ipc']} images per class (a seed of its own), a classifier trained on "
+             f"them was tested on {d['val_images']} training images held out as a validation split; the test "
+             f"set was not read. Chosen: {d['sample']}.", "", "| guidance | steps | validation accuracy (%) |",
+             "| ---: | ---: | ---: |"]
+    lines += [f"| {s['cfg']} | {s['steps'] if s['steps'] is not None else 'default'} | "
+              f"{100 * s['val_accuracy']:.2f} |" for s in d["scores"]]
+    return lines + [""]
+
+
 def write_report(run: str | Path) -> Path:
+    """RUN/report.md (and its figures) from what the stages wrote."""
 
     run = Path(run)
     if not (run / "config.json").exists():
@@ -153,6 +170,7 @@ def write_report(run: str | Path) -> Path:
     for extra in ("tsne.png",):
         if (fig_dir / extra).exists():
             lines += [f"![{extra}](figures/{extra})", ""]
+    lines += _choice_lines(run)
     metrics = run / "metrics.json"
     if metrics.exists():
         lines += ["## Diagnostics", "", format_metrics(json.loads(metrics.read_text())), ""]

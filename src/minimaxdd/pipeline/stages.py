@@ -2,6 +2,7 @@
 
     base       train a diffusion model from scratch, or point at pretrained weights
     finetune   Difffit + the Minimax criteria (or another Table-5 objective; "none" skips it)
+    choose     guidance scale / steps chosen on a validation split of the training set (pipeline.choice)
     sample     IPC images per class (the largest IPC once; smaller IPCs are its per-class prefixes,
                which per-image seeds make identical to sampling them separately)
     baselines  random, herding, k-center (and DM if asked) at each IPC
@@ -19,6 +20,7 @@ written atomically with its own key).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import resource
@@ -49,7 +51,7 @@ from minimaxdd.training.finetune import FinetuneConfig, class_mapping, finetune,
 from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.scratch import train_from_scratch as train
 
-STAGES = ("base", "finetune", "sample", "baselines", "evaluate", "metrics", "report")
+STAGES = ("base", "finetune", "choose", "sample", "baselines", "evaluate", "metrics", "report")
 
 
 def key_of(*parts: Any) -> str:
@@ -222,7 +224,8 @@ def export_pretrained(base: dict, cfg: DistillConfig, out: Path, device: torch.d
     cmap = class_mapping(list(ds.class_names), model, meta0, f.class_map, f.synsets, cfg.data)
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
                                class_map=cmap, image_size=ds.size, channels=ds.channels, data=cfg.data,
-                               extra={"base": base["checkpoint"], "pixel": isinstance(codec, PixelCodec)})
+                               extra={"base": base["checkpoint"], "pixel": isinstance(codec, PixelCodec)},
+                               formulation=meta0.formulation if meta0 is not None else "ddpm")
     path = ckpt.ckpt_path(out, 0)
     ckpt.save(path, model, copy.deepcopy(model), meta)
     return path
@@ -237,8 +240,12 @@ def _sample_config(cfg: DistillConfig, checkpoint: str, out: Path, device: torch
                         device=str(device))
 
 
-def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device) -> dict:
-    """The largest IPC once; each IPC's set is its per-class prefix, written in the synthetic-set format."""
+def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device,
+                 chosen: dict | None = None) -> dict:
+    """The largest IPC once; each IPC's set is its per-class prefix, written in the synthetic-set format.
+    `chosen`: sampling settings the `choose` stage picked, over sample's."""
+    if chosen:
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **chosen))
     s = to_dict(cfg.sample)
     ipcs = cfg.ipc
     st = Stage(run, "sample", key_of(ft["key"], s, ipcs, cfg.seed), {**s, "ipc": ipcs}, force)
@@ -246,7 +253,7 @@ def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
         say("sample: done, skipped")
         return st.record
     st.begin(device)
-    say(f"sample: {max(ipcs)} images per class, {cfg.sample.sampler} {cfg.sample.steps} steps")
+    say(f"sample: {max(ipcs)} images per class")
     if ft.get("phases"):
         full, info = _sample_phases(cfg, ft, st.dir, device)
     else:
@@ -259,6 +266,7 @@ def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
                                overwrite=True)
         sets[str(k)] = str(path)
     save_grid(full.images, full.labels, st.dir / "grid.png", per_row=min(10, max(ipcs)))
+    say(f"sample: {info.get('sampler', '')}, {info['sample_time_s']:.0f} s")
     return st.finish(device, sets=sets, **info)
 
 

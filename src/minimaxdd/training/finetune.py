@@ -168,7 +168,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
                                class_map=class_map, image_size=ds.size, channels=ds.channels, data=cfg.data,
                                extra={"finetune": asdict(cfg), "base": cfg.ckpt,
-                                      "pixel": isinstance(codec, PixelCodec)})
+                                      "pixel": isinstance(codec, PixelCodec)},
+                               formulation=meta0.formulation if meta0 is not None else "ddpm")  # official: DDPM
     targets = make_targets(codec, ds, class_map)
     minimax = minimax_step(cfg, model, class_map, device)
     # "simple" adds nothing; its (empty) memories are still checkpointed, as every objective's are

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -26,13 +27,17 @@ import torch.nn as nn
 from minimaxdd import distributed as dist
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.codecs import PixelCodec, VAECodec, encode_dataset
+from minimaxdd.diffusion.edm import EDM
+from minimaxdd.diffusion.formulations import FORMULATIONS, build_formulation
 from minimaxdd.diffusion.schedule import Diffusion
 from minimaxdd.errors import UserError
 from minimaxdd.files import manifest, save_atomic, write_json
-from minimaxdd.runtime import PRECISIONS, autocast, pick_device, progress
+from minimaxdd.runtime import PRECISIONS, autocast, flush_denormals, pick_device, progress
 from minimaxdd.settings import run_field, setting
 
 _MIX = 0x9E3779B97F4A7C15
+# a value of FORMULATIONS: draw_level(n, g) and training_losses(net, x0, level, y, noise)
+Formulation = Diffusion | EDM
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -64,6 +69,10 @@ class LoopConfig:
     ema: float = setting(0.9999, help="decay per step of the EMA of the weights (see ema_warmup)")
     # short CPU runs still get a useful EMA
     ema_warmup: bool = setting(True, help="ramp the EMA decay up as min(ema, (1+step)/(10+step))")
+    ema_length: float | None = setting(None, help="EDM2's power-function EMA with this relative std: the average spans "
+                                                  "about this fraction of the run so far (0.05-0.10 in EDM2); "
+                                                  "replaces ema and ema_warmup")
+    lr_warmup: float = setting(0.0, help="fraction of the planned steps over which the lr ramps up linearly from 0")
     # U-ViT uses 0.15 (p_uncond, Bao et al. 2023)
     class_dropout: float = setting(0.1, help="probability that a label is replaced by the null class, which "
                                              "classifier-free guidance needs")
@@ -93,6 +102,8 @@ class TrainConfig(LoopConfig):
     """`minimaxdd train`: a class-conditional denoiser from scratch, with DiT's recipe (see LoopConfig)."""
     data: str = run_field(help="dataset spec NAME[:ARG]")
     model: str = setting("dit-t/2", help="denoiser: a name of minimaxdd.diffusion.networks.DENOISERS")
+    formulation: str = setting("ddpm", choices=tuple(FORMULATIONS),
+                               help="ddpm: the paper's 1000-step DDPM (DiT); edm: Karras et al. 2022")
     codec: str = setting("pixel", help="pixel, or vae:DIR (a diffusers AutoencoderKL folder)")
     size: int | None = run_field(None, help="image side; null: the dataset's")
     learn_sigma: bool | None = setting(None, help="also learn the variance; null: DiT yes (as published), U-ViT no")
@@ -184,9 +195,35 @@ def adamw(params: list[nn.Parameter], **kw: Any) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=fused or None, **kw)
 
 
+@functools.lru_cache(maxsize=8)
+def power_ema_exponent(sigma_rel: float) -> float:
+    """EDM2's power-function EMA (Karras et al. 2024, Sec. 3.1): the exponent gamma whose profile has
+    relative standard deviation `sigma_rel`, i.e. sigma_rel^2 = (g+1) / ((g+2)^2 (g+3)), solved by bisection."""
+    if not 0 < sigma_rel < 0.28:       # gamma -> 0 gives sigma_rel = sqrt(1/12) ~ 0.289
+        raise UserError(f"ema_length must be in (0, 0.28) (a relative std; EDM2 uses 0.05-0.10), got {sigma_rel}")
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        g = (lo + hi) / 2
+        if (g + 1) / ((g + 2) ** 2 * (g + 3)) > sigma_rel ** 2:
+            lo = g
+        else:
+            hi = g
+    return (lo + hi) / 2
+
+
 def ema_decay(cfg: LoopConfig, done: int) -> float:
-    """The EMA decay after `done` steps (see LoopConfig.ema_warmup)."""
+    """The EMA decay after `done` steps (see LoopConfig.ema_length and ema_warmup)."""
+    if cfg.ema_length is not None:     # beta_t = (1 - 1/t)^(gamma + 1): an average over the whole run so far
+        return (1 - 1 / done) ** (power_ema_exponent(cfg.ema_length) + 1)
     return min(cfg.ema, (1 + done) / (10 + done)) if cfg.ema_warmup else cfg.ema
+
+
+def _set_lr(tr: _Trainer, step: int, total: int) -> None:
+    """A linear lr ramp over the first `lr_warmup` of the planned steps (no change without one)."""
+    if tr.cfg.lr_warmup > 0:
+        scale = min(1.0, (step + 1) / max(1.0, tr.cfg.lr_warmup * total))
+        for group in tr.opt.param_groups:
+            group["lr"] = tr.cfg.lr * scale
 
 
 def update_ema(pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
@@ -352,12 +389,12 @@ def _checkpoint(tr: _Trainer, step: int) -> None:
 
 
 def _draw(targets: Targets, cfg: LoopConfig, step: int, per_epoch: int, null: int,
-          num_timesteps: int) -> tuple[torch.Tensor, ...]:
+          formulation: Formulation) -> tuple[torch.Tensor, ...]:
     """The global batch of `step` and its draws: (x0, labels, y, dropped, t, noise), all on the CPU.
 
     Every draw is made for the global batch, then sliced: N processes train as one would. The order
     of the draws from the step's generator fixes the bytes: flips (and latent noise), label dropout,
-    timesteps, noise."""
+    noise levels (DDPM timesteps or EDM sigmas), noise."""
     epoch, k = divmod(step, per_epoch)
     perm = torch.randperm(len(targets), generator=step_generator(cfg.seed, epoch, stream=1))
     idx = perm[k * cfg.batch:(k + 1) * cfg.batch]
@@ -367,12 +404,12 @@ def _draw(targets: Targets, cfg: LoopConfig, step: int, per_epoch: int, null: in
     y = labels.clone()
     dropped = torch.rand(len(y), generator=g) < cfg.class_dropout
     y[dropped] = null                                                      # the conditioning, (B,)
-    t = torch.randint(0, num_timesteps, (len(y),), generator=g)            # (B,)
+    t = formulation.draw_level(len(y), g)                                  # (B,) timesteps or sigmas
     noise = torch.randn(x0.shape, generator=g)                             # (B, C, H, W)
     return x0, labels, y, dropped, t, noise
 
 
-def _step(tr: _Trainer, diffusion: Diffusion, draws: tuple[torch.Tensor, ...], step: int,
+def _step(tr: _Trainer, diffusion: Formulation, draws: tuple[torch.Tensor, ...], step: int,
           step_loss: StepLoss | None) -> dict[str, float]:
     """One optimiser step and EMA update on this process's slice of `draws`; returns the values to log."""
     x0, labels, y, dropped, t, noise = (v[tr.mine].to(tr.device) for v in draws)
@@ -440,14 +477,15 @@ def _loop(tr: _Trainer, targets: Targets, step: int, per_epoch: int, total: int,
           desc: str) -> tuple[dict[str, Any], float]:
     """Train from `step` to `total` (or the time limit), checkpointing on the way and at the end;
     returns the summary and the wall time in seconds."""
-    cfg, diffusion = tr.cfg, Diffusion()
+    cfg, diffusion = tr.cfg, build_formulation(tr.meta.formulation)
     t_start, seen, stopped = time.time(), 0, None
     meter = _Meter(step // per_epoch)
     log = open(tr.run / "log.jsonl", "a") if dist.is_main() else None
     tr.model.train()
     with progress(total=total, initial=step, desc=desc, unit="step") as bar:
         while step < total:
-            draws = _draw(targets, cfg, step, per_epoch, tr.model.num_classes, diffusion.num_timesteps)
+            draws = _draw(targets, cfg, step, per_epoch, tr.model.num_classes, diffusion)
+            _set_lr(tr, step, total)
             logs = _step(tr, diffusion, draws, step, step_loss)
             meter.add(step // per_epoch, logs)
             step += 1
@@ -484,6 +522,7 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Loop
     restored on resume, so a resumed run continues exactly. `meta` is written into every checkpoint.
     """
     device = dist.setup(pick_device(cfg.device))
+    flush_denormals()
     world = dist.world()
     per_epoch, total = _check(cfg, len(targets), world)
     resume_from = _open_run(cfg)

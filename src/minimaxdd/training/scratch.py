@@ -20,12 +20,13 @@ def train_from_scratch(cfg: TrainConfig) -> dict:
     device = pick_device(cfg.device)
     codec = build_codec(cfg.codec, ds.channels, ds.size, device)
     arch = cfg.model.split("-")[0]
-    learn_sigma = cfg.learn_sigma if cfg.learn_sigma is not None else arch == "dit"
+    learn_sigma = cfg.learn_sigma if cfg.learn_sigma is not None else (arch == "dit" and cfg.formulation == "ddpm")
     torch.manual_seed(cfg.seed)   # parameter initialisation only; data draws use step generators
     model = build_denoiser(cfg.model, codec.latent_size, codec.latent_channels, ds.num_classes, learn_sigma=learn_sigma)
     class_map = list(range(ds.num_classes))   # from scratch: dataset labels are the network classes
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
                                class_map=class_map, image_size=ds.size, channels=ds.channels, data=cfg.data,
-                               extra={"train": asdict(cfg), "pixel": isinstance(codec, PixelCodec)})
+                               extra={"train": asdict(cfg), "pixel": isinstance(codec, PixelCodec)},
+                               formulation=cfg.formulation)
     targets = make_targets(codec, ds, class_map)
     return fit(model, targets, meta, cfg, desc=f"train {cfg.model}")

@@ -1,0 +1,90 @@
+"""The `choose` stage: sampling settings (guidance scale, step count) chosen on training data only.
+
+Each candidate samples a small set from the fine-tuned model (with a seed of its own, so the choice is
+not made on the final set's images), a classifier of the evaluation protocol trains on it, and its
+accuracy on a validation split carved from the *training* set (stratified, seeded) scores the candidate.
+The best mean accuracy wins; ties go to the first candidate listed. The test set is never read.
+The generator itself was trained on the full training set, validation images included, so the scores
+are optimistic for all candidates alike; they rank candidates, they are not results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minimaxdd.data.dataset import Dataset, channel_stats
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.evaluation import train_test
+from minimaxdd.evaluation.protocols import get_protocol
+from minimaxdd.pipeline.config import DistillConfig
+from minimaxdd.pipeline.stages import Stage, epochs_for, key_of, say
+from minimaxdd.runtime import generator
+from minimaxdd.settings import to_dict
+
+CANDIDATE_SEED_OFFSET = 7919   # ours: candidates sample with seed + this, never the final set's seed
+
+
+def validation_split(ds: Dataset, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train part, validation part) of ds's training set: `fraction` of each class, seeded."""
+    g = generator(seed)
+    train, val = [], []
+    for k in range(ds.num_classes):
+        idx = (ds.y_train == k).nonzero().squeeze(1)                      # (n_k,)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = max(1, round(fraction * len(idx)))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.cat(train), torch.cat(val)
+
+
+def candidates(cfg: DistillConfig) -> list[dict[str, Any]]:
+    """Every (cfg, steps) pair to try; an empty list on an axis keeps sample's value."""
+    c = cfg.choose
+    scales = c.cfg or [cfg.sample.cfg]
+    steps = c.steps or [cfg.sample.steps]
+    return [{"cfg": s, "steps": n} for s, n in itertools.product(scales, steps)]
+
+
+def _score(cfg: DistillConfig, ckpt: str, cand: dict, ds: Dataset, split: tuple, ipc: int, out: Path,
+           device: torch.device) -> float:
+    """Validation accuracy (mean over repeats) of a classifier trained on one candidate's samples."""
+    sample = dataclasses.replace(cfg.sample, **cand)
+    s, _ = sample_checkpoint(SampleConfig(**to_dict(sample), ckpt=ckpt, out=str(out), ipc=ipc,
+                                          seed=cfg.seed + CANDIDATE_SEED_OFFSET, device=str(device)))
+    tr, va = split
+    ev = cfg.evaluate
+    r = train_test.evaluate_set(s.images, s.labels, ds.x_train[va], ds.y_train[va], ds.num_classes, ev.models[0],
+                                get_protocol(ev.protocol), cfg.choose.repeats,
+                                cfg.choose.epochs if cfg.choose.epochs is not None else epochs_for(cfg, ipc),
+                                cfg.seed, device, ev.precision, stats=channel_stats(ds.x_train[tr]))
+    return r.mean
+
+
+def stage_choose(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device) -> dict:
+    """Score each candidate on the validation split; the record's `sample` holds the chosen settings."""
+    cands = candidates(cfg)
+    conf = {"choose": to_dict(cfg.choose), "candidates": cands}
+    st = Stage(run, "choose", key_of(ft["key"], conf, to_dict(cfg.sample), cfg.evaluate.models[0],
+                                     cfg.evaluate.protocol, cfg.seed), conf, force)
+    if st.done:
+        say(f"choose: done ({st.record['sample']}), skipped")
+        return st.record
+    st.begin(device)
+    if len(cands) == 1:
+        return st.finish(device, sample=cands[0], scores=None)
+    ds = load_dataset(cfg.data, size=cfg.size)
+    split = validation_split(ds, cfg.choose.val_fraction, cfg.seed)
+    ipc = cfg.choose.ipc or min(cfg.ipc)
+    scores = []
+    for cand in cands:
+        acc = _score(cfg, ft["checkpoint"], cand, ds, split, ipc, st.dir, device)
+        say(f"choose: {cand} -> validation accuracy {100 * acc:.2f}%")
+        scores.append({**cand, "val_accuracy": acc})
+    best = max(range(len(cands)), key=lambda i: (scores[i]["val_accuracy"], -i))
+    say(f"choose: {cands[best]} (validation split of {len(split[1])} training images, IPC {ipc})")
+    return st.finish(device, sample=cands[best], scores=scores, val_images=len(split[1]), ipc=ipc)

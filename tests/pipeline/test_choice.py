@@ -1,0 +1,59 @@
+"""The `choose` stage: sampling settings picked on a validation split of the training set, never the test set."""
+import json
+
+import pytest
+import torch
+
+from minimaxdd.cli import main
+from minimaxdd.evaluation import train_test
+from minimaxdd.pipeline.choice import candidates, validation_split
+from minimaxdd.pipeline.config import build_config
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded(digits):
+    tr, va = validation_split(digits, 0.1, seed=3)
+    assert len(set(tr.tolist()) & set(va.tolist())) == 0 and len(tr) + len(va) == len(digits.y_train)
+    counts = torch.bincount(digits.y_train[va], minlength=10)
+    per_class = torch.bincount(digits.y_train, minlength=10)
+    assert torch.equal(counts, (0.1 * per_class.double()).round().long().clamp_min(1))
+    assert torch.equal(va, validation_split(digits, 0.1, seed=3)[1])
+    assert not torch.equal(va, validation_split(digits, 0.1, seed=4)[1])
+
+
+def test_candidates_are_every_pair_or_the_sample_settings():
+    cfg = build_config(None, {"data": "digits", "sample": {"cfg": 1.5}})
+    assert candidates(cfg) == [{"cfg": 1.5, "steps": None}]
+    cfg = build_config(None, {"data": "digits", "choose": {"cfg": [1, 2], "steps": [4, 8]}})
+    assert candidates(cfg) == [{"cfg": 1.0, "steps": 4}, {"cfg": 1.0, "steps": 8}, {"cfg": 2.0, "steps": 4},
+                               {"cfg": 2.0, "steps": 8}]
+
+
+@pytest.mark.slow      # a small pipeline run, about 20 s
+def test_choose_scores_on_training_images_only_and_samples_with_the_winner(tmp_path, monkeypatch, digits):
+    scored, real = [], train_test.evaluate_set
+
+    def spy(x, y, x_test, y_test, *a, **kw):
+        scored.append((len(x), x_test.clone(), y_test.clone()))
+        return real(x, y, x_test, y_test, *a, **kw)
+    monkeypatch.setattr(train_test, "evaluate_set", spy)
+    run = tmp_path / "run"
+    argv = ["distill", "--data", "digits", "--ipc", "2", "--device", "cpu",
+            "--set", 'base.train={"model": "dit-n/2", "formulation": "edm", "steps": 6, "batch": 32, "flip": false}',
+            "--set", "finetune.objective=none", "--set", "sample.steps=3",
+            "--set", "choose.cfg=[1, 2]", "--set", "evaluate.repeats=1", "--set", "evaluate.epochs=2",
+            "--set", "evaluate.full_epochs=0", "--set", 'evaluate.baselines=["random"]',
+            "--set", "evaluate.metrics=false", "--out", str(run)]
+    assert main(argv) == 0
+    rec = json.loads((run / "choose" / "stage.json").read_text())
+    assert [s["cfg"] for s in rec["scores"]] == [1.0, 2.0] and rec["val_images"] == 136
+    best = max(rec["scores"], key=lambda s: s["val_accuracy"])
+    assert rec["sample"] == {"cfg": best["cfg"], "steps": 3}
+    # two candidates, each 2 images per class, scored on the held-out *training* images (the seed's split);
+    # only the evaluate stage's rows after them see the test set
+    _, va = validation_split(digits, 0.1, seed=0)
+    for n, xv, yv in scored[:2]:
+        assert n == 20 and torch.equal(xv, digits.x_train[va]) and torch.equal(yv, digits.y_train[va])
+    assert all(torch.equal(xv, digits.x_test) for _, xv, _ in scored[2:]) and len(scored) == 4
+    man = json.loads((run / "sample" / "ipc2" / "manifest.json").read_text())
+    assert man["config"]["cfg"] == best["cfg"]
+    assert "Sampling settings chosen on training data" in (run / "report.md").read_text()
