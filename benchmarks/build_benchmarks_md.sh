@@ -15,4 +15,5 @@ py=${PY:-.venv/bin/python}
   fi
   if [ -f benchmarks/BENCHMARKS.fashion.md ]; then cat benchmarks/BENCHMARKS.fashion.md; fi
   if [ -f benchmarks/BENCHMARKS.distill.md ]; then cat benchmarks/BENCHMARKS.distill.md; fi
+  if [ -f benchmarks/BENCHMARKS.generator.md ]; then cat benchmarks/BENCHMARKS.generator.md; fi
 } > BENCHMARKS.md

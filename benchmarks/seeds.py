@@ -107,9 +107,12 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=0, help="K: also the generate-K-x-IPC-keep-IPC rows")
     ap.add_argument("--prototypes", type=float, default=0.0, help="SIGMA: also the start-from-real-prototypes rows")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 beside another job on 2 cores)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     flush_denormals()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     run = Path(a.run)
     cfg = json.loads((run / "config.json").read_text())
     chosen = json.loads((run / "choose" / "stage.json").read_text()) if (run / "choose" / "stage.json").exists() else {}
