@@ -19,12 +19,7 @@ from pathlib import Path
 
 from minimaxdd.evaluation import metrics
 from minimaxdd.files import write_json
-
-
-def method_name(objective: str) -> str:
-    """The name of our set in a distill run's tables (pipeline.config.method_name, from a saved config)."""
-    return "diffusion" if objective == "none" else objective
-
+from minimaxdd.pipeline.config import set_name
 
 KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "diversity")
 
@@ -34,9 +29,9 @@ def collect(runs: list[Path], ipcs: list[int], model: str) -> list[dict]:
     for run in runs:
         if (run / "config.json").exists():      # a distill run: its objective and its baselines
             cfg = json.loads((run / "config.json").read_text())
-            ours, baselines = method_name(cfg["finetune"]["objective"]), cfg["evaluate"]["baselines"]
+            ours, baselines = set_name(cfg["finetune"]["objective"]), cfg["evaluate"]["baselines"]
         else:                                    # an ablation variant, OUT/<objective>/
-            ours, baselines = method_name(run.name), []
+            ours, baselines = set_name(run.name), []
         found = [(ours, run / "sample" / f"ipc{k}", k) for k in ipcs]
         for m in baselines:
             found += [(m, run / "baselines" / f"{m}-ipc{k}", k) for k in ipcs]

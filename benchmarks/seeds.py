@@ -33,6 +33,9 @@ from minimaxdd.baselines.registry import select
 from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet
+from minimaxdd.diffusion import checkpoints as ckpts
+from minimaxdd.diffusion.codecs import build_codec
+from minimaxdd.diffusion.edm import guided_denoiser, heun, sigma_steps
 from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
 from minimaxdd.evaluation.protocols import get_protocol
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
@@ -71,10 +74,6 @@ def medoids(feats: torch.Tensor, k: int, seed: int, iters: int = 20) -> torch.Te
 
 def from_prototypes(ckpt: str, real: SyntheticSet, sigma: float, sample: dict, seed: int, device: str) -> SyntheticSet:
     """Real images noised to `sigma` and denoised by the run's EDM model, each keeping its class."""
-    from minimaxdd.diffusion import checkpoints as ckpts
-    from minimaxdd.diffusion.codecs import build_codec
-    from minimaxdd.diffusion.edm import guided_denoiser, heun, sigma_steps
-
     model, meta = ckpts.load(ckpt, "ema", device)
     if meta.formulation != "edm":
         raise SystemExit("--prototypes needs a model of the edm formulation")

@@ -10,6 +10,7 @@ its errors name the key, the type expected and, where the field lists them, the 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -28,7 +29,7 @@ def setting(default: Any, *, help: str = "", choices: tuple[str, ...] | None = N
     """A setting with its help text (and, for a closed set of names, the allowed values)."""
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: json.loads(json.dumps(value)),
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(value),
                                  metadata={"help": help, "choices": choices})
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 

@@ -18,10 +18,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from minimaxdd import distributed as dist
-from minimaxdd.diffusion.samplers import PerImageNoise, _pad_batch, frozen_weights, sampling_network
+from minimaxdd.diffusion.samplers import PerImageNoise, sample_batches
 from minimaxdd.diffusion.schedule import mean_flat
-from minimaxdd.runtime import autocast, progress
+from minimaxdd.runtime import autocast
 
 SIGMA_DATA = 0.5        # std of the data in [-1, 1]: Karras et al. 2022, Sec. 5 and Table 1; edm EDMPrecond sigma_data
 P_MEAN, P_STD = -1.2, 1.2   # ln(sigma) ~ N(P_MEAN, P_STD^2): Karras et al. 2022, Table 1 ("Training"); edm EDMLoss
@@ -235,30 +234,12 @@ def generate_edm(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sa
     """
     if sampler not in EDM_SAMPLERS:
         raise ValueError(f"unknown EDM sampler {sampler!r}; choose one of {', '.join(EDM_SAMPLERS)}")
-    if len(labels) != len(seeds):
-        raise ValueError("one seed per label")
-    step_fn, sigmas = EDM_SAMPLERS[sampler], sigma_steps(steps)
-    shape = (model.in_channels, model.input_size, model.input_size)
-    if network is None:
-        model = sampling_network(model, precision, compile)
-        batch_size = max(1, min(batch_size, len(labels)))
-    else:
-        model = network
-    starts = list(range(0, len(labels), batch_size))
-    mine = starts[dist.rank()::dist.world()]   # batch b on rank b % world: the same bytes as one process
-    outs, edm = {}, EDM()
-    total = sum(len(labels[s:s + batch_size]) for s in mine) * steps
-    with frozen_weights(compile), progress(total=total, desc=desc, unit="step") as bar:
-        for s in mine:
-            y, seed = labels[s:s + batch_size], seeds[s:s + batch_size]   # (n,) labels, n seeds
-            n = len(y)
-            if compile and n < batch_size:
-                y, seed = _pad_batch(y, seed, batch_size)     # one batch shape: no recompile
-            x = float(sigmas[0]) * PerImageNoise(seed, shape, device)()   # (n, C, H, W)
-            fn = guided_denoiser(model, y.to(device), cfg_scale, precision, edm)
-            x = step_fn(fn, x, sigmas, lambda k=n: bar.update(k))[:n]
-            outs[s] = (x.clamp(-1, 1) if clip else x).float().cpu()       # (n, C, H, W)
-    if dist.world() > 1:
-        for part in dist.all_gather_objects(outs):
-            outs.update(part)
-    return torch.cat([outs[s] for s in starts]) if starts else torch.empty(0, *shape)
+    step_fn, sigmas, edm = EDM_SAMPLERS[sampler], sigma_steps(steps), EDM()
+
+    def one_batch(net: nn.Module, y: torch.Tensor, noise: PerImageNoise, on_step: Callable) -> torch.Tensor:
+        x = float(sigmas[0]) * noise()                                     # (n, C, H, W)
+        x = step_fn(guided_denoiser(net, y, cfg_scale, precision, edm), x, sigmas, on_step)
+        return x.clamp(-1, 1) if clip else x
+
+    return sample_batches(model, labels, seeds, one_batch, steps=steps, precision=precision, batch_size=batch_size,
+                          device=device, desc=desc, compile=compile, network=network)

@@ -272,6 +272,27 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
     DDPM and DDIM always respace uniformly in time, as DiT does.
     """
     step_fn = sampler_fn(sampler, spacing)
+
+    def one_batch(net: nn.Module, y: torch.Tensor, noise: PerImageNoise, on_step: Callable) -> torch.Tensor:
+        return step_fn(guided_fn(net, y, cfg_scale, cfg_channels, precision), noise, steps, clip, on_step)
+
+    return sample_batches(model, labels, seeds, one_batch, steps=steps, precision=precision, batch_size=batch_size,
+                          device=device, desc=desc, compile=compile, network=network)
+
+
+BatchFn = Callable[[nn.Module, torch.Tensor, PerImageNoise, Callable], torch.Tensor]
+
+
+def sample_batches(model: nn.Module, labels: torch.Tensor, seeds: list[int], one_batch: BatchFn, *, steps: int,
+                   precision: str, batch_size: int, device: str | torch.device, desc: str, compile: bool,
+                   network: nn.Module | None) -> torch.Tensor:
+    """The batching every sampler shares: (N, C, H, W) float32 on the CPU, one image per (label, seed).
+
+    `one_batch(net, y, noise, on_step)` samples one batch: y (n,) labels on the device, `noise` the
+    batch's per-image noise streams, `on_step` called after each of its `steps` steps; it returns
+    (n, C, H, W). The network is `network`, or a `sampling_network(model, precision, compile)` built
+    for this call; with `compile`, a short batch is padded to `batch_size` (one shape, no recompile).
+    """
     if len(labels) != len(seeds):
         raise ValueError("one seed per label")
     shape = (model.in_channels, model.input_size, model.input_size)
@@ -293,8 +314,8 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, sample
             if compile and n < batch_size:
                 y, seed = _pad_batch(y, seed, batch_size)     # one batch shape: no recompile
             noise = PerImageNoise(seed, shape, device)
-            net = guided_fn(model, y.to(device), cfg_scale, cfg_channels, precision)
-            outs[s] = step_fn(net, noise, steps, clip, lambda k=n: bar.update(k))[:n].float().cpu()  # (n, C, H, W)
+            x = one_batch(model, y.to(device), noise, lambda k=n: bar.update(k))
+            outs[s] = x[:n].float().cpu()                                  # (n, C, H, W)
     if dist.world() > 1:
         for part in dist.all_gather_objects(outs):
             outs.update(part)

@@ -189,6 +189,11 @@ def check(cfg: DistillConfig) -> None:
         raise UserError(f"evaluate.repeats must be at least 1, got {e.repeats}")
 
 
-def method_name(cfg: DistillConfig) -> str:
+def set_name(objective: str) -> str:
     """The name of our set in tables: the fine-tuning objective, or `diffusion` for the base model as is."""
-    return "diffusion" if cfg.finetune.objective == NO_FINETUNING else cfg.finetune.objective
+    return "diffusion" if objective == NO_FINETUNING else objective
+
+
+def method_name(cfg: DistillConfig) -> str:
+    """`set_name` of the run's fine-tuning objective."""
+    return set_name(cfg.finetune.objective)
