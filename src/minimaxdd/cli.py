@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
+import signal
 import sys
 import textwrap
 import types
 import typing
 from typing import Any, Callable
+
+from safetensors import SafetensorError
 
 from minimaxdd import distributed as dist
 from minimaxdd.baselines.registry import METHODS, SelectConfig
@@ -24,6 +29,7 @@ from minimaxdd.diffusion.generation import SampleConfig, run_sampling
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.metrics import format_metrics, run_metrics
 from minimaxdd.evaluation.runner import EvaluateConfig, format_table, run_evaluation
+from minimaxdd.files import os_error_code, run_lock
 from minimaxdd.pipeline.ablation import (
     SWEEP_PARAMS,
     ablation_markdown,
@@ -360,16 +366,18 @@ def cmd_metrics(a: argparse.Namespace) -> int:
 
 
 def cmd_ablation(a: argparse.Namespace) -> int:
-    res = run_ablation(a.base, a.data, a.ipc, [o.strip() for o in a.objectives.split(",") if o.strip()], a.out,
-                       a.repeats, parse_set(a.set), a.device)
+    with run_lock(a.out):        # the variants' stages inside OUT take no locks of their own
+        res = run_ablation(a.base, a.data, a.ipc, [o.strip() for o in a.objectives.split(",") if o.strip()], a.out,
+                           a.repeats, parse_set(a.set), a.device)
     print(ablation_markdown(res))
     print(f"wrote {a.out}/ablation.md and {a.out}/ablation.json")
     return 0
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    res = run_sweep(a.base, a.data, a.ipc, a.param, a.values.split(","), a.out, a.objective, a.repeats,
-                    parse_set(a.set), a.device)
+    with run_lock(a.out):
+        res = run_sweep(a.base, a.data, a.ipc, a.param, a.values.split(","), a.out, a.objective, a.repeats,
+                        parse_set(a.set), a.device)
     for p in res["points"]:
         print(f"{a.param}={p['value']}: " + ", ".join(f"IPC {r['ipc']} {100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
                                                       for r in p["rows"]))
@@ -389,20 +397,64 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sweep": cmd_sweep}
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (`minimaxdd presets | head -1`): point stdout at /dev/null so that
+    the flush at exit cannot fail again, and exit as a process killed by SIGPIPE would (Python's recipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
+# The OS errors a user can fix, as the message says them (any other OSError is a bug: its traceback shows).
+OS_ERRORS = {errno.ENOSPC: "the disk is full (no space left on device); free some space or choose another --out",
+             errno.EDQUOT: "the disk quota is exceeded; free some space or choose another --out",
+             errno.EROFS: "the file system is read-only; choose another --out",
+             errno.EACCES: "permission denied; choose a path you may write or fix its permissions",
+             errno.EPERM: "operation not permitted; choose a path you may write or fix its permissions",
+             errno.ENOENT: "no such file or directory; check the path",
+             errno.ENOTDIR: "a part of the path is not a directory; check the path",
+             errno.EISDIR: "is a directory where a file was expected; check the path",
+             errno.ENAMETOOLONG: "the file name is too long; choose a shorter path",
+             errno.EIO: "an I/O error (a failing disk or network file system); check the device and retry"}
+
+
+def _user_message(e: BaseException) -> str | None:
+    """The message for an error a user can fix that escaped the commands' own checks, or None for a bug."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in OS_ERRORS:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{OS_ERRORS[e.errno]}"
+    if isinstance(e, SafetensorError):       # a checkpoint written or read outside the paths that name the file
+        if os_error_code(e) in OS_ERRORS:
+            return f"writing a .safetensors file: {OS_ERRORS[os_error_code(e)]}"
+        if "deserializ" in str(e):
+            return f"a .safetensors file is truncated or corrupt ({e}); re-download it or re-run what wrote it"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run one command; a UserError prints its message (no traceback) and exits with 2."""
+    """Parse, run one command. A UserError, or an OS error a user can fix (a full disk, permissions), prints its
+    message without a traceback and exits with 2; Ctrl-C exits with 130; a closed output pipe exits quietly
+    with 141. Any other exception is a bug and shows its traceback (see minimaxdd.errors)."""
     args = build_parser().parse_args(argv)
     flush_denormals()
     ok = False
     try:
         rc = COMMANDS[args.command](args)
+        sys.stdout.flush()                # a closed pipe fails here, inside the try, not at exit
         ok = True
         return rc
-    except UserError as e:
-        print(f"minimaxdd {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
-        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        print(f"minimaxdd {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    except (UserError, OSError, SafetensorError) as e:
+        msg = _user_message(e)
+        if msg is None:
+            raise
+        print(f"minimaxdd {args.command}: error: {msg}", file=sys.stderr)
+        return 2
     finally:
         dist.shutdown(sync=ok)

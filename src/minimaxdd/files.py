@@ -1,20 +1,29 @@
-"""Files: the cache folder, manifests (what made an artifact) and atomic writes of JSON, tensors and folders.
+"""Files: the cache folder, manifests (what made an artifact), atomic writes of JSON, tensors and folders
+(a failed write leaves nothing behind and says which file and why), and the lock of a run directory.
 
 Seeded generators, devices and progress bars live in `minimaxdd.runtime`."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import math
 import os
+import pickle
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 from minimaxdd.errors import UserError
 
@@ -57,29 +66,146 @@ def manifest(config: dict[str, Any], seed: int | None, wall_time_s: float, **ext
     }
 
 
+# ----------------------------------------------------------------------------- atomic writes
+
+# The errno values of a failed write that a user can fix, as the message says them.
+_WRITE_ERRORS = {
+    errno.ENOSPC: "the disk is full (no space left on device)",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than the file system (or a limit of this process) allows",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+# ours: torch.save reports a failed write as a RuntimeError without an errno ("unexpected pos ..."); with
+# less free space than this beside the file, it is put down to a full disk
+FULL_DISK_BYTES = 16 * 2**20
+_ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
+# what a failed write raises: OSError from Python and Pillow, RuntimeError from torch.save,
+# SafetensorError from safetensors' writer (both with the OS error in their text, when they say it)
+WRITE_FAILURES = (OSError, RuntimeError, SafetensorError)
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it is there (Linux >= 4.7) rather than set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(tmp: Path, directory: bool = False) -> None:
+    """Give a temporary file (0600 from mkstemp) or directory (0700 from mkdtemp) the mode any other new
+    file gets, 0666 (0777) less the umask, before it is renamed into place."""
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _free_bytes(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            return shutil.disk_usage(p).free
+    return None
+
+
+def os_error_code(e: BaseException) -> int | None:
+    """The errno of an OSError, or the OS error quoted in the text of another (safetensors: "os error 28")."""
+    if isinstance(e, OSError):
+        return e.errno
+    m = _ERRNO_IN_TEXT.search(str(e))
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+def write_failure(path: str | Path, e: BaseException) -> UserError | None:
+    """A UserError naming `path` and why writing it failed (a full disk, a quota, permissions, a read-only
+    file system), or None when `e` does not look like a failed write."""
+    path = Path(path)
+    code = os_error_code(e)
+    if code is None and isinstance(e, WRITE_FAILURES):
+        free = _free_bytes(path)
+        if free is not None and free < FULL_DISK_BYTES:
+            code = errno.ENOSPC
+    if code not in _WRITE_ERRORS:
+        return None
+    fix = ("free some space or choose another --out" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "choose a writable --out or fix the permissions")
+    return UserError(f"cannot write {path}: {_WRITE_ERRORS[code]}; {fix}")
+
+
+def raise_if_write_failure(path: Path, e: BaseException) -> None:
+    """Raise `write_failure(path, e)` if `e` is a failed write; return (for the caller to re-raise) otherwise."""
+    err = write_failure(path, e)
+    if err is not None:
+        raise err from e
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write; renamed onto `path` when the block ends without an error.
+
+    A reader never sees half a file, a failed write leaves nothing behind, the file gets the mode any new
+    file gets (the umask's), and a full disk or a permission problem is a UserError naming `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise_if_write_failure(path, e)
+        raise
+    tmp = Path(name)
+    try:
+        yield tmp
+        _publish_mode(tmp)
+        os.replace(tmp, path)
+    except WRITE_FAILURES as e:
+        raise_if_write_failure(path, e)     # while the partial file still takes its space
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save to `path` via a temporary file and a rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+@contextmanager
+def reading(path: str | Path, fix: str) -> Iterator[None]:
+    """Turn what reading a truncated or corrupt `path` raises (safetensors' reader, torch.load's zip reader,
+    pickle, JSON) into a UserError that names the file and says `fix`; any other error passes unchanged."""
+    try:
+        yield
+    except (SafetensorError, pickle.UnpicklingError, EOFError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is truncated or corrupt ({e}); {fix}") from e
+    except RuntimeError as e:
+        if "PytorchStreamReader" not in str(e):      # torch.load's message for a damaged archive
+            raise
+        raise UserError(f"{path} is truncated or corrupt (torch.load: {str(e).split('.')[0]}); {fix}") from e
+
+
+def finite_or_null(obj: Any) -> Any:
+    """`obj` with every non-finite float (nan, inf) replaced by None, so that json.dumps writes strict JSON
+    (null) rather than the bare NaN / Infinity that other JSON readers refuse."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 @contextmanager
@@ -92,17 +218,190 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
+        _publish_mode(tmp, directory=True)
+    except OSError as e:
+        raise_if_write_failure(out, e)
+        raise
     try:
         yield tmp
-    except BaseException:
+        _move_into_place(tmp, out)
+    except BaseException as e:
+        err = write_failure(out, e) if isinstance(e, WRITE_FAILURES) else None   # before the space is freed
         shutil.rmtree(tmp, ignore_errors=True)
+        if err is not None:
+            raise err from e
         raise
-    if out.exists():
-        old = out.with_name(out.name + ".old-" + tmp.name.rsplit("-", 1)[-1])
-        os.replace(out, old)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` onto `out`; an `out` already there is replaced, and restored if that fails."""
+    if not out.exists():
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        return
+    old = out.with_name(out.name + ".old-" + tmp.name.rsplit("-", 1)[-1])
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- run locks
+
+# The run directories this process holds (resolved path -> the open, flock'ed lock file). A command holds
+# its run directory's lock; what it runs inside that directory (distill's stages) needs no lock of its own.
+_HELD: dict[Path, int] = {}
+LOCK_ATTEMPTS = 5   # ours: retries when the lock file is replaced between opening and locking it
+# ours: how long a busy lock is retried before refusing; another process's probe (`_refuse_if_held_elsewhere`)
+# holds it for microseconds, a run for its whole length
+LOCK_PATIENCE_S = 0.2
+
+
+def lock_path(run: str | Path) -> Path:
+    """RUN.lock, beside the run directory (inside it, it would outlive an atomic replacement of RUN)."""
+    run = Path(run).resolve()
+    return run.with_name(run.name + ".lock")
+
+
+@contextmanager
+def run_lock(run: str | Path, enabled: bool = True) -> Iterator[None]:
+    """Hold the lock of run directory `run` while the block writes into it; a second process asking for it
+    (or for a directory inside it) gets a UserError naming the holder's pid, host, start and command.
+
+    The lock is an flock on RUN.lock, which holds that description. The kernel drops an flock when its
+    process dies, so the file a killed run leaves behind (kill -9) is stale and taken over, with a warning,
+    without a race between two processes taking it. Re-entrant within a process: a directory inside one
+    this process holds is not locked again. `enabled` False (ranks other than 0) does nothing.
+    """
+    run = Path(run).resolve()
+    if not enabled or not run.name:
+        yield
+        return
+    if any(h == run or h in run.parents for h in _HELD):
+        _refuse_if_held_elsewhere(run, run)       # e.g. `train --out RUN/base` beside this process's distill
+        yield
+        return
+    for above in run.parents:
+        _refuse_if_held_elsewhere(above, run)
+    fd = _acquire(run)
+    _HELD[run] = fd
+    try:
+        yield
+    finally:
+        del _HELD[run]
+        lock_path(run).unlink(missing_ok=True)     # unlinked before it is unlocked: see _acquire
+        os.close(fd)
+
+
+def _holder(path: Path) -> dict:
+    """What a lock file says of its holder ({} while it is being written or when it is gone)."""
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _running(pid: Any) -> bool | None:
+    """Whether process `pid` runs on this host (os.kill(pid, 0)); None when that cannot be told."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return None
+    return True
+
+
+def _in_use(run: Path, path: Path, holder: dict, inside: Path | None = None) -> UserError:
+    pid = holder.get("pid", "unknown")
+    where = f" (it holds {run}, which contains {inside})" if inside is not None and inside != run else ""
+    gone = ""
+    if holder.get("host") == socket.gethostname() and _running(pid) is False:
+        gone = (f" (pid {pid} is gone, but a process it started still holds the lock: stop that one, or delete "
+                f"{path} if none runs)")
+    return UserError(f"{inside or run} is in use by another minimaxdd process: pid {pid} on "
+                     f"{holder.get('host', 'this host')}, started {holder.get('started', '?')}, running "
+                     f"`{holder.get('command', '?')}`{where}{gone}; lock file {path}. Wait for it to finish, stop "
+                     f"it (kill {pid}), or choose another --out")
+
+
+def _refuse_if_held_elsewhere(run: Path, inside: Path) -> None:
+    """A UserError if another process holds the lock of `run` (the directory `inside` or one above it)."""
+    if not run.name or run in _HELD:
+        return
+    path = lock_path(run)
+    if not path.exists():
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(run, path, _holder(path), inside) from None
+    except OSError:
+        pass                                  # a file system without flock: _acquire says so
+    finally:
+        os.close(fd)
+
+
+def _acquire(run: Path) -> int:
+    """Open and flock RUN.lock, write this process's description into it; returns the descriptor."""
+    path = lock_path(run)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise_if_write_failure(path, e)
+        raise
+    for _ in range(LOCK_ATTEMPTS):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            _flock_patiently(fd)
+        except BlockingIOError:
+            os.close(fd)
+            raise _in_use(run, path, _holder(path)) from None
+        except OSError as e:
+            warnings.warn(f"cannot lock {path} ({e}); make sure no other run writes into {run}", stacklevel=5)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)   # the holder removed the file between our open and flock: lock the new one
     else:
-        os.replace(tmp, out)
+        raise UserError(f"cannot lock {path}: it keeps being replaced; is another run starting in {run}?")
+    _say_if_stale(path, _holder(path))
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+          "command": " ".join(sys.argv)}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    return fd
+
+
+def _flock_patiently(fd: int) -> None:
+    """An exclusive flock on `fd`, retried for LOCK_PATIENCE_S; BlockingIOError if it stays busy."""
+    deadline = time.monotonic() + LOCK_PATIENCE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _say_if_stale(path: Path, old: dict) -> None:
+    """Warn that a lock file left by a process that no longer holds it (killed, say) is taken over."""
+    if not old.get("pid"):
+        return
+    state = "is no longer running" if _running(old["pid"]) is False else "no longer holds it"
+    warnings.warn(f"taking over the stale lock {path}, left by pid {old['pid']} on {old.get('host', '?')} "
+                  f"(started {old.get('started', '?')}), which {state}", stacklevel=6)

@@ -4,11 +4,14 @@ The diffusion side, training and evaluation all use these without importing one 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Iterable
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as std_tqdm
 
 from minimaxdd import distributed as dist
 from minimaxdd.errors import UserError
@@ -21,11 +24,59 @@ def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     return g
 
 
+# ours: where stderr is a log file rather than a terminal, a progress line every tenth of the run or every
+# 30 s, whichever comes first (a redrawn bar would write a line per update, joined by carriage returns)
+LOG_LINE_FRACTION = 0.1
+LOG_LINE_SECONDS = 30.0
+
+
+class LogLines(std_tqdm):
+    """tqdm for logs: whole lines, each a snapshot of the bar, at the start, every LOG_LINE_FRACTION of the
+    total or LOG_LINE_SECONDS, and at the end; no carriage returns, no clearing."""
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg is not None:                 # tqdm clearing or overriding the line: nothing to do in a log
+            return True
+        now, last = time.time(), getattr(self, "_line_at", None)
+        if last is not None:
+            step = self.total * LOG_LINE_FRACTION if self.total else float("inf")
+            if now - last[0] < LOG_LINE_SECONDS and self.n - last[1] < step and self.n != self.total:
+                return True
+            if self.n == last[1]:
+                return True
+        self._line()
+        return True
+
+    def _line(self) -> None:
+        self.fp.write(self.__str__() + "\n")
+        self.fp.flush()
+        self._line_at = (time.time(), self.n)
+
+    def close(self) -> None:
+        if self.disable:
+            return
+        if getattr(self, "_line_at", (0, None))[1] != self.n:
+            self._line()                    # where it stopped, if not said yet
+        self.disable = True
+        self._decr_instances(self)
+
+
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", leave: bool = False,
              **kw: Any) -> tqdm:
-    """A tqdm bar on stderr; silent when MINIMAXDD_QUIET=1 (tests, benchmarks) and on ranks other than 0."""
+    """A tqdm bar on stderr, or plain lines now and then (`LogLines`) where stderr is not a terminal; silent
+    when MINIMAXDD_QUIET=1 (tests, benchmarks) and on ranks other than 0."""
     disable = os.environ.get("MINIMAXDD_QUIET") == "1" or not dist.is_main()
-    return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, dynamic_ncols=True, **kw)
+    if disable or _is_terminal(sys.stderr):
+        return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, dynamic_ncols=True, **kw)
+    return LogLines(iterable, total=total, desc=desc, leave=leave, file=sys.stderr, mininterval=1.0, ascii=True,
+                    **kw)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -109,3 +109,22 @@ def test_cli_dm_writes_a_synthetic_set(tmp_path):
     assert not (tmp_path / "dm.dm-state.pt").exists()
     assert main(["select", "--method", "random", "--real", "digits", "--ipc", "1", "--iterations", "5",
                  "--out", str(tmp_path / "r")]) == 2
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_finite_state(small, tmp_path, monkeypatch):
+    from minimaxdd.errors import DivergedError
+
+    state = tmp_path / "run.dm-state.pt"
+    real_loss, calls = dm.dm_loss, {"n": 0}
+
+    def blows_up(*a, **kw):
+        calls["n"] += 1
+        loss = real_loss(*a, **kw)
+        return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(dm, "dm_loss", blows_up)
+    with pytest.raises(DivergedError, match=r"DM: the loss became non-finite \(nan\) at iteration 6; .*"
+                                            r"run\.dm-state\.pt, is kept .*a lower --lr-img \(it was 1\)"):
+        distribution_matching(small, 1, seed=3, cfg=CFG, state_path=state)
+    saved = torch.load(state, weights_only=True)
+    assert saved["iteration"] == 4 and torch.isfinite(saved["syn"]).all() and torch.isfinite(saved["losses"]).all()

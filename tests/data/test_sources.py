@@ -323,7 +323,7 @@ def test_imagefolder_cache_hit_and_invalidation(tmp_path, monkeypatch):
     first = load_dataset(f"imagefolder:{root}", size=8)
     assert len(list((tmp_path / "cache" / "datasets").glob("*.pt"))) == 1
 
-    def boom(path, size):
+    def boom(*args):
         raise AssertionError("decoded again despite the cache")
 
     monkeypatch.setattr(data, "_decode_image", boom)
@@ -337,6 +337,66 @@ def test_imagefolder_cache_hit_and_invalidation(tmp_path, monkeypatch):
     with pytest.raises(AssertionError):  # and cache=False always decodes
         (root / "val" / "a" / "2.png").unlink()
         load_dataset(f"imagefolder:{root}", size=8, cache=False)
+
+
+def _folder(root: Path, files: dict[str, list[tuple[str, tuple[int, int]]]], value: int = 90) -> None:
+    """root/{train,val}/<class>/<i>.png, each class a list of (Pillow mode, (w, h))."""
+    for s in ("train", "val"):
+        for c, images in files.items():
+            for i, (mode, wh) in enumerate(images):
+                path = root / s / c / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new(mode, wh, value if mode == "L" else (value, value, value)).save(path)
+
+
+def test_imagefolder_keeps_its_own_size_and_one_channel_when_stored_grey(tmp_path):
+    _folder(tmp_path / "g", {"a": [("L", (28, 28))] * 2, "b": [("L", (28, 28))] * 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # nothing to say: one size, no upscaling
+        g = load_dataset(f"imagefolder:{tmp_path / 'g'}")
+    assert g.x_train.shape == (4, 1, 28, 28) and int(g.x_train[0, 0, 5, 5]) == 90
+    # files stored RGB stay RGB, equal channels or not (the file's mode decides: FOLDER_GREY_MODES);
+    # non-square ones are centre-cropped to their shorter side, not resampled
+    _folder(tmp_path / "c", {"a": [("RGB", (12, 8))] * 2, "b": [("L", (12, 8))] * 2})
+    c = load_dataset(f"imagefolder:{tmp_path / 'c'}")
+    assert c.x_train.shape == (4, 3, 8, 8) and c.x_train.unique().tolist() == [90]
+
+
+def test_imagefolder_of_mixed_sizes_takes_the_most_common_and_says_so(tmp_path):
+    root = tmp_path / "m"
+    _folder(root, {"a": [("RGB", (32, 32)), ("RGB", (32, 32)), ("RGB", (16, 20))],
+                   "b": [("RGB", (32, 32)), ("RGB", (64, 48)), ("RGB", (32, 40))]})
+    with pytest.warns(UserWarning) as told:
+        ds = load_dataset(f"imagefolder:{root}")
+    assert ds.x_train.shape == (6, 3, 32, 32)
+    said = [str(w.message) for w in told]
+    assert any("come in 3 sizes (shorter side 32 px: 8, 16 px: 2, 48 px: 2); all are resized to 32 px, the most "
+               "common (pass --size to choose another)" in m for m in said), said
+    assert any("2 of 12 images are smaller than 32 px (the smallest 16 px) and are upscaled" in m for m in said)
+    with pytest.warns(UserWarning) as told_again:                   # a cache hit says it again
+        again = load_dataset(f"imagefolder:{root}")
+    assert torch.equal(again.x_train, ds.x_train) and [str(w.message) for w in told_again] == said
+    with pytest.warns(UserWarning, match=r"12 of 12 images are smaller than 80 px \(the smallest 16 px\)"):
+        assert load_dataset(f"imagefolder:{root}", size=80).x_train.shape == (6, 3, 80, 80)
+
+
+def test_imagenet_subsets_keep_256_px_and_rgb(tmp_path):
+    root = tmp_path / "imagenet"
+    _folder(root, {w: [("L", (300, 300))] for w in classes.IMAGENETTE})
+    ds = load_dataset(f"imagenette:{root}")
+    assert ds.x_train.shape == (10, 3, 256, 256)
+
+
+def test_one_class_is_refused_at_load_time(tmp_path):
+    _folder(tmp_path / "one", {"cat": [("L", (8, 8))] * 3})
+    with pytest.raises(DatasetError, match=r"1 class \['cat'\]; distillation and its evaluation need at least 2 "
+                                           r"classes \(with one, every classifier scores 100%\)"):
+        load_dataset(f"imagefolder:{tmp_path / 'one'}")
+    x = np.zeros((3, 1, 4, 4), np.uint8)
+    spec = save_npz(tmp_path / "one.npz", x_train=x, y_train=np.zeros(3, np.int64), x_test=x,
+                    y_test=np.zeros(3, np.int64))
+    with pytest.raises(DatasetError, match=r"1 class \['0'\]"):
+        load_dataset(spec)
 
 
 # ----------------------------------------------------------------------------- ImageNet subsets

@@ -138,3 +138,11 @@ def test_compiled_finetune_matches_eager(base_run, tmp_path):
     la = [json.loads(s)["loss"] for s in (tmp_path / "e" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(s)["loss"] for s in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
     assert len(la) == 3 and la == pytest.approx(lb, rel=1e-4)
+
+
+def test_a_diverged_finetune_stops_with_the_step(base_run, tmp_path):
+    from minimaxdd.errors import DivergedError
+
+    with pytest.raises(DivergedError, match=r"non-finite at step \d+ .*a lower --lr \(it was 1e\+09\)"):
+        finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "ft"), **{**FT, "steps": 8}, lr=1e9))
+    assert not (tmp_path / "ft").exists()      # no checkpoint had been written: nothing kept

@@ -1,6 +1,7 @@
 """The shared training loop: its configs, the step-loss interface, EMA, AdamW and resume refusals."""
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -216,3 +217,95 @@ def test_edm_draws_sigmas_where_ddpm_draws_timesteps(digits):
     g = step_generator(0, 0)
     torch.rand(16, generator=g)                      # label dropout
     assert torch.equal(s, (torch.randn(16, generator=g) * 1.2 - 1.2).exp())
+
+
+# ---------------------------------------------------------------------------------------------
+# divergence (issue 20): stop at the first non-finite loss, never save a non-finite checkpoint
+
+NAN_RUN = ["train", "--data", "digits", "--model", "dit-n/2", "--batch", "16", "--steps", "6", "--checkpoint-every",
+           "1", "--keep", "0", "--log-every", "1", "--precision", "fp32", "--device", "cpu"]
+
+
+def _strict_json(line):
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_a_diverged_run_stops_at_the_step_and_keeps_its_last_finite_checkpoint(tmp_path, capsys):
+    from minimaxdd.cli import main
+
+    out = tmp_path / "nan"
+    assert main([*NAN_RUN, "--lr", "1e9", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    bad = int(re.search(r"the loss became non-finite at step (\d+) \(loss=(nan|inf)", err).group(1))
+    assert bad >= 2 and "a lower --lr (it was 1e+09)" in err and "--resume" in err and "Traceback" not in err
+    last = out / f"ckpt-{bad - 1:08d}.safetensors"
+    assert f"the last finite checkpoint, {last}, is kept" in err
+    # the kept checkpoint loads and is finite; nothing non-finite was written, nothing rotated it away
+    assert ckpt.list_checkpoints(out) == [last]
+    model, meta = ckpt.load(out)
+    assert meta.step == bad - 1 and all(torch.isfinite(p).all() for p in model.parameters())
+    log = [_strict_json(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, bad + 1)) and log[0]["loss"] > 0
+    assert log[-1] == {"step": bad, "loss": None, "mse": None, "vb": None, "stopped": "non-finite loss"}
+    # here the finite weights are already huge (lr 1e9), so the fix is to start over with a sane lr
+    assert main([*NAN_RUN, "--lr", "1e-3", "--overwrite", "--out", str(out)]) == 0
+    assert ckpt.read_meta(out).step == 6
+
+
+def test_a_diverged_run_without_a_checkpoint_leaves_nothing(tmp_path, capsys):
+    from minimaxdd.cli import main
+
+    out = tmp_path / "nan"
+    assert main([*NAN_RUN, "--lr", "1e9", "--checkpoint-every", "100", "--out", str(out)]) == 2
+    assert "no checkpoint had been written, so nothing of the run was kept" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []            # a rerun needs no --overwrite
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch):
+    from minimaxdd.errors import DivergedError
+    from minimaxdd.training import loop
+
+    real_step = loop._step
+
+    def poisoned(tr, diffusion, draws, step, step_loss):
+        logs = real_step(tr, diffusion, draws, step, step_loss)
+        if step == 2:                    # finite loss, weights overflowed by the update
+            with torch.no_grad():
+                tr.params[0].fill_(float("inf"))
+        return logs
+
+    monkeypatch.setattr(loop, "_step", poisoned)
+    kw = dict(data="digits", model="dit-n/2", batch=8, precision="fp32", device="cpu", checkpoint_every=1, keep=0)
+    with pytest.raises(DivergedError, match=r"the weights became non-finite by step 3 .*ckpt-00000002\.safetensors, "
+                                            r"is kept"):
+        train(TrainConfig(out=str(tmp_path / "a"), steps=5, **kw))
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "a")] == ["ckpt-00000002.safetensors"]
+    log = [_strict_json(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert log[-1] == {"step": 3, "stopped": "non-finite weights"}
+
+
+def test_a_full_disk_at_the_first_checkpoint_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)           # the optimiser state, written first
+    kw = dict(data="digits", model="dit-n/2", batch=8, precision="fp32", device="cpu", checkpoint_every=1)
+    with pytest.raises(UserError, match=r"cannot write .*ckpt-00000001\.optim\.pt: the disk is full"):
+        train(TrainConfig(out=str(tmp_path / "a"), steps=2, **kw))
+    assert list(tmp_path.iterdir()) == []            # no config.json, no log: a rerun needs no --overwrite
+    monkeypatch.undo()
+    train(TrainConfig(out=str(tmp_path / "a"), steps=2, **kw))
+
+
+def test_a_truncated_checkpoint_on_resume_is_named(tmp_path):
+    kw = dict(data="digits", model="dit-n/2", batch=8, precision="fp32", device="cpu", checkpoint_every=2)
+    train(TrainConfig(out=str(tmp_path / "a"), steps=2, **kw))
+    f = tmp_path / "a" / "ckpt-00000002.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"ckpt-00000002\.safetensors is truncated or corrupt .*delete "
+                                        r"ckpt-00000002\.safetensors and the files beside it"):
+        train(TrainConfig(out=str(tmp_path / "a"), steps=4, resume=True, **kw))

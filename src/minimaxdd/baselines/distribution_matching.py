@@ -11,6 +11,7 @@ equals the per-class loop of the DM code); the real half runs without gradients.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from minimaxdd.baselines.coreset import random_indices
 from minimaxdd.data import augment
 from minimaxdd.data.dataset import Dataset, channel_stats, normalise
 from minimaxdd.data.synthetic import SyntheticSet
-from minimaxdd.errors import UserError
+from minimaxdd.errors import DivergedError, UserError
 from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.files import save_atomic
 from minimaxdd.runtime import autocast, generator, progress
@@ -97,19 +98,34 @@ def distribution_matching(ds: Dataset, ipc: int, seed: int = 0, device: str | to
         seeds = [_seed(g) for _ in range(k)]
         with autocast(device, cfg.precision):
             loss = dm_loss(net, real_b, syn, seeds)
+        value = loss.item()         # read before the update (the same sync as after it): a non-finite one stops
+        if not math.isfinite(value):
+            raise _diverged(it + 1, f"the loss became non-finite ({value})", cfg, state_path)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(value)
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")   # running mean of the last 50
         if state_path and ((it + 1) % cfg.checkpoint_every == 0) and it + 1 < cfg.iterations:
+            if not bool(syn.isfinite().all()):      # never save a non-finite state over the last finite one
+                raise _diverged(it + 1, "the images became non-finite (gradients overflowed)", cfg, state_path)
             save_atomic({"key": key, "syn": syn.detach().cpu(), "opt": opt.state_dict(),
                          "gen": g.get_state(), "losses": torch.tensor(losses), "iteration": it + 1}, state_path)
+    if not bool(syn.isfinite().all()):
+        raise _diverged(cfg.iterations, "the images became non-finite (gradients overflowed)", cfg, state_path)
     if state_path and state_path.exists():
         state_path.unlink()
     images = _to_uint8(syn.detach().cpu().view(k * ipc, c, h, w), mean, std)
     labels = torch.arange(k).repeat_interleave(ipc)                         # (K * ipc,) class-major
     return SyntheticSet(images, labels, list(ds.class_names)), losses
+
+
+def _diverged(iteration: int, what: str, cfg: DMConfig, state_path: Path | None) -> DivergedError:
+    """The error that stops a diverged DM run: the iteration, what is kept, the likely fix."""
+    kept = (f"its last finite state, {state_path}, is kept (a rerun with the same options resumes from it; "
+            "delete it to rerun with others)" if state_path and state_path.exists() else "no state had been saved")
+    return DivergedError(f"DM: {what} at iteration {iteration}; stopped and nothing non-finite was saved; {kept}. "
+                         f"Likely fix: a lower --lr-img (it was {cfg.lr_img:g})")
 
 
 def _state_key(ds: Dataset, ipc: int, seed: int, cfg: DMConfig) -> str:

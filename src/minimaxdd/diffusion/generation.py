@@ -24,7 +24,7 @@ from minimaxdd.diffusion.samplers import (
     sampling_network,
 )
 from minimaxdd.errors import UserError
-from minimaxdd.files import manifest
+from minimaxdd.files import manifest, reading, run_lock
 from minimaxdd.runtime import PRECISIONS, pick_device
 from minimaxdd.settings import run_field, setting
 
@@ -107,7 +107,10 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     """IPC images per class (or a time budget's worth) from a checkpoint, with timing and provenance."""
     check_sample_config(cfg)
     device = dist.setup(pick_device(cfg.device))
-    model, meta = ckpt.load(cfg.ckpt, cfg.weights, device)
+    file = ckpt.resolve(cfg.ckpt)
+    with reading(file, "re-download it, or re-run the training that wrote it (a run's older checkpoint also "
+                       "serves: name it as the checkpoint to sample)"):
+        model, meta = ckpt.load(file, cfg.weights, device)
     codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
     labels = list(range(len(meta.class_names))) if cfg.classes is None else cfg.classes
     bad = [c for c in labels if not 0 <= c < len(meta.class_names)]
@@ -170,8 +173,12 @@ def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list
 def run_sampling(cfg: SampleConfig) -> tuple[Path, dict]:
     """`minimaxdd sample`: sample, then write the set (rank 0) with its manifest."""
     t0 = time.time()
-    s, info = sample_checkpoint(cfg)
-    if not dist.is_main():
-        return Path(cfg.out), info
-    path = write_synthetic(cfg.out, s, manifest(asdict(cfg), cfg.seed, time.time() - t0, **info), cfg.overwrite)
+    out = Path(cfg.out)
+    if dist.is_main() and out.exists() and not cfg.overwrite:   # fail before the work, not after it
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    with run_lock(out, enabled=dist.is_main()):
+        s, info = sample_checkpoint(cfg)
+        if not dist.is_main():
+            return out, info
+        path = write_synthetic(out, s, manifest(asdict(cfg), cfg.seed, time.time() - t0, **info), cfg.overwrite)
     return path, info

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from minimaxdd.errors import UserError
-from minimaxdd.files import write_json
+from minimaxdd.files import run_lock, write_json
 from minimaxdd.pipeline.choice import stage_choose
 from minimaxdd.pipeline.config import DistillConfig
 from minimaxdd.pipeline.report import write_report
@@ -27,10 +27,14 @@ from minimaxdd.runtime import pick_device
 
 
 def distill(cfg: DistillConfig, out: str | Path, from_stage: str | None = None) -> list[dict]:
-    """Run (or resume) every stage of a distillation into `out`; returns the result rows."""
+    """Run (or resume) every stage of a distillation into `out`, holding its lock; returns the result rows."""
     if from_stage is not None and from_stage not in STAGES:
         raise UserError(f"--from-stage must be one of {', '.join(STAGES)}, got {from_stage!r}")
-    run_dir = Path(out)
+    with run_lock(out):      # one lock for the run: the stages inside it take none of their own
+        return _distill(cfg, Path(out), from_stage)
+
+
+def _distill(cfg: DistillConfig, run_dir: Path, from_stage: str | None) -> list[dict]:
     run_dir.mkdir(parents=True, exist_ok=True)
     first = STAGES.index(from_stage) if from_stage else len(STAGES)
     force = {s: i >= first for i, s in enumerate(STAGES)}

@@ -22,6 +22,7 @@ from minimaxdd.diffusion.codecs import PixelCodec, build_codec
 from minimaxdd.diffusion.networks import difffit_parameters
 from minimaxdd.diffusion.weights import load_diffusers_dit, load_official_dit
 from minimaxdd.errors import UserError
+from minimaxdd.files import reading
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import run_field, setting
 from minimaxdd.training.loop import LoopConfig, fit, make_targets, redefault
@@ -87,8 +88,12 @@ def load_base(path: str, codec_spec: str | None) -> tuple[nn.Module, ckpt.Checkp
     if p.is_dir() and diffusers_cfg and not ckpt.list_checkpoints(p):
         return load_diffusers_dit(p), None
     if p.suffix in (".pt", ".pth", ".bin"):
-        return load_official_dit(p), None
-    model, meta = ckpt.load(p, "ema")
+        with reading(p, "download the official weights again"):
+            return load_official_dit(p), None
+    file = ckpt.resolve(p)
+    with reading(file, "re-download it, or re-run the training that wrote it (a run's older checkpoint also "
+                       "serves: name it with --ckpt)"):
+        model, meta = ckpt.load(file, "ema")
     if codec_spec is not None and codec_spec != meta.codec:
         raise UserError(f"{path} was trained with codec {meta.codec}; drop --codec or use a matching checkpoint")
     return model, meta

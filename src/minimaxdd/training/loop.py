@@ -30,8 +30,17 @@ from minimaxdd.diffusion.codecs import PixelCodec, VAECodec, encode_dataset
 from minimaxdd.diffusion.edm import EDM
 from minimaxdd.diffusion.formulations import FORMULATIONS, build_formulation
 from minimaxdd.diffusion.schedule import Diffusion
-from minimaxdd.errors import UserError
-from minimaxdd.files import manifest, save_atomic, write_json
+from minimaxdd.errors import DivergedError, UserError
+from minimaxdd.files import (
+    WRITE_FAILURES,
+    finite_or_null,
+    manifest,
+    raise_if_write_failure,
+    reading,
+    run_lock,
+    save_atomic,
+    write_json,
+)
 from minimaxdd.runtime import PRECISIONS, autocast, flush_denormals, pick_device, progress
 from minimaxdd.settings import run_field, setting
 
@@ -279,6 +288,9 @@ def _prepare_run(cfg: LoopConfig) -> Path | None:
             raise UserError(f"--resume: {run} has no checkpoint to resume from; drop --resume to start")
         return existing[-1]
     if run.exists() and any(run.iterdir()):
+        if not cfg.overwrite and not existing:
+            raise UserError(f"{run} is not empty and holds no checkpoint to resume from; pass --overwrite to start "
+                            "a run there, or choose another --out")
         if not cfg.overwrite:
             raise UserError(f"{run} already holds a run; pass --resume to continue it, --overwrite to start over, "
                             "or choose another --out")
@@ -287,6 +299,19 @@ def _prepare_run(cfg: LoopConfig) -> Path | None:
         (run / "log.jsonl").unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _discard_unstarted(run: Path, created: bool) -> None:
+    """After a new run failed before its first checkpoint: remove what it wrote (its config and log, and the
+    directory if it made it), so that a rerun needs no --overwrite. A run with a checkpoint is kept whole."""
+    if ckpt.list_checkpoints(run):
+        return
+    for name in ("config.json", "log.jsonl", "manifest.json"):
+        (run / name).unlink(missing_ok=True)
+    for f in run.glob("ckpt-*.pt"):              # the optimiser and stage state of a checkpoint not completed
+        f.unlink()
+    if created and run.is_dir() and not any(run.iterdir()):
+        run.rmdir()
 
 
 def _open_run(cfg: LoopConfig) -> Path | None:
@@ -341,10 +366,16 @@ def _wrap(tr: _Trainer) -> None:
         tr.net = torch.compile(tr.net)   # shares the parameters: the optimiser, EMA and checkpoints see `model`
 
 
+def _unreadable_fix(ckpt_file: Path) -> str:
+    return (f"delete {ckpt_file.name} and the files beside it named {ckpt_file.stem}.* to resume from the "
+            "checkpoint before it, or start over with --overwrite")
+
+
 def _saved(path: Path, what: str, cfg: LoopConfig, device: torch.device | str) -> Any:
     """The tensors saved in `path` for --resume; None where it is missing and `fresh_state` allows that."""
     if path.exists():
-        return torch.load(path, map_location=device, weights_only=True)
+        with reading(path, _unreadable_fix(path.with_suffix("").with_suffix(".safetensors"))):
+            return torch.load(path, map_location=device, weights_only=True)
     if cfg.fresh_state:
         return None
     raise UserError(f"--resume: {path} ({what}) is missing, so the run cannot continue as an uninterrupted one "
@@ -353,11 +384,13 @@ def _saved(path: Path, what: str, cfg: LoopConfig, device: torch.device | str) -
 
 def _resume(tr: _Trainer, path: Path) -> int:
     """Load the checkpoint `path` and what sits beside it; returns its step."""
-    old = ckpt.read_meta(path)
+    with reading(path, _unreadable_fix(path)):
+        old = ckpt.read_meta(path)
     if old.model != tr.meta.model or old.codec != tr.meta.codec or old.class_map != tr.meta.class_map:
         raise UserError(f"--resume: {path} was trained with another model, codec or class map; "
                         "use the same settings or start a new --out")
-    ckpt.load_pair(path, tr.model, tr.ema)
+    with reading(path, _unreadable_fix(path)):
+        ckpt.load_pair(path, tr.model, tr.ema)
     optim = _saved(path.with_suffix(".optim.pt"), "the optimiser state", tr.cfg, tr.device)
     if optim is not None:
         tr.opt.load_state_dict(optim)
@@ -370,7 +403,12 @@ def _resume(tr: _Trainer, path: Path) -> int:
 
 
 def _checkpoint(tr: _Trainer, step: int) -> None:
-    """Write the checkpoint of `step` (every rank its stage state), then drop all but the newest `keep` + 1."""
+    """Write the checkpoint of `step` (every rank its stage state), then drop all but the newest `keep` + 1.
+
+    Weights that are not finite are never written (the ranks hold the same weights, so all stop), and so
+    the rotation never removes the last finite checkpoint."""
+    if not _finite_weights(tr):
+        raise _Diverged(step, None)
     path = ckpt.ckpt_path(tr.run, step)
     if tr.state:                  # each rank its own; written before the weights, which mark completion
         save_atomic({name: obj.state_dict() for name, obj in tr.state.items()}, _state_path(path, dist.rank()))
@@ -378,7 +416,11 @@ def _checkpoint(tr: _Trainer, step: int) -> None:
     if not dist.is_main():
         return
     tr.meta.step = step
-    ckpt.save(path, tr.model, tr.ema, tr.meta, tr.opt)
+    try:
+        ckpt.save(path, tr.model, tr.ema, tr.meta, tr.opt)
+    except WRITE_FAILURES as e:
+        raise_if_write_failure(path, e)
+        raise
     old = ckpt.list_checkpoints(tr.run)[:-1]
     for p in old[:max(0, len(old) - tr.cfg.keep)]:
         _delete_checkpoint(p)
@@ -423,6 +465,11 @@ def _step(tr: _Trainer, diffusion: Formulation, draws: tuple[torch.Tensor, ...],
         add, more = step_loss(terms, Batch(x0=x0, labels=labels, dropped=dropped, step=step))
         loss = loss + add
         logs.update(more)
+    # The values are read already (for the log), so this costs no extra device sync; under torchrun every
+    # rank learns whether any diverged, so that all stop together. Non-finite gradients make the next
+    # step's loss non-finite, and the weights are checked before every checkpoint.
+    if dist.any_flag(not all(map(math.isfinite, logs.values())), tr.device):
+        raise _Diverged(step + 1, logs)
     tr.opt.zero_grad(set_to_none=True)
     loss.backward()
     if tr.cfg.grad_clip:
@@ -430,6 +477,47 @@ def _step(tr: _Trainer, diffusion: Formulation, draws: tuple[torch.Tensor, ...],
     tr.opt.step()
     update_ema(tr.averaged, ema_decay(tr.cfg, step + 1))
     return logs
+
+
+# ---------------------------------------------------------------------------------------------
+# divergence
+
+
+class _Diverged(Exception):
+    """A non-finite loss at a step (`logs`: its values), or non-finite weights by a checkpoint (`logs` None)."""
+
+    def __init__(self, step: int, logs: dict[str, float] | None) -> None:
+        super().__init__(step)
+        self.step, self.logs = step, logs
+
+
+def _finite_weights(tr: _Trainer) -> bool:
+    """Whether the trained parameters and their EMA are all finite (one device sync per checkpoint)."""
+    tensors = [p.detach() for p in tr.params] + [e for e, _ in tr.averaged]
+    return not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+
+
+def _diverged_error(tr: _Trainer, d: _Diverged) -> DivergedError:
+    """The error that stops a diverged run: the step, what is kept, and the likely fixes."""
+    cfg = tr.cfg
+    if d.logs is not None:
+        values = ", ".join(f"{k}={v:.6g}" for k, v in d.logs.items())
+        what = f"the loss became non-finite at step {d.step} ({values})"
+    else:
+        what = f"the weights became non-finite by step {d.step} (gradients overflowed; the losses were finite)"
+    kept = ckpt.list_checkpoints(tr.run)
+    if kept:
+        keep = (f"the last finite checkpoint, {kept[-1]}, is kept: rerun with --resume and a fix to continue "
+                f"from it, or --overwrite to start over")
+    else:
+        keep = "no checkpoint had been written, so nothing of the run was kept"
+    fixes = [f"a lower --lr (it was {cfg.lr:g})"]
+    if not cfg.grad_clip:
+        fixes.append("--grad-clip 1.0")
+    if cfg.precision != "fp32":
+        fixes.append("--precision fp32")
+    return DivergedError(f"{what}; training stopped and nothing non-finite was saved; {keep}. "
+                         f"Likely fixes: {', '.join(fixes)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,11 +550,19 @@ class _Meter:
                                      **{k: v / self.n for k, v in self.sums.items()}})
 
 
+def _write_log(log: IO[str], record: dict[str, Any]) -> None:
+    """One line of log.jsonl, strict JSON (a non-finite value is written as null)."""
+    try:
+        log.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
+        log.flush()
+    except WRITE_FAILURES as e:
+        raise_if_write_failure(Path(log.name), e)
+        raise
+
+
 def _log_line(log: IO[str], bar: Any, step: int, logs: dict[str, float], meter: _Meter, rate: float) -> None:
     bar.set_postfix(loss=f"{meter.running['loss']:.4f}", img_s=f"{rate:.1f}")
-    log.write(json.dumps({"step": step, **{n: round(v, 6) for n, v in logs.items()},
-                          "images_per_s": round(rate, 2)}) + "\n")
-    log.flush()
+    _write_log(log, {"step": step, **{n: round(v, 6) for n, v in logs.items()}, "images_per_s": round(rate, 2)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,26 +578,33 @@ def _loop(tr: _Trainer, targets: Targets, step: int, per_epoch: int, total: int,
     meter = _Meter(step // per_epoch)
     log = open(tr.run / "log.jsonl", "a") if dist.is_main() else None
     tr.model.train()
-    with progress(total=total, initial=step, desc=desc, unit="step") as bar:
-        while step < total:
-            draws = _draw(targets, cfg, step, per_epoch, tr.model.num_classes, diffusion)
-            _set_lr(tr, step, total)
-            logs = _step(tr, diffusion, draws, step, step_loss)
-            meter.add(step // per_epoch, logs)
-            step += 1
-            seen += len(draws[0])                     # the global batch: every process's slice
-            bar.update(1)
-            if log is not None and (step % cfg.log_every == 0 or step == total):
-                _log_line(log, bar, step, logs, meter, seen / max(time.time() - t_start, 1e-9))
-            if cfg.time_limit is not None and dist.any_flag(time.time() - t_start > cfg.time_limit, tr.device):
-                stopped = "time limit"
-                break
-            if step % cfg.checkpoint_every == 0 and step < total:
-                _checkpoint(tr, step)
-    if log is not None:
-        log.close()
-    meter.close(per_epoch)
-    _checkpoint(tr, step)
+    try:
+        with progress(total=total, initial=step, desc=desc, unit="step") as bar:
+            while step < total:
+                draws = _draw(targets, cfg, step, per_epoch, tr.model.num_classes, diffusion)
+                _set_lr(tr, step, total)
+                logs = _step(tr, diffusion, draws, step, step_loss)
+                meter.add(step // per_epoch, logs)
+                step += 1
+                seen += len(draws[0])                     # the global batch: every process's slice
+                bar.update(1)
+                if log is not None and (step % cfg.log_every == 0 or step == total):
+                    _log_line(log, bar, step, logs, meter, seen / max(time.time() - t_start, 1e-9))
+                if cfg.time_limit is not None and dist.any_flag(time.time() - t_start > cfg.time_limit, tr.device):
+                    stopped = "time limit"
+                    break
+                if step % cfg.checkpoint_every == 0 and step < total:
+                    _checkpoint(tr, step)
+        meter.close(per_epoch)
+        _checkpoint(tr, step)
+    except _Diverged as d:
+        if log is not None:
+            _write_log(log, {"step": d.step, **(d.logs or {}), "stopped": "non-finite " + ("loss" if d.logs else
+                                                                                           "weights")})
+        raise _diverged_error(tr, d) from None
+    finally:
+        if log is not None:
+            log.close()
     dist.barrier()              # the final checkpoint exists for every rank before any returns
     wall = time.time() - t_start
     return {"steps": step, "planned_steps": total, "stopped": stopped, "images_seen": seen,
@@ -525,17 +628,25 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Loop
     flush_denormals()
     world = dist.world()
     per_epoch, total = _check(cfg, len(targets), world)
-    resume_from = _open_run(cfg)
-    tr = _build(cfg, model, params, meta, state, device, cfg.batch // world)   # each rank its slice of the batch
-    step = _resume(tr, resume_from) if resume_from is not None else 0
-    if dist.is_main():
-        write_json(tr.run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
-                                            "class_names": meta.class_names, "class_map": meta.class_map,
-                                            "world_size": world})
-    _wrap(tr)
-    info, wall = _loop(tr, targets, step, per_epoch, total, step_loss, desc)
-    if dist.is_main():
-        write_json(tr.run / "manifest.json", manifest(
-            asdict(cfg), cfg.seed, wall, **info, world_size=world, trainable_params=sum(p.numel() for p in tr.params),
-            total_params=sum(p.numel() for p in tr.model.parameters()), **(manifest_extra or {})))
+    with run_lock(cfg.out, enabled=dist.is_main()):
+        fresh = not Path(cfg.out).exists()
+        resume_from = _open_run(cfg)
+        try:
+            tr = _build(cfg, model, params, meta, state, device, cfg.batch // world)   # each rank its batch slice
+            step = _resume(tr, resume_from) if resume_from is not None else 0
+            if dist.is_main():
+                write_json(tr.run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
+                                                    "class_names": meta.class_names, "class_map": meta.class_map,
+                                                    "world_size": world})
+            _wrap(tr)
+            info, wall = _loop(tr, targets, step, per_epoch, total, step_loss, desc)
+            if dist.is_main():
+                write_json(tr.run / "manifest.json", manifest(
+                    asdict(cfg), cfg.seed, wall, **info, world_size=world,
+                    trainable_params=sum(p.numel() for p in tr.params),
+                    total_params=sum(p.numel() for p in tr.model.parameters()), **(manifest_extra or {})))
+        except BaseException:
+            if resume_from is None and dist.is_main():
+                _discard_unstarted(Path(cfg.out), fresh)
+            raise
     return info

@@ -1,0 +1,503 @@
+"""Bad inputs and faults, one table: each case runs the command line (in process, `cli.main(argv)`) and checks
+the exit code, that the message names the problem and the fix, that no traceback shows, that nothing
+half-written is left and that what was there before keeps its bytes. A few cases run `python -m minimaxdd`
+for what only a real process shows (a closed output pipe, a traceback for a genuine bug, kill -9).
+
+Exit codes (minimaxdd.errors): 2 for every error a user can fix, 130 for Ctrl-C, 141 for a closed pipe.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+
+from minimaxdd import cli, files
+from minimaxdd.baselines import distribution_matching
+from minimaxdd.cli import main
+from minimaxdd.diffusion import checkpoints as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--precision", "fp32", "--device", "cpu"]
+TINY_TRAIN = ["--data", "digits", "--model", "dit-n/2", "--batch", "16", "--log-every", "1", *FAST]
+SELECT = ["select", "--method", "random", "--ipc", "1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# what the cases build
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny trained run (dit-n/2 on digits, 2 steps): the checkpoint of the sample / finetune / resume cases."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    assert main(["train", *TINY_TRAIN, "--steps", "2", "--checkpoint-every", "1", "--out", str(out)]) == 0
+    return out
+
+
+@dataclass
+class Ctx:
+    """What a case's set-up gets: its folder, the base run, and clean-ups to run after the case."""
+    tmp: Path
+    base: Path
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+
+def npz(ctx: Ctx, name: str = "d.npz", **over) -> str:
+    """An npz dataset (2 classes, 4 images each, 1x4x4), with `over` replacing or adding arrays."""
+    x = np.arange(8 * 16, dtype=np.uint8).reshape(8, 1, 4, 4)
+    a = {"x_train": x, "y_train": np.repeat(np.arange(2), 4), "x_test": x, "y_test": np.repeat(np.arange(2), 4)}
+    a.update(over)
+    a = {k: v for k, v in a.items() if v is not None}
+    np.savez(ctx.tmp / name, **a)
+    return f"npz:{ctx.tmp / name}"
+
+
+def folder(ctx: Ctx, classes=("a", "b"), bad: bytes | None = None, bad_name: str = "2.png") -> str:
+    """An image folder of 8x8 grey PNGs; `bad`: the bytes of one more file in train/<first class>/."""
+    root = ctx.tmp / "f"
+    for s in ("train", "val"):
+        for c in classes:
+            (root / s / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("L", (8, 8), 40 * i).save(root / s / c / f"{i}.png")
+    if bad is not None:
+        (root / "train" / classes[0] / bad_name).write_bytes(bad)
+    return f"imagefolder:{root}"
+
+
+def existing(ctx: Ctx, name: str = "out") -> Path:
+    """An output that was there before the command: the case checks that it keeps its bytes."""
+    d = ctx.tmp / name
+    d.mkdir()
+    (d / "data.pt").write_bytes(b"the previous run's set")
+    return d
+
+
+def copy_base(ctx: Ctx) -> Path:
+    run = ctx.tmp / "run"
+    shutil.copytree(ctx.base, run)
+    return run
+
+
+def without_optimiser_state(ctx: Ctx) -> Path:
+    run = copy_base(ctx)
+    (run / "ckpt-00000002.optim.pt").unlink()
+    return run
+
+
+def with_a_damaged_last_checkpoint(ctx: Ctx) -> Path:
+    run = copy_base(ctx)
+    (run / "ckpt-00000002.safetensors").write_bytes(b"\0" * 100)
+    return run
+
+
+def foreign_safetensors(ctx: Ctx) -> Path:
+    from safetensors.torch import save_file
+
+    f = ctx.tmp / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, str(f))
+    return f
+
+
+def truncated(ctx: Ctx) -> Path:
+    f = ctx.tmp / "cut.safetensors"
+    f.write_bytes(ckpt.list_checkpoints(ctx.base)[-1].read_bytes()[:4000])
+    return f
+
+
+class Evil:
+    """A pickle that would run a shell command if it were unpickled as it asks."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def cifar_with_a_malicious_pickle(ctx: Ctx) -> str:
+    d = ctx.tmp / "cifar-10-batches-py"
+    d.mkdir()
+    for n in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]:
+        (d / n).write_bytes(pickle.dumps(Evil(ctx.tmp / "PWNED")))
+    return f"cifar10:{d}"
+
+
+def malicious_pt(ctx: Ctx) -> Path:
+    f = ctx.tmp / "set.pt"
+    f.write_bytes(pickle.dumps(Evil(ctx.tmp / "PWNED"), protocol=2))     # torch.load's own protocol
+    return f
+
+
+def wrong_keys_checkpoint(ctx: Ctx) -> Path:
+    """Our checkpoint, its metadata intact, with one EMA tensor left out."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = ckpt.list_checkpoints(ctx.base)[-1]
+    tensors = load_file(str(src))
+    dropped = sorted(k for k in tensors if k.startswith("ema."))[0]
+    del tensors[dropped]
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    out = ctx.tmp / "ckpt-00000002.safetensors"
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+def rgb_set(ctx: Ctx) -> Path:
+    f = ctx.tmp / "rgb.pt"
+    torch.save({"images": torch.zeros(10, 3, 8, 8, dtype=torch.uint8), "labels": torch.arange(10),
+                "class_names": [str(i) for i in range(10)]}, f)
+    return f
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from minimaxdd.files import run_lock
+    with run_lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(120)
+""")
+
+
+def held_by_another_process(ctx: Ctx, run: Path) -> int:
+    """Another process holding the lock of `run` until the case ends; returns its pid."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout.readline().strip() == "held"
+    ctx.cleanups.append(lambda: (p.kill(), p.wait(), p.stdout.close()))
+    return p.pid
+
+
+def enospc(*a, **kw):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def raises(exc: BaseException):
+    """A stand-in (for a command or a writer) that raises `exc`."""
+    def stand_in(*a, **kw):
+        raise exc
+    return stand_in
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Ctx], list[str]]          # builds the bad input under ctx.tmp, returns the command line
+    says: tuple[str, ...] = ()                # regexes the error message must match (problem, then fix)
+    rc: int = 2
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None
+    leaves: bool = False                      # True: it may write (a kept checkpoint, a finished set)
+    check: Callable[[Ctx, str, str], None] | None = None   # more checks: (ctx, stdout, stderr)
+
+
+def _no_code_ran(ctx: Ctx, out: str, err: str) -> None:
+    assert not (ctx.tmp / "PWNED").exists()
+
+
+def _diverged_run(ctx: Ctx, out: str, err: str) -> None:
+    bad = int(re.search(r"at step (\d+)", err).group(1))
+    run = ctx.tmp / "nan"
+    assert ckpt.list_checkpoints(run) == [run / f"ckpt-{bad - 1:08d}.safetensors"]     # the last finite one only
+    model, _ = ckpt.load(run)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    for line in (run / "log.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"log.jsonl holds {c}"))
+
+
+def _seed_0(ctx: Ctx, out: str, err: str) -> None:
+    assert json.loads(out)["seed"] == 0
+
+
+def _same_bytes_at_any_batch_size(ctx: Ctx, out: str, err: str) -> None:
+    argv = ["sample", str(ctx.base), "--ipc", "2", "--steps", "3", "--batch-size", "64", "--device", "cpu"]
+    assert main([*argv, "--out", str(ctx.tmp / "b64")]) == 0
+    a = torch.load(ctx.tmp / "b3" / "data.pt", weights_only=True)
+    b = torch.load(ctx.tmp / "b64" / "data.pt", weights_only=True)
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+
+
+def _pid_named(ctx: Ctx, out: str, err: str) -> None:
+    assert f"pid {ctx.pid} " in err
+
+
+def _distill_in_use(ctx: Ctx) -> list[str]:
+    ctx.pid = held_by_another_process(ctx, ctx.tmp / "run")
+    return ["distill", "--data", "digits", "--out", str(ctx.tmp / "run")]
+
+
+CASES = [
+    # --- data: paths, npz keys and dtypes, labels, classes, image files, pickles, names
+    Case("npz-missing", lambda c: [*SELECT, "--real", f"npz:{c.tmp}/nope.npz", "--out", f"{c.tmp}/o"],
+         (r"npz file .*nope\.npz does not exist", r"pass npz:PATH")),
+    Case("npz-wrong-keys", lambda c: [*SELECT, "--real", npz(c, y_test=None), "--out", f"{c.tmp}/o"],
+         (r"lacks keys \['y_test'\]", r"save it with x_train, y_train, x_test, y_test")),
+    Case("npz-image-dtype", lambda c: [*SELECT, "--real", npz(c, x_train=np.full((8, 1, 4, 4), 1000, np.int32)),
+                                       "--out", f"{c.tmp}/o"],
+         (r"x_train is int32 with values in \[1000, 1000\]", r"save images as uint8 0-255 or float in \[0, 1\]")),
+    Case("npz-float-labels", lambda c: [*SELECT, "--real", npz(c, y_train=np.zeros(8)), "--out", f"{c.tmp}/o"],
+         (r"y_train is float64", r"save labels as integers 0\.\.K-1")),
+    Case("npz-labels-out-of-range", lambda c: [*SELECT, "--real", npz(c, y_train=np.array([0, 1, 5, 1] * 2),
+                                                                      class_names=np.array(["a", "b"])),
+                                               "--out", f"{c.tmp}/o"],
+         (r"train labels span 0\.\.5 but there are 2 class names", r"fix the labels or class_names")),
+    Case("npz-one-class", lambda c: [*SELECT, "--real", npz(c, y_train=np.zeros(8, np.int64),
+                                                            y_test=np.zeros(8, np.int64)), "--out", f"{c.tmp}/o"],
+         (r"1 class \['0'\]; distillation and its evaluation need at least 2 classes", r"add the images of another")),
+    Case("npz-class-without-train-images", lambda c: [*SELECT, "--real", npz(c, y_train=np.array([0, 2] * 4),
+                                                                             y_test=np.array([0, 1, 2, 0] * 2)),
+                                                      "--out", f"{c.tmp}/o"],
+         (r"class 1 \('1'\) has no training images", r"add images or remove the class")),
+    Case("npz-object-array", lambda c: [*SELECT, "--real", npz(c, class_names=np.array([{"a": 1}, 2], object)),
+                                        "--out", f"{c.tmp}/o"],
+         (r"cannot read npz file", r"no object arrays")),
+    Case("imagefolder-corrupt-image", lambda c: [*SELECT, "--real", folder(c, bad=b"\x89PNG\r\n\x1a\n" + b"\0" * 20),
+                                                 "--out", f"{c.tmp}/o"],
+         (r"cannot decode image .*train/a/2\.png", r"delete or replace the file")),
+    Case("imagefolder-non-image-file", lambda c: [*SELECT, "--real", folder(c, bad=b"just text", bad_name="3.jpg"),
+                                                  "--out", f"{c.tmp}/o"],
+         (r"cannot decode image .*train/a/3\.jpg", r"delete or replace the file")),
+    Case("imagefolder-one-class", lambda c: [*SELECT, "--real", folder(c, classes=("cat",)), "--out", f"{c.tmp}/o"],
+         (r"1 class \['cat'\]; .*at least 2 classes \(with one, every classifier scores 100%\)",)),
+    Case("imagefolder-no-train", lambda c: [*SELECT, "--real", f"imagefolder:{c.tmp}", "--out", f"{c.tmp}/o"],
+         (r"train does not exist", r"expected .*/train/<class>/\*")),
+    Case("cifar-malicious-pickle", lambda c: [*SELECT, "--real", cifar_with_a_malicious_pickle(c),
+                                              "--out", f"{c.tmp}/o"],
+         (r"refused global posix\.system: only numpy arrays are allowed", r"use the original CIFAR python files"),
+         check=_no_code_ran),
+    Case("unknown-dataset", lambda c: [*SELECT, "--real", "mnistt", "--out", f"{c.tmp}/o"],
+         (r"unknown dataset 'mnistt'", r"known sources: digits")),
+    Case("unknown-method", lambda c: ["select", "--method", "mean", "--real", "digits", "--ipc", "1",
+                                      "--out", f"{c.tmp}/o"],
+         (r"invalid choice: 'mean'",)),
+    # --- IPC and outputs
+    Case("ipc-0", lambda c: [*SELECT[:-1], "0", "--real", "digits", "--out", f"{c.tmp}/o"],
+         (r"--ipc must be at least 1, got 0",)),
+    Case("ipc-too-large", lambda c: [*SELECT[:-1], "1000", "--real", "digits", "--out", f"{c.tmp}/o"],
+         (r"--ipc 1000 asks for more images than these classes have", r"lower --ipc")),
+    Case("out-exists", lambda c: [*SELECT, "--real", "digits", "--out", str(existing(c))],
+         (r"out already exists", r"pass --overwrite to replace it or choose another --out")),
+    Case("select-disk-full", lambda c: [*SELECT, "--real", "digits", "--out", str(existing(c)), "--overwrite"],
+         (r"cannot write .*/out: the disk is full \(no space left on device\)", r"free some space"),
+         patch=lambda m: m.setattr(Image.Image, "save", enospc)),
+    # --- training: run directories, resume, divergence, a full disk
+    Case("train-existing-run", lambda c: ["train", *TINY_TRAIN, "--steps", "3", "--out", str(copy_base(c))],
+         (r"already holds a run", r"pass --resume to continue it, --overwrite to start over")),
+    Case("train-resume-missing-optimiser-state",
+         lambda c: ["train", *TINY_TRAIN, "--steps", "3", "--resume", "--out", str(without_optimiser_state(c))],
+         (r"ckpt-00000002\.optim\.pt \(the optimiser state\) is missing", r"--fresh-state")),
+    Case("train-resume-truncated-checkpoint",
+         lambda c: ["train", *TINY_TRAIN, "--steps", "3", "--resume", "--out",
+                    str(with_a_damaged_last_checkpoint(c))],
+         (r"ckpt-00000002\.safetensors is truncated or corrupt", r"delete ckpt-00000002\.safetensors and the files "
+                                                                  r"beside it .* or start over with --overwrite")),
+    Case("train-lr-1e9", lambda c: ["train", *TINY_TRAIN, "--steps", "8", "--checkpoint-every", "1", "--keep", "0",
+                                    "--lr", "1e9", "--out", f"{c.tmp}/nan"],
+         (r"the loss became non-finite at step \d+ \(loss=(nan|inf)", r"the last finite checkpoint, .* is kept",
+          r"Likely fixes: a lower --lr \(it was 1e\+09\), --grad-clip 1\.0"), leaves=True, check=_diverged_run),
+    Case("train-disk-full", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--out", f"{c.tmp}/run"],
+         (r"cannot write .*run/ckpt-00000002\.optim\.pt: the disk is full", r"free some space or choose another"),
+         patch=lambda m: m.setattr(torch, "save", enospc)),
+    Case("finetune-lr-1e9", lambda c: ["finetune", "--ckpt", str(c.base), "--data", "digits", "--steps", "8",
+                                       "--lr", "1e9", *FAST, "--out", f"{c.tmp}/ft"],
+         (r"the loss became non-finite at step \d+", r"no checkpoint had been written, so nothing of the run was kept",
+          r"a lower --lr \(it was 1e\+09\)")),
+    Case("dm-non-finite-loss", lambda c: ["select", "--method", "dm", "--real", "digits", "--ipc", "1",
+                                          "--iterations", "5", "--out", f"{c.tmp}/dm"],
+         (r"DM: the loss became non-finite \(nan\) at iteration 1", r"a lower --lr-img \(it was 1\)"),
+         patch=lambda m: m.setattr(distribution_matching, "dm_loss",
+                                   lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))),
+    Case("train-disk-full-at-the-weights", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--out", f"{c.tmp}/run"],
+         (r"cannot write .*run/ckpt-00000002\.safetensors: the disk is full", r"free some space"),
+         patch=lambda m: m.setattr(safetensors.torch, "save_file", raises(SafetensorError(
+             "Error while serializing: I/O error: No space left on device (os error 28)")))),
+    Case("train-batch-0", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--batch", "0", "--out", f"{c.tmp}/r"],
+         (r"--batch 0 must be between 1 and the number of training images \(1347\)",)),
+    Case("train-unknown-model", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--model", "dit-q/2",
+                                           "--out", f"{c.tmp}/r"],
+         (r"unknown model 'dit-q/2'; choose one of: ",)),
+    Case("train-no-data", lambda c: ["train", "--steps", "2", "--out", f"{c.tmp}/r"],
+         (r"train needs --data \(or a --preset that sets it\)",)),
+    # --- checkpoints: missing, truncated, without our metadata, wrong keys
+    Case("sample-missing-checkpoint", lambda c: ["sample", f"{c.tmp}/nope.safetensors", "--ipc", "1",
+                                                 "--out", f"{c.tmp}/o"],
+         (r"checkpoint .*nope\.safetensors does not exist",)),
+    Case("sample-truncated-checkpoint", lambda c: ["sample", str(truncated(c)), "--ipc", "1", "--out", f"{c.tmp}/o"],
+         (r"cut\.safetensors is truncated or corrupt", r"re-download it, or re-run the training that wrote it")),
+    Case("sample-foreign-safetensors",
+         lambda c: ["sample", str(foreign_safetensors(c)), "--ipc", "1", "--out", f"{c.tmp}/o"],
+         (r"w\.safetensors is a safetensors file without minimaxdd metadata",)),
+    Case("sample-ipc-0", lambda c: ["sample", str(c.base), "--ipc", "0", "--out", f"{c.tmp}/o"],
+         (r"--ipc must be at least 1, got 0",)),
+    Case("finetune-truncated-checkpoint", lambda c: ["finetune", "--ckpt", str(truncated(c)), "--data", "digits",
+                                                     "--steps", "1", *FAST, "--out", f"{c.tmp}/o"],
+         (r"cut\.safetensors is truncated or corrupt", r"re-download it")),
+    Case("finetune-wrong-checkpoint-keys", lambda c: ["finetune", "--ckpt", str(wrong_keys_checkpoint(c)),
+                                                      "--data", "digits", "--steps", "1", *FAST, "--out", f"{c.tmp}/o"],
+         (r"do not fit this model:\n  missing: ", r"check --model")),
+    # --- evaluation inputs
+    Case("evaluate-missing-set", lambda c: ["evaluate", f"{c.tmp}/nope", "--real", "digits"],
+         (r"synthetic set .*nope does not exist", r"pass a directory written by")),
+    Case("evaluate-malicious-pt", lambda c: ["evaluate", str(malicious_pt(c)), "--real", "digits"],
+         (r"cannot read .*set\.pt as a synthetic set", r"torch\.save'd dict of tensors"), check=_no_code_ran),
+    Case("evaluate-wrong-channels", lambda c: ["evaluate", str(rgb_set(c)), "--real", "digits", "--epochs", "1"],
+         (r"the synthetic images have 3 channels and the real ones 1", r"convert them \(e\.g\. to grey\)")),
+    # --- distill: settings checked before anything is written, presets, the run's lock
+    Case("distill-set-not-an-int", lambda c: ["distill", "--data", "digits", "--set", "base.train.steps=abc",
+                                              "--out", f"{c.tmp}/run"],
+         (r"base\.train\.steps: expected int \| null, got 'abc'",)),
+    Case("distill-unknown-setting", lambda c: ["distill", "--data", "digits", "--set", "sample.stepz=3",
+                                               "--out", f"{c.tmp}/run"],
+         (r"unknown setting\(s\) sample\.stepz; known under sample: .*steps",)),
+    Case("distill-unknown-preset", lambda c: ["distill", "--preset", "nope", "--out", f"{c.tmp}/run"],
+         (r"unknown preset 'nope'",)),
+    Case("distill-run-in-use", _distill_in_use,
+         (r"run is in use by another minimaxdd process: pid \d+ on ", r"Wait for it to finish, stop it \(kill \d+\)"),
+         check=_pid_named),
+    # --- what passes: a value of 0 is a value; the same bytes at any batch size
+    Case("distill-seed-0-overrides-the-preset", lambda c: ["distill", "--preset", "digits", "--seed", "0", "--set",
+                                                           "seed=5", "--print-config"], rc=0, check=_seed_0),
+    Case("sample-same-bytes-at-any-batch-size", lambda c: ["sample", str(c.base), "--ipc", "2", "--steps", "3",
+                                                           "--batch-size", "3", "--device", "cpu",
+                                                           "--out", f"{c.tmp}/b3"],
+         rc=0, leaves=True, check=_same_bytes_at_any_batch_size),
+    # --- the command line's own catch-all: Ctrl-C, OS errors a user can fix
+    Case("ctrl-c", lambda c: ["datasets"], (r"interrupted; nothing half-written was kept",), rc=130,
+         patch=lambda m: m.setitem(cli.COMMANDS, "datasets", raises(KeyboardInterrupt()))),
+    Case("safetensors-write-failure", lambda c: ["datasets"],
+         (r"writing a \.safetensors file: the disk is full",),
+         patch=lambda m: m.setitem(cli.COMMANDS, "datasets", raises(SafetensorError(
+             "Error while serializing: I/O error: No space left on device (os error 28)")))),
+    Case("permission-denied", lambda c: ["datasets"],
+         (r"/root/x: permission denied; choose a path you may write",),
+         patch=lambda m: m.setitem(cli.COMMANDS, "datasets", raises(PermissionError(errno.EACCES, "denied",
+                                                                                    "/root/x")))),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under `root`, with the sha256 of each file's bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:           # argparse's own errors
+        return e.code
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, tmp_path, base, monkeypatch, capsys):
+    ctx = Ctx(tmp_path, base)
+    try:
+        argv = case.argv(ctx)
+        before = _snapshot(tmp_path)
+        if case.patch is not None:
+            case.patch(monkeypatch)
+        rc = _run(argv)
+        monkeypatch.undo()
+        out, err = capsys.readouterr()
+        assert rc == case.rc, err
+        assert "Traceback" not in out + err
+        for pattern in case.says:
+            assert re.search(pattern, err), f"{pattern!r} not in:\n{err}"
+        if case.rc == 2:
+            assert re.search(rf"^(minimaxdd {argv[0]}: error: |usage: minimaxdd)", err, re.M), err
+        if not case.leaves:
+            # nothing half-written, no temporary or lock file left, and what was there keeps its bytes
+            assert _snapshot(tmp_path) == before
+        assert not files._HELD, "a run lock was not released"
+        if case.check is not None:
+            case.check(ctx, out, err)
+    finally:
+        for f in ctx.cleanups:
+            f()
+
+
+def test_the_table_covers_at_least_30_cases():
+    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+
+
+def test_a_genuine_bug_still_shows_its_traceback(monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "datasets", lambda a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["datasets"])
+    monkeypatch.setitem(cli.COMMANDS, "datasets", raises(OSError(errno.EBADF, "Bad file descriptor")))
+    with pytest.raises(OSError):                  # an OS error no user can fix is a bug too
+        main(["datasets"])
+
+
+# ---------------------------------------------------------------------------------------------
+# real processes: what only `python -m minimaxdd` shows
+
+
+def _python(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "MINIMAXDD_QUIET": "1"}
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+def test_a_closed_output_pipe_exits_quietly():
+    # `minimaxdd presets | head -0`: the reader is gone before the first line
+    p = _python("-m", "minimaxdd", "presets")
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 128 + signal.SIGPIPE and err == ""
+
+
+def test_errors_and_bugs_from_a_real_process():
+    p = _python("-m", "minimaxdd", "select", "--method", "random", "--real", "npz:/nope.npz", "--ipc", "1",
+                "--out", "/nonexistent/o")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and err.startswith("minimaxdd select: error: npz file /nope.npz does not exist")
+    assert "Traceback" not in err
+    bug = "import minimaxdd.cli as c; c.COMMANDS['datasets'] = lambda a: 1 / 0; raise SystemExit(c.main(['datasets']))"
+    p = _python("-c", bug)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "Traceback" in err and "ZeroDivisionError" in err
+
+
+@pytest.mark.slow     # a real training process killed mid-run, then resumed (about 15 s)
+def test_kill_9_then_resume_continues_exactly_and_takes_over_the_stale_lock(tmp_path):
+    args = ["-m", "minimaxdd", "train", *TINY_TRAIN, "--steps", "40", "--checkpoint-every", "5"]
+    p = _python(*args, "--out", str(tmp_path / "a"))
+    deadline = time.time() + 120
+    while not ckpt.list_checkpoints(tmp_path / "a") and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert files.lock_path(tmp_path / "a").exists() and ckpt.list_checkpoints(tmp_path / "a")
+    with pytest.warns(UserWarning, match=f"taking over the stale lock .*pid {p.pid}.*no longer running"):
+        assert main(["train", *TINY_TRAIN, "--steps", "40", "--checkpoint-every", "5", "--resume",
+                     "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", *TINY_TRAIN, "--steps", "40", "--checkpoint-every", "5", "--out", str(tmp_path / "b")]) == 0
+    from safetensors.torch import load_file
+    a, b = (load_file(str(ckpt.resolve(tmp_path / r))) for r in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not files.lock_path(tmp_path / "a").exists()

@@ -1,0 +1,40 @@
+"""runtime: progress bars write plain lines now and then into logs, and stay silent when asked."""
+from __future__ import annotations
+
+import io
+
+from minimaxdd import runtime
+from minimaxdd.runtime import LogLines, progress
+
+
+def test_progress_writes_lines_not_carriage_returns_when_stderr_is_a_file(monkeypatch, capsys):
+    monkeypatch.delenv("MINIMAXDD_QUIET", raising=False)
+    with progress(total=1000, desc="train", unit="step") as bar:     # capsys's stderr is not a terminal
+        assert isinstance(bar, LogLines)
+        for i in range(1000):
+            bar.update(1)
+            bar.set_postfix(loss=f"{1 / (i + 1):.4f}")                 # refreshes on every call
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and err.endswith("\n")
+    # the start, every tenth, the end: not one line per update
+    assert 10 <= len(lines) <= 12, lines
+    assert lines[0].startswith("train:   0%") and lines[-1].startswith("train: 100%") and "1000/1000" in lines[-1]
+
+
+def test_progress_says_where_an_interrupted_loop_stopped(monkeypatch):
+    monkeypatch.setattr(runtime, "LOG_LINE_SECONDS", 1e9)               # lines by progress only
+    out = io.StringIO()
+    bar = LogLines(range(100), desc="dm", file=out, mininterval=0)
+    for i in bar:
+        if i == 24:
+            break
+    bar.close()
+    assert out.getvalue().splitlines()[-1].startswith("dm:  24%")
+
+
+def test_progress_is_silent_when_quiet(monkeypatch, capsys):
+    monkeypatch.setenv("MINIMAXDD_QUIET", "1")
+    for _ in progress(range(10), desc="x"):
+        pass
+    assert capsys.readouterr().err == ""
