@@ -9,7 +9,8 @@ from minimaxdd.data.augment import AUGMENTATIONS, DSA_OPS, DSAParams
 from minimaxdd.runtime import generator
 
 ALL_OPS = {**DSA_OPS, "random_resized_crop": augment.random_resized_crop, "rrc_flip": augment.rrc_flip,
-           "dsa": augment.dsa}
+           "dsa": augment.dsa, "colour_jitter": augment.colour_jitter, "lighting": augment.lighting,
+           "idc": augment.idc}
 
 
 def _batch(n=16, c=3, h=16, w=16, dtype=torch.float32, seed=0):
@@ -54,10 +55,15 @@ def test_flip_probability_one_and_zero():
 
 def test_augmentation_registry():
     # the names an evaluation protocol's `augment` field may take, and what they run
-    assert AUGMENTATIONS == {"dsa": augment.dsa, "rrc_flip": augment.rrc_flip, "none": augment.no_augmentation}
+    assert AUGMENTATIONS == {"dsa": augment.dsa, "rrc_flip": augment.rrc_flip, "idc": augment.idc,
+                             "none": augment.no_augmentation}
     x = _batch()
     g = generator(0)
     assert AUGMENTATIONS["none"](x, g) is x and torch.equal(g.get_state(), generator(0).get_state())  # no draw
+    # the colour ops need the batch's normalisation; the others take the batch as it is
+    stats = (torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3]))
+    assert augment.for_protocol("dsa", stats) is augment.dsa
+    assert torch.equal(augment.for_protocol("idc", stats)(x, generator(1)), augment.idc(x, generator(1), stats))
 
 
 def test_dsa_applies_one_op_of_the_strategy():
@@ -169,3 +175,67 @@ def test_gradients_flow_through_dsa_ops(name):
     (DSA_OPS[name](x, generator(0)) * weights).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert x.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- IDC's colour augmentation
+
+
+def _pixels(n=32, side=6, seed=0):
+    return torch.rand(n, 3, side, side, generator=generator(seed), dtype=torch.float64)
+
+
+def test_colour_jitter_blends_each_image_towards_its_targets():
+    x = _pixels()
+    out = augment.colour_jitter(x, generator(0))
+    assert out.shape == x.shape and torch.equal(out, augment.colour_jitter(x, generator(0)))
+    # a grey image (all channels equal) stays grey: every target of a grey image is grey
+    grey = x[:, :1].expand(-1, 3, -1, -1).contiguous()
+    g_out = augment.colour_jitter(grey, generator(0))
+    assert torch.allclose(g_out[:, 0], g_out[:, 1]) and torch.allclose(g_out[:, 1], g_out[:, 2])
+    # strength 0 changes nothing
+    torch.testing.assert_close(augment.colour_jitter(x, generator(0), strength=0.0), x)
+
+
+def test_colour_jitter_by_hand_for_one_image():
+    # redo the draws and apply IDC's three lerps in the drawn order, image by image
+    x = _pixels(n=5)
+    g = generator(3)
+    alpha = (torch.rand(15, generator=g).view(3, 5) * 2 - 1) * 0.4
+    order = torch.rand(5, 3, generator=g).argsort(dim=1)
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+    want = []
+    for i in range(5):
+        img = x[i].clone()
+        for op in order[i].tolist():
+            grey = (img * w[:, None, None]).sum(0, keepdim=True)            # (1, H, W)
+            target = [torch.zeros_like(img), grey.mean().expand_as(img), grey.expand_as(img)][op]
+            img = img.lerp(target, float(alpha[op, i]))
+        want.append(img)
+    torch.testing.assert_close(augment.colour_jitter(x, generator(3)), torch.stack(want))
+
+
+def test_lighting_adds_one_pca_colour_shift_per_image():
+    x = _pixels(n=4)
+    out = augment.lighting(x, generator(5))
+    shift = out - x                                                          # (N, 3, H, W)
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift))      # constant over pixels
+    a = torch.randn(4, 3, generator=generator(5)) * 0.1
+    vec = torch.tensor(augment.PCA_EIGVEC, dtype=torch.float64)
+    val = torch.tensor(augment.PCA_EIGVAL, dtype=torch.float64)
+    torch.testing.assert_close(shift[:, :, 0, 0], (a.double() * val) @ vec.T)
+    # the eigenvectors are orthonormal (they are the PCA's): the shift's size is that of a * eigval
+    torch.testing.assert_close(vec.T @ vec, torch.eye(3, dtype=torch.float64), atol=2e-4, rtol=0)
+    grey = torch.rand(4, 1, 6, 6, generator=generator(0))
+    assert torch.equal(augment.lighting(grey, generator(5)), grey)        # RGB only
+
+
+def test_idc_works_on_normalised_batches_as_on_pixels():
+    # IDC jitters pixels in [0, 1] before normalising; given the normalisation, our op on a normalised batch
+    # is that op on pixels, normalised
+    x = _pixels(n=8, side=8)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    norm = (x - mean.double()[None, :, None, None]) / std.double()[None, :, None, None]
+    on_pixels = augment.idc(x, generator(2))
+    on_norm = augment.idc(norm, generator(2), stats=(mean, std))
+    torch.testing.assert_close(on_norm, (on_pixels - mean.double()[None, :, None, None]) / std.double()[None, :, None, None])
+    assert not torch.allclose(on_pixels, augment.rrc_flip(x, generator(2)))   # the colour ops did something

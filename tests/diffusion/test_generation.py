@@ -101,3 +101,53 @@ def test_a_ddpm_checkpoint_keeps_the_papers_sampler_and_refuses_edm_ones(trained
     assert info["sampler"] == "ddpm 2 steps"
     with pytest.raises(UserError, match="sampler 'heun' does not apply to models of the ddpm formulation"):
         sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, sampler="heun", device="cpu"))
+
+
+def test_a_checkpoint_carries_its_sampling_defaults_and_sample_says_where_each_setting_came_from(
+        trained, tmp_path, capsys):
+    import numpy as np
+
+    from minimaxdd.diffusion.networks import build_denoiser
+    from minimaxdd.training.finetune import FinetuneConfig, finetune
+
+    # fine-tuned from an official-format DiT file: the reference's guidance 4 on 3 channels, and idc (here on a
+    # 4-channel pixel model at 8 px, standing in for the 4 latent channels)
+    torch.manual_seed(0)
+    official = tmp_path / "DiT-tiny.pt"
+    torch.save({k: v for k, v in build_denoiser("dit-n/2", 8, 4, 10).state_dict().items() if "gamma" not in k},
+               official)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 4, 8, 8), generator=g, dtype=torch.uint8)
+    four = tmp_path / "four.npz"                                   # a 4-channel dataset
+    np.savez(four, x_train=x.numpy(), y_train=np.arange(40) % 10, x_test=x[:10].numpy(), y_test=np.arange(10))
+    ft = dict(data=f"npz:{four}", steps=1, batch=8, precision="fp32", device="cpu", codec="pixel")
+    finetune(FinetuneConfig(ckpt=str(official), out=str(tmp_path / "ft"), **ft))
+    meta = ckpt.read_meta(tmp_path / "ft")
+    assert meta.defaults == {"sample": {"cfg": 4.0, "cfg_channels": 3}, "evaluate": {"protocol": "idc"}}
+    capsys.readouterr()
+    _, info = sample_checkpoint(SampleConfig(ckpt=str(tmp_path / "ft"), out="-", ipc=1, steps=2, device="cpu"))
+    assert info["settings"]["cfg"] == {"value": 4.0, "from": "checkpoint"}
+    assert info["settings"]["cfg_channels"] == {"value": 3, "from": "checkpoint"}
+    assert info["settings"]["steps"] == {"value": 2, "from": "given"}
+    assert info["settings"]["sampler"] == {"value": "ddpm", "from": "default"}
+    err = capsys.readouterr().err
+    assert "guidance 4.0 (checkpoint), guided channels 3 (checkpoint), sampler ddpm (default), steps 2 (given)" in err
+    with pytest.raises(UserError, match="--cfg-channels 5: the model has 4 latent channels"):
+        sample_checkpoint(SampleConfig(ckpt=str(tmp_path / "ft"), out="-", ipc=1, cfg_channels=5, device="cpu"))
+    # on a model of fewer channels the official 3 means all of them: not recorded
+    grey = tmp_path / "DiT-grey.pt"
+    torch.save({k: v for k, v in build_denoiser("dit-n/2", 8, 1, 10).state_dict().items() if "gamma" not in k}, grey)
+    finetune(FinetuneConfig(ckpt=str(grey), out=str(tmp_path / "ft1"), **{**ft, "data": "digits"}))
+    assert ckpt.read_meta(tmp_path / "ft1").defaults == {"sample": {"cfg": 4.0}, "evaluate": {"protocol": "idc"}}
+    # a flag wins over the checkpoint
+    _, info = sample_checkpoint(SampleConfig(ckpt=str(tmp_path / "ft"), out="-", ipc=1, steps=2, cfg=1.5,
+                                             device="cpu"))
+    assert info["settings"]["cfg"] == {"value": 1.5, "from": "given"}
+    # what a preset records at fine-tuning time is the next default; a model of our own without any: guidance 1
+    finetune(FinetuneConfig(ckpt=str(trained), out=str(tmp_path / "ft2"), data="digits", steps=1, batch=8,
+                            precision="fp32", device="cpu"), defaults={"sample": {"cfg": 2.0, "steps": 3}})
+    _, info = sample_checkpoint(SampleConfig(ckpt=str(tmp_path / "ft2"), out="-", ipc=1, device="cpu"))
+    assert info["settings"]["cfg"] == {"value": 2.0, "from": "checkpoint"} and info["sampler"] == "ddpm 3 steps"
+    _, info = sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, steps=2, device="cpu"))
+    assert info["settings"]["cfg"] == {"value": 1.0, "from": "default"}
+    assert info["settings"]["cfg_channels"] == {"value": None, "from": "default"}

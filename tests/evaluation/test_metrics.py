@@ -1,5 +1,6 @@
 """Diagnostics with known answers: a set against itself, real vs noise, a collapsed set."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -112,3 +113,104 @@ def test_blocked_distances_match_one_block(monkeypatch):
     blocked = metrics.compare(x, y)
     assert blocked == pytest.approx(whole, rel=1e-12)
     assert 0 < whole["precision"] < 1 and 0 < whole["coverage"] < 1   # not degenerate
+
+
+# ----------------------------------------------------------------------------- full size (issue 19)
+
+
+def test_frechet_in_sample_space_equals_feature_space(monkeypatch):
+    # D > min(n, m): the Gram route; it must give what the D x D covariances give (up to the rounding of
+    # the D x D route's near-zero eigenvalues, whose square roots add ~1e-8 each)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(30, 50, generator=g), 1.5 * torch.randn(12, 50, generator=g) + 0.2
+    a, b = metrics._centred(x.double()), metrics._centred(y.double())
+    ex, vx = torch.linalg.eigh(a.T @ a)
+    rx = (vx * ex.clamp(min=0).sqrt()) @ vx.T
+    want = float(torch.linalg.eigvalsh(rx @ (b.T @ b) @ rx).clamp(min=0).sqrt().sum())
+    assert metrics._trace_sqrt_product(a, b) == pytest.approx(want, rel=1e-6)
+    assert metrics._trace_sqrt_product(b, a) == pytest.approx(want, rel=1e-6)
+    monkeypatch.setattr(metrics, "CHUNK", 7)                        # blocks of rows: same sum
+    assert metrics._trace_sqrt_product(a, b) == pytest.approx(want, rel=1e-6)
+
+
+def test_frechet_of_unpooled_256px_features_needs_no_d_by_d_matrix():
+    # ConvNet-3's unpooled map at 256 px has 131,072 values: a covariance would be 128 GiB in fp64; in
+    # sample space it is a 10 x 10 matrix
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 131072, generator=g), torch.randn(6, 131072, generator=g)
+    fd = metrics.frechet_distance(x, y)
+    assert 0 < fd < float("inf")
+    assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6 * fd)
+
+
+def test_embedding_is_bounded_at_256px():
+    from minimaxdd.evaluation.classifiers import EMBED_SIDE, build_model
+    net = build_model("convnet3", 3, 10, 256).eval()
+    with torch.no_grad():
+        e = net.embedding(torch.randn(2, 3, 256, 256))
+    assert e.shape == (2, 128 * EMBED_SIDE ** 2)                       # 2048, not 128 x 32 x 32
+    small = build_model("convnet3", 3, 10, 32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(small.embedding(x), small.features(x))      # 32 px: the 4x4 map as it was
+
+
+def _imagefolder(root, size, classes=("a", "b"), per=4, seed=0):
+    from PIL import Image
+    g = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per):
+                Image.fromarray(g.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_metrics_at_256px_with_a_tiny_feature_network(tmp_path, monkeypatch):
+    from minimaxdd.baselines.registry import select
+    from minimaxdd.data.sources import load_dataset
+    from minimaxdd.data.synthetic import write_synthetic
+    from minimaxdd.evaluation.classifiers import ConvNet
+    from minimaxdd.files import manifest
+
+    root = _imagefolder(tmp_path / "data", 256)
+    spec = f"imagefolder:{root}"
+    ds = load_dataset(spec, size=256)
+    write_synthetic(tmp_path / "rnd", select(ds, "random", 2, seed=1), manifest({}, 0, 0))
+    # the reference ConvNet-3 at 128 wide would be slow on a CPU: same architecture, 8 wide, untrained
+    monkeypatch.setattr(metrics, "reference_classifier",
+                        lambda ds, cfg, device: ConvNet(ds.channels, ds.num_classes, ds.size, width=8).eval())
+    m = metrics.run_metrics([str(tmp_path / "rnd")], spec, out=str(tmp_path / "m.json"), device="cpu",
+                            tsne=str(tmp_path / "t.png"))
+    assert all(math.isfinite(m[k]) for k in ("mmd", "fid", "precision", "recall"))
+    assert "average-pooled to at most 4x4" in m["features"]
+    assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_metrics_checks_every_input_before_training_the_reference(tmp_path, monkeypatch, digits):
+    from minimaxdd.baselines.registry import select
+    from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
+    from minimaxdd.errors import UserError
+    from minimaxdd.files import manifest
+
+    def no_training(*a, **k):
+        raise AssertionError("the reference classifier was trained before the inputs were checked")
+    monkeypatch.setattr(metrics, "reference_classifier", no_training)
+    good = tmp_path / "good"
+    write_synthetic(good, select(digits, "random", 1, seed=0), manifest({}, 0, 0))
+    wrong = tmp_path / "wrong"
+    s = select(digits, "random", 1, seed=0)
+    write_synthetic(wrong, SyntheticSet(s.images, s.labels, [f"c{i}" for i in range(10)]), manifest({}, 0, 0))
+    (tmp_path / "other").mkdir()
+    cases = [([str(good), str(tmp_path / "nope")], {}, "do not exist"),
+             ([str(good), str(wrong)], {}, "class"),                                 # classes differ
+             ([str(good)], {"features": "torchscript:/nope.pt"}, "not found"),
+             ([str(good)], {"features": "inception"}, "--features must be"),
+             ([str(good)], {"tsne": str(tmp_path / "t.gif")}, "--tsne"),
+             ([str(good)], {"out": str(tmp_path / "other")}, "is a directory"),
+             ([str(good), str(tmp_path / "x" / "good")], {}, "comes twice"),
+             ([], {}, "at least one")]
+    for sets, kw, needle in cases:
+        with pytest.raises(UserError, match=needle):
+            metrics.run_metrics(sets, "digits", device="cpu", **kw)

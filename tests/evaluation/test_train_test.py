@@ -45,6 +45,17 @@ def test_idc_epochs_for_100_classes():
     assert idc_epochs(50, 100) == 1000
 
 
+def test_idc_adds_the_authors_colour_augmentation_and_soft_variants_keep_the_recipe():
+    # IDC's transform_imagenet (augment=True): crop, flip, colour jitter 0.4, PCA lighting 0.1
+    assert PROTOCOLS["idc"].augment == "idc" and not PROTOCOLS["idc"].soft
+    for hard in ("dc", "idc"):
+        soft = PROTOCOLS[f"{hard}-soft"]
+        assert soft.soft and soft.temperature == 20.0 and soft.hard_name == hard
+        same = {k: v for k, v in soft.to_dict().items() if k not in ("name", "temperature")}
+        assert same == {k: v for k, v in PROTOCOLS[hard].to_dict().items() if k != "name"}
+    assert "temperature" not in PROTOCOLS["dc"].to_dict()   # hard records (and cache keys) as before
+
+
 def test_get_protocol_unknown_lists_choices():
     with pytest.raises(UserError, match="unknown protocol 'dm'") as e:
         get_protocol("dm")
@@ -108,7 +119,7 @@ def test_evaluate_is_seeded_and_leaves_global_rng_alone(digits):
 def test_idc_protocol_runs(digits):
     x, y = _subset(digits, 10)
     r = _evaluate(digits, x, y, protocol=get_protocol("idc"), epochs=3, repeats=1)
-    assert r.protocol == "idc" and r.epochs == 3 and r.protocol_config["augment"] == "rrc_flip"
+    assert r.protocol == "idc" and r.epochs == 3 and r.protocol_config["augment"] == "idc"
     assert len(r.runs) == 1 and r.mean == r.runs[0] and r.std == 0.0
     _assert_consistent(r, digits)
 
@@ -192,7 +203,7 @@ def test_protocol_augmentations_come_from_the_registry():
     from minimaxdd.data.augment import AUGMENTATIONS
     from minimaxdd.evaluation.train_test import train_classifier
 
-    assert set(AUGMENTATIONS) == {"dsa", "rrc_flip", "none"}
+    assert set(AUGMENTATIONS) == {"dsa", "rrc_flip", "idc", "none"}
     assert {p.augment for p in PROTOCOLS.values()} <= set(AUGMENTATIONS)
     x, y = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2
     assert torch.equal(AUGMENTATIONS["none"](x, torch.Generator()), x)
@@ -216,3 +227,63 @@ def test_compiled_classifier_training_matches_eager():
     assert counters["stats"]["unique_graphs"] >= 1
     for (name, a), (_, b) in zip(eager.state_dict().items(), compiled.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-4), name
+
+
+# ----------------------------------------------------------------------------- soft labels, image size
+
+
+def test_soft_label_loss_is_kl_at_temperature_times_t_squared():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    from minimaxdd.evaluation.train_test import soft_label_loss
+    for temp in (1.0, 4.0):
+        p, q = torch.softmax(t / temp, 1), torch.softmax(s / temp, 1)
+        kl = (p * (p.log() - q.log())).sum(1).mean()
+        assert soft_label_loss(s, t, temp).item() == pytest.approx(temp ** 2 * kl.item(), rel=1e-5)
+    assert soft_label_loss(t, t, 3.0).item() == pytest.approx(0.0, abs=1e-6)     # a student that agrees: no loss
+
+
+def test_soft_protocol_learns_from_a_frozen_teacher_on_the_augmented_batches(digits):
+    from minimaxdd.evaluation.classifiers import build_model
+    from minimaxdd.evaluation.train_test import train_classifier
+
+    torch.manual_seed(0)
+    teacher = build_model("convnet3", 1, 10, 8).eval().requires_grad_(False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    seen = []
+    teacher.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    x, y = _subset(digits, 2)
+    r = _evaluate(digits, x, y, protocol=get_protocol("dc-soft"), epochs=2, repeats=1, teacher=teacher)
+    assert r.protocol == "dc-soft" and r.protocol_config["temperature"] == 20.0
+    assert len(seen) == 2 and seen[0][0] == 20                        # one call per augmented batch
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())   # frozen
+    # the labels are the teacher's: other labels, same student
+    xs = normalise(x, *channel_stats(digits.x_train), "cpu")
+    a = train_classifier(xs, y, "convnet3", 10, get_protocol("dc-soft"), 2, 0, torch.device("cpu"), "fp32",
+                         teacher=teacher)
+    b = train_classifier(xs, (y + 3) % 10, "convnet3", 10, get_protocol("dc-soft"), 2, 0, torch.device("cpu"),
+                         "fp32", teacher=teacher)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with pytest.raises(UserError, match="dc-soft needs a teacher"):
+        _evaluate(digits, x, y, protocol=get_protocol("dc-soft"), epochs=1, repeats=1)
+    with pytest.raises(UserError, match="trains on hard labels"):
+        _evaluate(digits, x, y, epochs=1, repeats=1, teacher=teacher)
+
+
+def test_evaluation_image_size_resizes_both_sets(digits, monkeypatch):
+    import minimaxdd.evaluation.train_test as tt
+    x, y = _subset(digits, 2)
+    seen, real = [], tt.train_classifier
+
+    def spy(xs, *a, **k):
+        seen.append(tuple(xs.shape[1:]))
+        return real(xs, *a, **k)
+    monkeypatch.setattr(tt, "train_classifier", spy)
+    r = _evaluate(digits, x, y, epochs=1, repeats=1, image_size=16)
+    monkeypatch.undo()
+    assert seen == [(1, 16, 16)] and r.image_size == 16
+    assert _evaluate(digits, x, y, epochs=1, repeats=1).image_size == 8
+    with pytest.raises(UserError, match="at least 8"):
+        _evaluate(digits, x, y, epochs=1, repeats=1, image_size=4)
+    z = tt.resize_images(torch.full((2, 3, 32, 32), 77, dtype=torch.uint8), 24)
+    assert z.shape == (2, 3, 24, 24) and (z == 77).all()

@@ -38,6 +38,7 @@ def test_outputs(run_dir):
     for k in (2, 3):
         d = json.loads((run_dir / "sample" / f"ipc{k}" / "manifest.json").read_text())
         assert d["config"]["ipc"] == k
+        assert d["wall_time_s"] >= d["sample_time_s"] > 0          # the stage's time, not 0.0 (issue 19)
     report = (run_dir / "report.md").read_text()
     assert "| minimax |" in report and "figures/synthetic.png" in report and "## Stages" in report
     for f in ("accuracy.png", "synthetic.png", "random-real.png", "tsne.png"):

@@ -9,6 +9,7 @@ train with (`minimaxdd.evaluation.protocols`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -154,8 +155,75 @@ def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float,
 
 
 def rrc_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """IDC's training augmentation for ImageNet subsets: random resized crop (0.5-1) + flip."""
+    """Random resized crop (0.5-1) + flip: the geometric half of IDC's augmentation (`idc` adds the colour)."""
     return flip(random_resized_crop(x, g), g)
+
+
+# IDC's colour augmentation after the crop and flip (snu-mllab/Efficient-Dataset-Condensation, data.py
+# transform_imagenet, augment=True, which the Minimax evaluation trains with): ColorJitter(brightness 0.4,
+# contrast 0.4, saturation 0.4) in the fb.resnet.torch form of its misc/utils.py, then AlexNet-style PCA
+# lighting with alphastd 0.1, both on pixels in [0, 1] before the ImageNet normalisation.
+JITTER = 0.4
+LIGHTING_STD = 0.1
+# The ImageNet RGB PCA (pixels in [0, 1]) of Krizhevsky et al. 2012, as fb.resnet.torch and IDC's data.py give it:
+# eigenvalues, and the eigenvectors as columns.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+              (-0.5808, -0.0045, -0.8140),
+              (-0.5836, -0.6948, 0.4203))
+GREY = (0.299, 0.587, 0.114)   # ITU-R 601 luma weights, IDC's Grayscale
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """Luma of RGB pixels (N, 3, H, W) -> (N, 1, H, W); the image itself for other channel counts."""
+    if x.shape[1] != 3:
+        return x.mean(dim=1, keepdim=True)
+    w = torch.tensor(GREY, dtype=x.dtype, device=x.device)
+    return (x * w[None, :, None, None]).sum(dim=1, keepdim=True)
+
+
+def colour_jitter(x: torch.Tensor, g: torch.Generator, strength: float = JITTER) -> torch.Tensor:
+    """Brightness, contrast and saturation in a random order per image, each a blend
+    x + a (target - x) with a ~ U(-strength, strength) per image: towards black, towards the image's
+    mean grey, towards its grey image. x is (N, C, H, W) pixels in [0, 1], not clamped (as IDC).
+    Saturation needs colour, so it leaves images of other than 3 channels alone."""
+    n, dev = x.shape[0], x.device
+    alpha = (_rand(3 * n, g, dev).view(3, n) * 2 - 1) * strength                 # (3, N) per op, per image
+    order = torch.rand(n, 3, generator=g, device=dev).argsort(dim=1)             # (N, 3) op at each position
+    targets = (lambda v: torch.zeros_like(v),                                     # brightness
+               lambda v: _grey(v).mean(dim=(1, 2, 3), keepdim=True).expand_as(v),  # contrast
+               lambda v: _grey(v).expand_as(v) if v.shape[1] == 3 else v)          # saturation
+    for pos in range(3):
+        for op, target in enumerate(targets):
+            a = torch.where(order[:, pos] == op, alpha[op], torch.zeros_like(alpha[op]))   # (N,) 0 elsewhere
+            x = x + a.to(x.dtype)[:, None, None, None] * (target(x) - x)
+    return x
+
+
+def lighting(x: torch.Tensor, g: torch.Generator, std: float = LIGHTING_STD) -> torch.Tensor:
+    """AlexNet's PCA lighting: add eigvec @ (a * eigval) to every pixel, a ~ N(0, std^2) per image and
+    component. x is (N, 3, H, W) pixels in [0, 1]; other channel counts are returned unchanged."""
+    a = torch.randn(x.shape[0], 3, generator=g, device=x.device) * std                 # (N, 3)
+    if x.shape[1] != 3:
+        return x
+    vec = torch.tensor(PCA_EIGVEC, dtype=x.dtype, device=x.device)                      # (3 RGB, 3 comps)
+    val = torch.tensor(PCA_EIGVAL, dtype=x.dtype, device=x.device)                      # (3,)
+    shift = (a.to(x.dtype) * val) @ vec.T                                               # (N, 3 RGB)
+    return x + shift[:, :, None, None]
+
+
+Stats = tuple[torch.Tensor, torch.Tensor]   # per-channel (mean, std) with which a batch was standardised
+
+
+def idc(x: torch.Tensor, g: torch.Generator, stats: Stats | None = None) -> torch.Tensor:
+    """IDC's whole training augmentation for ImageNet subsets: random resized crop (0.5-1), flip, colour
+    jitter and PCA lighting. `stats`: the (mean, std) that standardised x (the colour ops act on pixels in
+    [0, 1], so x is mapped back and forth); None when x already holds pixels in [0, 1]."""
+    x = rrc_flip(x, g)
+    if stats is not None:
+        mean, std = (t.to(x.device, x.dtype)[None, :, None, None] for t in stats)
+        return (lighting(colour_jitter(x * std + mean, g), g) - mean) / std
+    return lighting(colour_jitter(x, g), g)
 
 
 def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, beta: float = 1.0
@@ -191,4 +259,13 @@ def no_augmentation(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 # The batch augmentations an evaluation protocol trains with, by the name its `augment` field gives:
 # each maps (x (N, C, H, W), generator) -> a batch of the same shape.
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-AUGMENTATIONS: dict[str, Augmentation] = {"dsa": dsa, "rrc_flip": rrc_flip, "none": no_augmentation}
+AUGMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {"dsa": dsa, "rrc_flip": rrc_flip, "idc": idc,
+                                                         "none": no_augmentation}
+# The ones that act on pixel values and so take the batch's normalisation as `stats=(mean, std)`.
+NEEDS_STATS = ("idc",)
+
+
+def for_protocol(name: str, stats: Stats | None) -> Augmentation:
+    """AUGMENTATIONS[name] as an (x, g) -> x function for batches standardised with `stats`."""
+    fn = AUGMENTATIONS[name]
+    return functools.partial(fn, stats=stats) if name in NEEDS_STATS else fn

@@ -1,7 +1,9 @@
 """`minimaxdd sample`: IPC images per class from a checkpoint, written in the synthetic-set format."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,14 +54,55 @@ class SampleConfig:
     spacing: str = setting("time", choices=SPACINGS,
                            help="time points of the DPM-Solvers: uniform in time or in log-SNR "
                                 "(better for small pixel-space models)")
-    cfg: float = setting(1.0, help="classifier-free guidance scale, 1 = none (the reference fine-tuned DiT uses 4.0)")
-    cfg_channels: int | None = setting(None, help="guide only the first K channels (DiT's quirk: 3)")
+    cfg: float | None = setting(None, help="classifier-free guidance scale, 1 = none; null: the checkpoint's "
+                                           "default (4.0 for models fine-tuned from the official DiT, as the "
+                                           "reference samples), else 1")
+    cfg_channels: int | None = setting(None, help="guide only the first K channels (DiT's quirk: 3); null: the "
+                                                  "checkpoint's default, else all")
     batch_size: int = setting(64, help="images per network call")
     weights: str = setting("ema", choices=("ema", "model"), help="EMA or raw weights")
     precision: str = setting("fp32", choices=PRECISIONS, help="bf16: a bf16 copy of the network")
     compile: bool = setting(False, help="torch.compile the network (pays off for large sets)")
     budget_minutes: float | None = setting(None, help="generate class-balanced rounds until this budget ends and "
                                                       "keep what finished (the challenge's generative track: 10)")
+
+
+NO_GUIDANCE = 1.0          # a guidance scale of 1 is the conditional model alone
+# The settings a checkpoint may carry defaults for (`CheckpointMeta.defaults["sample"]`), with their names in words.
+CHECKPOINT_SETTINGS = {"cfg": "guidance", "cfg_channels": "guided channels", "sampler": "sampler", "steps": "steps"}
+
+
+def with_checkpoint_defaults(cfg: SampleConfig, defaults: dict) -> tuple[SampleConfig, dict[str, str]]:
+    """`cfg` with each of CHECKPOINT_SETTINGS it leaves null taken from the checkpoint's sampling defaults, and
+    where every value came from: "given" (a flag or the config), "checkpoint", or "default" (the package's)."""
+    ckpt_values = defaults.get("sample", {})
+    values, sources = {}, {}
+    for name in CHECKPOINT_SETTINGS:
+        if getattr(cfg, name) is not None:
+            sources[name] = "given"
+        elif ckpt_values.get(name) is not None:
+            values[name], sources[name] = ckpt_values[name], "checkpoint"
+        else:
+            sources[name] = "default"
+    cfg = dataclasses.replace(cfg, **values)
+    if cfg.cfg is None:
+        cfg = dataclasses.replace(cfg, cfg=NO_GUIDANCE)
+    return cfg, sources
+
+
+def effective_settings(cfg: SampleConfig, sources: dict[str, str], formulation: str) -> dict[str, dict]:
+    """{name: {"value", "from"}} of each of CHECKPOINT_SETTINGS as sampling will use it."""
+    sampler, steps = resolve_sampler(cfg, formulation)
+    values = {"cfg": cfg.cfg, "cfg_channels": cfg.cfg_channels, "sampler": sampler, "steps": steps}
+    return {name: {"value": values[name], "from": sources[name]} for name in CHECKPOINT_SETTINGS}
+
+
+def describe_settings(settings: dict[str, dict]) -> str:
+    """One line: each effective sampling setting and where it came from (`effective_settings`)."""
+    def shown(name: str) -> object:
+        v = settings[name]["value"]
+        return "all" if name == "cfg_channels" and v is None else v
+    return ", ".join(f"{words} {shown(name)} ({settings[name]['from']})" for name, words in CHECKPOINT_SETTINGS.items())
 
 
 def resolve_sampler(cfg: SampleConfig, formulation: str) -> tuple[str, int]:
@@ -92,9 +135,14 @@ def check_sample_config(cfg: SampleConfig) -> None:
         raise UserError(f"--budget-minutes must be positive, got {cfg.budget_minutes}")
 
 
-def _generator(cfg: SampleConfig, formulation: str, clip: bool, device: torch.device) -> tuple[Callable, str]:
-    """generate(model, labels, seeds, desc=..., **overrides) for the model's formulation, and a description."""
+def _generator(cfg: SampleConfig, formulation: str, clip: bool, device: torch.device,
+               sources: dict[str, str]) -> tuple[Callable, str]:
+    """generate(model, labels, seeds, desc=..., **overrides) for the model's formulation, and a description;
+    prints the effective settings and their sources."""
     sampler, steps = resolve_sampler(cfg, formulation)
+    if dist.is_main():
+        print(f"[sample] {describe_settings(effective_settings(cfg, sources, formulation))}", file=sys.stderr,
+              flush=True)
     common = dict(sampler=sampler, steps=steps, cfg_scale=cfg.cfg, clip=clip, precision=cfg.precision,
                   batch_size=cfg.batch_size, device=device, compile=cfg.compile)
     if formulation == "ddpm":
@@ -108,15 +156,24 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     check_sample_config(cfg)
     device = dist.setup(pick_device(cfg.device))
     file = ckpt.resolve(cfg.ckpt)
-    with reading(file, "re-download it, or re-run the training that wrote it (a run's older checkpoint also "
-                       "serves: name it as the checkpoint to sample)"):
-        model, meta = ckpt.load(file, cfg.weights, device)
-    codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
+    fix = ("re-download it, or re-run the training that wrote it (a run's older checkpoint also serves: name it "
+           "as the checkpoint to sample)")
+    with reading(file, fix):
+        meta = ckpt.read_meta(file)
+    cfg, sources = with_checkpoint_defaults(cfg, meta.defaults)
+    resolve_sampler(cfg, meta.formulation)             # the checks that need the formulation come first
+    channels = meta.model.get("in_channels")
+    if cfg.cfg_channels is not None and channels is not None and not 1 <= cfg.cfg_channels <= channels:
+        raise UserError(f"--cfg-channels {cfg.cfg_channels}: the model has {channels} latent channels; give 1 to "
+                        f"{channels}, or leave it out to guide all")
     labels = list(range(len(meta.class_names))) if cfg.classes is None else cfg.classes
     bad = [c for c in labels if not 0 <= c < len(meta.class_names)]
     if bad:
         raise UserError(f"--classes {bad} out of range: the checkpoint has {len(meta.class_names)} classes")
-    gen, what = _generator(cfg, meta.formulation, meta.codec == "pixel", device)
+    gen, what = _generator(cfg, meta.formulation, meta.codec == "pixel", device, sources)
+    with reading(file, fix):
+        model, meta = ckpt.load(file, cfg.weights, device)
+    codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
     t0 = time.time()
     budget = None
     if cfg.budget_minutes is None:
@@ -131,7 +188,8 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     s = SyntheticSet(images, ds_labels, list(meta.class_names))
     info = {"sample_time_s": round(t_sample, 3), "images_per_s": round(len(images) / max(t_sample, 1e-9), 3),
             "checkpoint": str(ckpt.resolve(cfg.ckpt)), "checkpoint_step": meta.step, "class_map": meta.class_map,
-            "num_images": len(images), "sampler": what}
+            "num_images": len(images), "sampler": what,
+            "settings": effective_settings(cfg, sources, meta.formulation)}
     if budget is not None:
         info["budget"] = budget
     return s, info

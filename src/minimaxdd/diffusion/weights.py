@@ -1,13 +1,17 @@
 """Loading pretrained weights into our networks, strictly (the only keys allowed to be missing are Difffit
 gammas, which are one at init, i.e. absent):
   - the official DiT release (`DiT-XL-2-256x256.pt`, a plain state dict, or a training
-    checkpoint with "model"/"ema"), read with torch.load(weights_only=True),
+    checkpoint with "model"/"ema"), read with torch.load(weights_only=True); the Minimax authors'
+    fine-tuned checkpoints too (their pickled argparse.Namespace is allow-listed, their attention
+    gammas renamed to ours),
   - a diffusers `DiTTransformer2DModel` folder (config.json + safetensors or bin).
 Our own checkpoints load through `minimaxdd.diffusion.checkpoints`.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -67,19 +71,56 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
             "learn_sigma": out == 2 * in_ch, "difffit": "half" if difffit == "none" else difffit}
 
 
+# The Minimax authors' checkpoints (vimar-gu/MinimaxDiffusion train_dit.py) pickle their argparse.Namespace of
+# options beside the weights ({"model", "ema", "opt", "args"}): the one non-tensor type a weights-only load is
+# allowed to rebuild here (a plain attribute bag; nothing of it is called).
+SAFE_GLOBALS = [argparse.Namespace]
+
+# Their DiT names the two Difffit gammas inside attention `attn.gamma1` (on the qkv output) and `attn.gamma2`
+# (on the output projection); ours are `attn.gamma_qkv` and `attn.gamma_proj`. The block-level gammas
+# (`blocks.N.gamma1`, `blocks.N.gamma2`) have the same names in both.
+_AUTHORS_ATTN_GAMMA = re.compile(r"^(blocks\.\d+\.attn\.)gamma([12])$")
+
+
+def authors_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with the Minimax authors' attention-gamma names renamed to ours (other keys unchanged)."""
+    out = {}
+    for k, v in state.items():
+        m = _AUTHORS_ATTN_GAMMA.match(k)
+        out[f"{m.group(1)}{'gamma_qkv' if m.group(2) == '1' else 'gamma_proj'}" if m else k] = v
+    return out
+
+
+def _refusal(path: Path, e: Exception) -> UserError:
+    """The weights-only refusal, saying what the file should hold and how to re-save it safely."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    name = found.group(1) if found else None
+    what = f"a pickled {name}" if name else f"something that is not plain data ({type(e).__name__})"
+    allow = (f"with torch.serialization.safe_globals([{name}]): ckpt = torch.load(PATH, weights_only=True)"
+             if name else "ckpt = torch.load(PATH, weights_only=True) once its extra objects are allow-listed "
+                          "with torch.serialization.safe_globals")
+    return UserError(
+        f"{path} holds {what}; weights are read without running pickled code, so only tensors, numbers, strings, "
+        "lists, dicts and an argparse.Namespace load. The file should hold a state dict (parameter name -> tensor) "
+        "or a training checkpoint whose 'ema' or 'model' entry is one. If you trust its source, re-save the weights "
+        f"alone in Python, allow-listing just that type ({allow}), then torch.save(ckpt['ema'], 'weights.pt') "
+        "(or ckpt['model']), and point at weights.pt")
+
+
 def _torch_state(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # noqa: BLE001 - any unpickling failure gets the same advice
-        raise UserError(f"cannot read {path} as a weights-only torch file ({e}); "
-                        "only plain tensors are loaded, never pickled code") from e
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        raise _refusal(path, e) from e
     if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
         obj = obj["ema"]   # a DiT training checkpoint: sample with the EMA weights, as DiT's find_model does
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} holds no state dict of tensors")
-    return obj
+        raise UserError(f"{path} holds no state dict of tensors (parameter name -> tensor, or a checkpoint "
+                        "with one under 'ema' or 'model')")
+    return authors_to_ours(obj)
 
 
 def load_official_dit(path: str | Path, expect: str | None = None, num_heads: int | None = None) -> nn.Module:

@@ -2,8 +2,9 @@
 (the keys are the CLI's `--model` choices of `evaluate`).
 
 All use instance norm (GroupNorm with one group per channel, affine), accept any channel
-count and square input size, and expose `features(x)` (the penultimate embedding, used by
-herding, k-center and the diagnostics) besides `forward(x)` (logits).
+count and square input size, and expose `features(x)` (the input of the last linear layer) and
+`embedding(x)` (the same, average-pooled to a bounded size: what herding, k-center and the diagnostics
+use) besides `forward(x)` (logits).
 """
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minimaxdd.errors import UserError
+
+# Ours: `embedding` average-pools a ConvNet's last feature map to at most EMBED_SIDE x EMBED_SIDE, so an
+# embedding has at most width * 16 values (2048 for width 128) whatever the image size: ConvNet-3's 4x4 map
+# at 32 px is its embedding unchanged, its 32x32 map at 256 px (131,072 values) is pooled 64-fold. Herding,
+# k-center and the diagnostics (their covariances) work in this bounded space.
+EMBED_SIDE = 4
 
 
 def instance_norm(channels: int) -> nn.GroupNorm:
@@ -52,6 +59,13 @@ class ConvNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The flattened last feature map: (N, C, H, W) -> (N, feature_dim)."""
         return self.body(x).flatten(1)  # (N, width * s * s)
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map average-pooled to at most EMBED_SIDE x EMBED_SIDE: (N, C, H, W) -> (N, <= 16 width)."""
+        h = self.body(x)                                       # (N, width, s, s)
+        if h.shape[-1] > EMBED_SIDE:
+            h = F.adaptive_avg_pool2d(h, EMBED_SIDE)           # (N, width, 4, 4)
+        return h.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes)."""
@@ -118,6 +132,10 @@ class ResNet(nn.Module):
         """Globally average-pooled last stage: (N, C, H, W) -> (N, feature_dim)."""
         h = self.layers(self.stem(x))  # (N, 512, h, w)
         return F.adaptive_avg_pool2d(h, 1).flatten(1)  # (N, 512)
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The features (already pooled to one value per channel): (N, C, H, W) -> (N, feature_dim)."""
+        return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes)."""

@@ -19,9 +19,11 @@ features X (N of them):
   more diverse; 0 for a set of one repeated image).
   Both cosines are taken on features centred on the real class mean.
 
-Higher is better for all but `mmd` and `fid`. Features default to the penultimate layer of the
-harness's cached reference classifier (trained on the full real training set); the `features`
-key names the extractor in every output.
+Higher is better for all but `mmd` and `fid`. Features default to the cached reference classifier
+(trained on the full real training set): its last feature map average-pooled to at most 4x4
+(`classifiers.EMBED_SIDE`), so a 256 px image gives 2048 values, not ConvNet-3's 131,072; the
+`features` key names the extractor in every output. Memory is bounded by design: distances in row
+blocks, the Frechet distance in the smaller of feature and sample space.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from minimaxdd.data.dataset import Dataset, channel_stats
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import conform, load_synthetic
 from minimaxdd.errors import UserError
+from minimaxdd.evaluation.classifiers import EMBED_SIDE
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
 from minimaxdd.files import write_json
 from minimaxdd.runtime import pick_device
@@ -86,18 +89,44 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> fl
     return max(0.0, _kernel_mean(x, x, g) + _kernel_mean(y, y, g) - 2 * _kernel_mean(x, y, g))
 
 
+def _centred(a: torch.Tensor) -> torch.Tensor:
+    """Rows of a (n, D) minus their mean, over sqrt(n - 1): A with A^T A the sample covariance (0 for n = 1)."""
+    return (a - a.mean(0)) / math.sqrt(max(len(a) - 1, 1))
+
+
+def _trace_sqrt_product(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Tr((Sx^1/2 Sy Sx^1/2)^1/2) for Sx = A^T A, Sy = B^T B, A (n, D), B (m, D), in the smallest of the three
+    spaces, so memory is O(k^2) with k = min(D, n, m) (plus blocks of CHUNK rows), never O(D^2) for large D.
+
+    D <= min(n, m): from the D x D covariances. Otherwise the non-zero eigenvalues of Sx Sy are the squared
+    singular values of C = A B^T (n, m), i.e. the eigenvalues of C^T C (m x m) or C C^T (n x n), accumulated
+    over blocks of rows."""
+    n, d = a.shape
+    m = len(b)
+    if d <= min(n, m):
+        sx, sy = a.T @ a, b.T @ b                                      # (D, D) each
+        ex, vx = torch.linalg.eigh(sx)
+        rx = (vx * ex.clamp(min=0).sqrt()) @ vx.T                      # Sx^1/2
+        return float(torch.linalg.eigvalsh(rx @ sy @ rx).clamp(min=0).sqrt().sum())
+    if m > n:                                                          # the Gram of the smaller side
+        a, b = b, a
+    gram = torch.zeros(len(b), len(b), dtype=a.dtype)                  # (k, k)
+    for i in range(0, len(a), CHUNK):
+        c = a[i:i + CHUNK] @ b.T                                       # (rows, k) a block of C
+        gram += c.T @ c
+    return float(torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().sum())
+
+
 def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """||mu_x - mu_y||^2 + Tr(Sx + Sy - 2 (Sx^1/2 Sy Sx^1/2)^1/2); sample covariances (zero for one sample)."""
+    """||mu_x - mu_y||^2 + Tr(Sx + Sy - 2 (Sx^1/2 Sy Sx^1/2)^1/2); sample covariances (zero for one sample).
+
+    Memory is bounded by the smaller of the feature dimension and the sample counts (`_trace_sqrt_product`):
+    131,072-dim features of a few hundred images need no 128 GiB covariance."""
     x, y = x.double(), y.double()
-
-    def cov(a: torch.Tensor) -> torch.Tensor:
-        return torch.cov(a.T) if len(a) > 1 else torch.zeros(a.shape[1], a.shape[1], dtype=a.dtype)
-
-    mx, my, sx, sy = x.mean(0), y.mean(0), cov(x), cov(y)
-    ex, vx = torch.linalg.eigh(sx)
-    rx = (vx * ex.clamp(min=0).sqrt()) @ vx.T                       # Sx^1/2
-    mid = torch.linalg.eigvalsh(rx @ sy @ rx).clamp(min=0).sqrt()   # eigenvalues of (Sx^1/2 Sy Sx^1/2)^1/2
-    return max(0.0, float(((mx - my) ** 2).sum() + sx.trace() + sy.trace() - 2 * mid.sum()))
+    a, b = _centred(x), _centred(y)                                    # (n, D), (m, D)
+    mean_term = float(((x.mean(0) - y.mean(0)) ** 2).sum())
+    traces = float((a ** 2).sum() + (b ** 2).sum())                    # Tr Sx + Tr Sy
+    return max(0.0, mean_term + traces - 2 * _trace_sqrt_product(a, b))
 
 
 def precision_recall(x: torch.Tensor, y: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
@@ -186,28 +215,37 @@ def set_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor,
 # features
 
 
+def feature_spec(spec: str) -> Path | None:
+    """Check a `--features` value before any work: None for the reference classifier, else the TorchScript file."""
+    if spec == "reference":
+        return None
+    if spec.startswith("torchscript:"):
+        path = Path(spec.split(":", 1)[1])
+        if not path.is_file():
+            raise UserError(f"feature extractor {path} not found; export one with torch.jit.save (e.g. an "
+                            "Inception-v3 pool3 model taking float images in [0, 1] at its own size)")
+        return path
+    raise UserError(f"--features must be 'reference' or 'torchscript:PATH', got {spec!r}")
+
+
 class Features:
     """A feature extractor for uint8 images: the reference classifier, or a TorchScript file."""
 
     def __init__(self, ds: Dataset, spec: str = "reference", device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.stats = channel_stats(ds.x_train)
-        if spec == "reference":
+        path = feature_spec(spec)
+        if path is None:
             cfg = ReferenceConfig()
             self.net = reference_classifier(ds, cfg, self.device)
             self.name = (f"{cfg.model} reference classifier trained on all of {ds.name} "
-                         f"({cfg.epochs_for(len(ds.x_train))} epochs, dc protocol), penultimate layer; not Inception")
+                         f"({cfg.epochs_for(len(ds.x_train))} epochs, dc protocol), last feature map average-pooled "
+                         f"to at most {EMBED_SIDE}x{EMBED_SIDE}; not Inception")
             self.script = False
-        elif spec.startswith("torchscript:"):
-            path = Path(spec.split(":", 1)[1])
-            if not path.exists():
-                raise UserError(f"feature extractor {path} not found; export one with torch.jit.save (e.g. an "
-                                "Inception-v3 pool3 model taking float images in [0, 1] at its own size)")
+        else:
             self.net = torch.jit.load(str(path), map_location=self.device).eval()
             self.name = f"TorchScript {path.name} (images in [0, 1])"
             self.script = True
-        else:
-            raise UserError(f"--features must be 'reference' or 'torchscript:PATH', got {spec!r}")
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -280,25 +318,57 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")   # formats the t-SNE figure is written in (matplotlib's, by suffix)
+
+
+def _check_inputs(synth: list[str], features: str, out: str | None, tsne: str | None) -> None:
+    """Every check that needs no data, before anything is loaded or trained (UserError names the fix)."""
+    if not synth:
+        raise UserError("metrics needs at least one synthetic set")
+    names = [Path(p).name for p in synth]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"sets are named by their last path component, and {', '.join(twice)} comes twice; "
+                        "copy or link one under another name")
+    missing = [p for p in synth if not Path(p).exists()]
+    if missing:
+        raise UserError(f"synthetic set(s) {', '.join(missing)} do not exist")
+    feature_spec(features)
+    for what, path in (("--out", out), ("--tsne", tsne)):
+        if path is not None and Path(path).is_dir():
+            raise UserError(f"{what} {path} is a directory; give a file name")
+    if tsne is not None and Path(tsne).suffix.lower() not in PLOT_SUFFIXES:
+        raise UserError(f"--tsne {tsne}: the figure is written as {', '.join(PLOT_SUFFIXES)}; use one of these")
+
+
 def run_metrics(synth: list[str], real: str, out: str | None = None, features: str = "reference",
                 size: int | None = None, device: str = "auto", seed: int = 0, tsne: str | None = None) -> dict:
-    """Metrics of one or more synthetic sets against `real`'s training set (one feature pass over it)."""
+    """Metrics of one or more synthetic sets against `real`'s training set (one feature pass over it).
+
+    Every input (paths, feature spec, the real dataset, each set's classes and shape) is checked before
+    the feature extractor is built, which for the reference classifier means training it."""
+    _check_inputs(synth, features, out, tsne)
+    dev = pick_device(device)
     ds = load_dataset(real, size=size)
-    fx = Features(ds, features, pick_device(device))
+    sets = {Path(p).name: (p, conform(load_synthetic(p), ds.class_names, ds.channels, ds.size)) for p in synth}
+    empty = [name for name, (_, s) in sets.items() if len(s.labels) == 0]
+    if empty:
+        raise UserError(f"set(s) {', '.join(empty)} hold no images")
+    fx = Features(ds, features, dev)
     real_f = fx(ds.x_train)
     result = {"features": fx.name, "real": real, "seed": seed, "k_precision_recall": PR_K,
               "k_density_coverage": DC_K, "max_real_per_class": MAX_REAL_PER_CLASS,
               "class_names": list(ds.class_names), "sets": {}}
     feats = {}
-    for path in synth:
-        s = conform(load_synthetic(path), ds.class_names, ds.channels, ds.size)
+    for name, (path, s) in sets.items():
         f = fx(s.images)
-        feats[Path(path).name] = (f, s.labels)
-        result["sets"][Path(path).name] = {"path": str(path), "num_images": len(s.labels),
-                                           **set_metrics(real_f, ds.y_train, f, s.labels, ds.num_classes, seed)}
+        feats[name] = (f, s.labels)
+        result["sets"][name] = {"path": str(path), "num_images": len(s.labels),
+                                **set_metrics(real_f, ds.y_train, f, s.labels, ds.num_classes, seed)}
     if len(synth) == 1:   # the single-set form: metrics at the top level, as `m.json` users expect
         result.update({k: v for k, v in next(iter(result["sets"].values())).items()})
     if tsne:
+        Path(tsne).parent.mkdir(parents=True, exist_ok=True)
         result["tsne"] = str(tsne_plot(real_f, ds.y_train, feats, list(ds.class_names), tsne, seed=seed))
     if out:
         write_json(out, result)

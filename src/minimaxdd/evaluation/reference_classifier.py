@@ -16,7 +16,7 @@ import torch.nn as nn
 from minimaxdd.data.dataset import Dataset, channel_stats, normalise
 from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.evaluation.protocols import PROTOCOLS
-from minimaxdd.evaluation.train_test import accuracy, predict, train_classifier
+from minimaxdd.evaluation.train_test import accuracy, predict, resize_images, train_classifier
 from minimaxdd.files import cache_dir, save_atomic
 from minimaxdd.runtime import progress
 
@@ -46,7 +46,8 @@ def _key(ds: Dataset, cfg: ReferenceConfig) -> str:
 def reference_classifier(ds: Dataset, cfg: ReferenceConfig = ReferenceConfig(), device: str | torch.device = "cpu",
                          use_cache: bool = True) -> nn.Module:
     """A `cfg.model` trained on all of ds's training images with the `dc` protocol's optimiser
-    and DSA, loaded from the cache when the same data and config were trained before."""
+    and DSA, loaded from the cache when the same data and config were trained before. The test
+    images are never read."""
     device = torch.device(device)
     path = cache_dir() / "reference" / f"{_key(ds, cfg)}.pt"
     model = build_model(cfg.model, ds.channels, ds.num_classes, ds.size)
@@ -63,15 +64,34 @@ def reference_classifier(ds: Dataset, cfg: ReferenceConfig = ReferenceConfig(), 
     return model
 
 
+def at_size(ds: Dataset, size: int | None) -> Dataset:
+    """`ds` with both splits resized to `size` x `size` (antialiased); `ds` itself when size is None or its own."""
+    if size is None or size == ds.size:
+        return ds
+    return Dataset(f"{ds.name}@{size}px", resize_images(ds.x_train, size), ds.y_train,
+                   resize_images(ds.x_test, size), ds.y_test, list(ds.class_names))
+
+
+def teacher_classifier(ds: Dataset, model: str, device: str | torch.device = "cpu", image_size: int | None = None,
+                       epochs: int | None = None, precision: str = "bf16") -> nn.Module:
+    """The teacher of the soft-label protocols: a `model` trained on all of ds's training images (at
+    `image_size`, the evaluation's) as the reference classifier is, cached the same way, frozen (eval mode,
+    no gradients). Its schedule is fixed in advance; the test set never selects it."""
+    net = reference_classifier(at_size(ds, image_size), ReferenceConfig(model=model, epochs=epochs,
+                                                                        precision=precision), device)
+    return net.eval().requires_grad_(False)
+
+
 @torch.no_grad()
 def embed(model: nn.Module, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor],
           batch_size: int = 512) -> torch.Tensor:
-    """Penultimate features (N, D) in fp32 of uint8 images x (N, C, H, W)."""
+    """Embeddings (N, D) in fp32 of uint8 images x (N, C, H, W): the classifier's last feature map pooled to a
+    bounded size (`classifiers.EMBED_SIDE`; at most 2048 values for ConvNet-3, whatever the image size)."""
     dev = next(model.parameters()).device
     model.eval()
     out = []
     for i in progress(range(0, len(x), batch_size), desc="features", total=(len(x) + batch_size - 1) // batch_size):
-        out.append(model.features(normalise(x[i:i + batch_size], *stats, dev)).float().cpu())  # (B, D)
+        out.append(model.embedding(normalise(x[i:i + batch_size], *stats, dev)).float().cpu())  # (B, D)
     return torch.cat(out)
 
 

@@ -26,12 +26,13 @@ from minimaxdd.evaluation.protocols import PROTOCOLS, Protocol
 from minimaxdd.runtime import autocast, generator, progress
 
 
-def _augment_fn(protocol: Protocol) -> augment.Augmentation:
-    """The batch augmentation the protocol names, from `minimaxdd.data.augment.AUGMENTATIONS`."""
+def _augment_fn(protocol: Protocol, stats: augment.Stats | None) -> augment.Augmentation:
+    """The batch augmentation the protocol names, from `minimaxdd.data.augment.AUGMENTATIONS`, for batches
+    standardised with `stats` (the colour ops of `idc` act on pixels)."""
     if protocol.augment not in augment.AUGMENTATIONS:
         raise UserError(f"protocol {protocol.name} names unknown augmentation {protocol.augment!r}; "
                         f"known: {', '.join(augment.AUGMENTATIONS)}")
-    return augment.AUGMENTATIONS[protocol.augment]
+    return augment.for_protocol(protocol.augment, stats)
 
 
 # ours: the training-order / augmentation stream of repeat `seed` is seeded with seed + this prime, so it
@@ -39,58 +40,98 @@ def _augment_fn(protocol: Protocol) -> augment.Augmentation:
 ORDER_SEED_OFFSET = 1_000_003
 
 
+def soft_label_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)) averaged over the batch, times T^2 (Hinton et al. 2015:
+    the T^2 keeps the gradient scale independent of T). Logits (B, K) -> a scalar, computed in fp32."""
+    t = temperature
+    s_log = F.log_softmax(student.float() / t, dim=1)                      # (B, K)
+    t_log = F.log_softmax(teacher.float() / t, dim=1)                      # (B, K)
+    return F.kl_div(s_log, t_log, reduction="batchmean", log_target=True) * t * t
+
+
+@dataclass
+class _Run:
+    """What every batch of one classifier's training reads."""
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    aug: augment.Augmentation
+    protocol: Protocol
+    g: torch.Generator
+    device: torch.device
+    precision: str
+    teacher: nn.Module | None = None    # soft protocols: labels each augmented batch
+
+
 def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_classes: int,
                      protocol: Protocol, epochs: int, seed: int, device: torch.device,
-                     precision: str = "bf16", desc: str = "train", compile: bool = False) -> nn.Module:
+                     precision: str = "bf16", desc: str = "train", compile: bool = False,
+                     stats: augment.Stats | None = None, teacher: nn.Module | None = None) -> nn.Module:
     """Train `model_name` from scratch on normalised images x (N, C, H, W) float on `device`
     and labels y (N,) with `protocol`, for `epochs` epochs. Returns the model in eval mode.
 
+    `stats`: the (mean, std) that normalised x, for augmentations acting on pixel values (`idc`'s colour
+    ops; without it they act on x as if it held pixels in [0, 1]). `teacher`: the frozen network whose
+    softened outputs a soft protocol trains on (required by those, refused by the others).
     `compile` trains through torch.compile: a one-off compile of seconds on a CPU, then fused norm and
     activation kernels (BENCHMARKS.md, "With `evaluate --compile`")."""
+    if protocol.soft != (teacher is not None):
+        raise UserError(f"protocol {protocol.name} " + ("needs a teacher (reference_classifier.teacher_classifier)"
+                                                         if protocol.soft else "trains on hard labels: no teacher"))
     n, c, h, _ = x.shape
     with torch.random.fork_rng(devices=[]):  # initialisation from the seed, global RNG untouched
         torch.manual_seed(seed)
         model = build_model(model_name, c, num_classes, h).to(device)
-    g = generator(seed + ORDER_SEED_OFFSET, device)
     opt = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum,
                           weight_decay=protocol.weight_decay)
     milestones = sorted({max(1, int(round(epochs * m))) for m in protocol.milestones})  # epochs of the lr drops
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=protocol.gamma)
-    aug = _augment_fn(protocol)
-    net = torch.compile(model) if compile else model   # shares the parameters with `model`
+    run = _Run(torch.compile(model) if compile else model,   # the compiled net shares `model`'s parameters
+               opt, _augment_fn(protocol, stats), protocol, generator(seed + ORDER_SEED_OFFSET, device), device,
+               precision, teacher)
     model.train()
     bar = progress(range(epochs), desc=desc)
     for _ in bar:
-        loss, acc = _train_epoch(net, opt, x, y, aug, protocol, g, device, precision)
+        loss, acc = _train_epoch(run, x, y)
         sched.step()
         bar.set_postfix(loss=f"{loss:.3f}", train_acc=f"{acc:.3f}")
     model.eval()
     return model
 
 
-def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                 aug: augment.Augmentation, protocol: Protocol, g: torch.Generator, device: torch.device,
-                 precision: str) -> tuple[float, float]:
-    """One pass over (x, y) in a random order drawn from `g`; returns the mean loss and train accuracy."""
-    n, bs = len(x), protocol.batch_size
-    perm = torch.randperm(n, generator=g, device=device)                   # (N,)
+def _batch_loss(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits (B, K)) of one augmented batch: CutMix if the protocol draws it, then cross-entropy on
+    the (mixed) labels, or, under a soft protocol, KL to the teacher's outputs on the very same images."""
+    p, g = run.protocol, run.g
+    use_cutmix = p.cutmix_p > 0 and torch.rand(1, generator=g, device=run.device).item() < p.cutmix_p
+    ya = yb2 = yb
+    lam = 1.0
+    if use_cutmix:
+        xb, ya, yb2, lam = augment.cutmix(xb, yb, g, p.cutmix_beta)
+    with autocast(run.device, run.precision):
+        out = run.net(xb)                                                   # (B, K)
+        if run.teacher is not None:
+            with torch.no_grad():
+                target = run.teacher(xb)                                    # (B, K) the teacher's logits
+            return soft_label_loss(out, target, p.temperature), out
+        if use_cutmix:
+            return lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb2), out
+        return F.cross_entropy(out, yb), out
+
+
+def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """One pass over (x, y) in a random order drawn from the run's generator; returns the mean loss and
+    the training accuracy (against the set's own labels)."""
+    n, bs = len(x), run.protocol.batch_size
+    perm = torch.randperm(n, generator=run.g, device=run.device)          # (N,)
     correct = seen = 0
     loss_sum = 0.0
     for i in range(0, n, bs):
         idx = perm[i:i + bs]
-        xb, yb = aug(x[idx], g), y[idx]                                     # (B, C, H, W), (B,)
-        use_cutmix = protocol.cutmix_p > 0 and torch.rand(1, generator=g, device=device).item() < protocol.cutmix_p
-        with autocast(device, precision):
-            if use_cutmix:
-                xb, ya, yb2, lam = augment.cutmix(xb, yb, g, protocol.cutmix_beta)
-                out = net(xb)                                               # (B, K)
-                loss = lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb2)
-            else:
-                out = net(xb)                                               # (B, K)
-                loss = F.cross_entropy(out, yb)
-        opt.zero_grad(set_to_none=True)
+        xb, yb = run.aug(x[idx], run.g), y[idx]                             # (B, C, H, W), (B,)
+        loss, out = _batch_loss(run, xb, yb)
+        run.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        run.opt.step()
         loss_sum += loss.item() * len(idx)
         correct += (out.argmax(1) == yb).sum().item()
         seen += len(idx)
@@ -131,6 +172,7 @@ class EvalResult:
     precision: str
     train_time_s: float             # wall time of all repeats
     protocol_config: dict = field(default_factory=dict)
+    image_size: int | None = None   # the side the classifiers trained and tested at
 
     def to_dict(self) -> dict:
         """The result as plain JSON data."""
@@ -143,16 +185,33 @@ def images_per_class(y: torch.Tensor, num_classes: int) -> int | None:
     return int(counts[0]) if bool((counts == counts[0]).all()) else None
 
 
+def resize_images(x: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), bilinear with antialiasing, in chunks to bound memory."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    out = torch.empty((len(x), x.shape[1], size, size), dtype=torch.uint8)
+    for i in range(0, len(x), chunk):
+        y = F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)                              # (chunk, C, size, size)
+        out[i:i + chunk] = y.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
 def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                  num_classes: int, model: str = "convnet3", protocol: Protocol | None = None,
                  repeats: int = 3, epochs: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
                  precision: str = "bf16", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 compile: bool = False) -> EvalResult:
+                 compile: bool = False, image_size: int | None = None,
+                 teacher: nn.Module | None = None) -> EvalResult:
     """Train `repeats` classifiers on uint8 images x_train (N, C, H, W) with labels y_train and
     report their final test accuracy on (x_test, y_test).
 
     `stats` is the (mean, std) used to standardise both sets, by default that of x_train;
     pass the real training set's so synthetic and real images share one normalisation.
+    `image_size`: train and test at this side (both sets resized, antialiased; the authors' code trains
+    and tests at 224 where the paper's tables say 256); None: as the images are.
+    `teacher`: the frozen network a soft protocol learns from, at the same image size (see
+    `reference_classifier.teacher_classifier`).
     Repeat r uses seed `seed + r` for initialisation, order and augmentation.
     """
     protocol = protocol or PROTOCOLS["dc"]
@@ -161,6 +220,10 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     if x_train.shape[1:] != x_test.shape[1:]:
         raise UserError(f"training images {tuple(x_train.shape[1:])} and test images {tuple(x_test.shape[1:])} "
                         "differ in shape")
+    if image_size is not None:
+        if image_size < 8:
+            raise UserError(f"the evaluation image size must be at least 8 pixels, got {image_size}")
+        x_train, x_test = resize_images(x_train, image_size), resize_images(x_test, image_size)
     device = torch.device(device)
     ipc = images_per_class(y_train, num_classes)
     n_epochs = epochs if epochs is not None else protocol.epochs_for(ipc, num_classes)
@@ -171,7 +234,8 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     done = {}
     for r in range(dist.rank(), repeats, dist.world()):   # under torchrun, repeats are spread over ranks
         net = train_classifier(xtr, ytr, model, num_classes, protocol, n_epochs, seed + r, device, precision,
-                               desc=f"{model} run {r + 1}/{repeats}", compile=compile)
+                               desc=f"{model} run {r + 1}/{repeats}", compile=compile, stats=(mean, std),
+                               teacher=teacher)
         done[r] = accuracy(predict(net, xte, precision), y_test, num_classes)
         progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {done[r][0]:.4f}")
     if dist.world() > 1:
@@ -184,7 +248,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
         per_class=np.nanmean(np.array(per_class, dtype=float), axis=0).tolist(),
         model=model, protocol=protocol.name, epochs=n_epochs, ipc=ipc, num_images=len(x_train),
         seed=seed, precision=precision, train_time_s=round(time.time() - t0, 2),
-        protocol_config=protocol.to_dict(),
+        protocol_config=protocol.to_dict(), image_size=int(x_train.shape[-1]),
     )
 
 

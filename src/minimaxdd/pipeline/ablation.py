@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.errors import UserError
 from minimaxdd.files import write_json
 from minimaxdd.pipeline.config import (
@@ -46,9 +47,19 @@ SWEEP_PARAMS = ("lambda_r", "lambda_d", "memory", "epochs", "steps")
 
 def _config(base: str, data: str, ipcs: str | list[int], repeats: int, overrides: dict,
             device: str) -> DistillConfig:
+    """The shared distill config. The evaluation protocol is `--set evaluate.protocol=...`, else the base
+    checkpoint's default (idc for the official DiT and what was fine-tuned from it), else the package's;
+    the sampling settings left null come from each fine-tuned checkpoint likewise (`sample` prints them)."""
     layer = {"data": data, "ipc": ipcs, "base": {"pretrained": base},
              "evaluate": {"repeats": repeats, "baselines": ["random"], "full_epochs": 0, "metrics": False}}
+    source = "given"
+    if "protocol" not in overrides.get("evaluate", {}):
+        from_base = ckpt.base_defaults(base).get("evaluate", {}).get("protocol")
+        source = "checkpoint" if from_base else "default"
+        if from_base:
+            layer["evaluate"]["protocol"] = from_base
     cfg = build_config(None, merge(layer, overrides))
+    say(f"evaluation protocol {cfg.evaluate.protocol} ({source})")
     return dataclasses.replace(cfg, device=str(pick_device(device)))
 
 
@@ -115,11 +126,11 @@ def ablation_markdown(res: dict) -> str:
              "| --- | " + " | ".join("---:" for _ in ipcs) + " | ---: | ---: |"]
     for v in res["variants"]:
         label = "none (base model)" if v["objective"] == "none" else v["objective"]
-        rows = [r for r in v["rows"] if r["model"] == model]
+        rows = [r for r in v["rows"] if r["model"] == model and r["protocol"] == ev["protocol"]]
         gen = "" if v["generation_accuracy"] is None else f"{100 * v['generation_accuracy']:.1f}%"
         lines.append(f"| {label} | " + " | ".join(_cell(rows, k) for k in ipcs) +
                      f" | {gen} | {v['finetune_time_s'] or 0:.0f} s ({v['finetune_steps'] or 0} steps) |")
-    rnd = [r for r in res["random"] if r["model"] == model]
+    rnd = [r for r in res["random"] if r["model"] == model and r["protocol"] == ev["protocol"]]
     lines.append("| random real | " + " | ".join(_cell(rnd, k) for k in ipcs) + " | | |")
     return "\n".join(lines) + "\n"
 

@@ -58,10 +58,12 @@ def _score(cfg: DistillConfig, ckpt: str, cand: dict, ds: Dataset, split: tuple,
                                           seed=cfg.seed + CANDIDATE_SEED_OFFSET, device=str(device)))
     tr, va = split
     ev = cfg.evaluate
+    # the hard-label protocol: a soft one's teacher would have trained on the validation images
     r = train_test.evaluate_set(s.images, s.labels, ds.x_train[va], ds.y_train[va], ds.num_classes, ev.models[0],
-                                get_protocol(ev.protocol), cfg.choose.repeats,
+                                get_protocol(get_protocol(ev.protocol).hard_name), cfg.choose.repeats,
                                 cfg.choose.epochs if cfg.choose.epochs is not None else epochs_for(cfg, ipc),
-                                cfg.seed, device, ev.precision, stats=channel_stats(ds.x_train[tr]))
+                                cfg.seed, device, ev.precision, stats=channel_stats(ds.x_train[tr]),
+                                image_size=ev.image_size)
     return r.mean
 
 
@@ -69,8 +71,9 @@ def stage_choose(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
     """Score each candidate on the validation split; the record's `sample` holds the chosen settings."""
     cands = candidates(cfg)
     conf = {"choose": to_dict(cfg.choose), "candidates": cands}
+    size = [cfg.evaluate.image_size] if cfg.evaluate.image_size else []     # absent when unset: older keys hold
     st = Stage(run, "choose", key_of(ft["key"], conf, to_dict(cfg.sample), cfg.evaluate.models[0],
-                                     cfg.evaluate.protocol, cfg.seed), conf, force)
+                                     cfg.evaluate.protocol, cfg.seed, *size), conf, force)
     if st.done:
         say(f"choose: done ({st.record['sample']}), skipped")
         return st.record

@@ -74,6 +74,14 @@ class EvaluationConfig:
     metrics: bool = setting(True, help="diagnostics (MMD, FD, precision / recall, ...) at the largest IPC")
     compile: bool = setting(default_of(EvaluateConfig, "compile"),
                             help="train the classifiers through torch.compile (not part of a row's key)")
+    image_size: int | None = setting(default_of(EvaluateConfig, "image_size"),
+                                     help="side the classifiers train and test at; null: the data's (256 for the "
+                                          "ImageNet subsets, the paper's tables); 224: the authors' code")
+    soft_labels: bool = setting(False, help="also evaluate every set under the protocol's soft-label variant "
+                                            "(<protocol>-soft: a teacher trained on the full data labels each "
+                                            "augmented batch), reported in tables of its own")
+    teacher_epochs: int | None = setting(default_of(EvaluateConfig, "teacher_epochs"),
+                                         help="epochs of the soft-label teacher; null: ~100k images seen (1-50)")
 
 
 @dataclass(kw_only=True)

@@ -12,6 +12,7 @@ from minimaxdd.data.grid import save_grid
 from minimaxdd.data.synthetic import load_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.metrics import format_metrics
+from minimaxdd.evaluation.protocols import SOFT_SUFFIX
 from minimaxdd.pipeline.stages import STAGES
 
 ORDER = ("random", "herding", "kcenter", "dm", "full")
@@ -28,24 +29,50 @@ def _method_order(rows: list[dict]) -> list[str]:
     return ours + [m for m in ORDER if m in methods]
 
 
+def _groups(rows: list[dict]) -> list[tuple[str, str]]:
+    """(model, protocol) of each table, hard-label protocols first: tables never mix protocols."""
+    keys = list(dict.fromkeys((r["model"], r["protocol"]) for r in rows))
+    return sorted(keys, key=lambda mp: (mp[1].endswith(SOFT_SUFFIX), keys.index(mp)))
+
+
 def accuracy_tables(rows: list[dict]) -> str:
+    """One Markdown table per (classifier, protocol); soft-label tables after the hard ones, said to be so."""
     out = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        rs = [r for r in rows if r["model"] == model]
+    for model, proto in _groups(rows):
+        rs = [r for r in rows if r["model"] == model and r["protocol"] == proto]
         ipcs = sorted({r["ipc"] for r in rs if r["ipc"] is not None})
-        proto = rs[0]["protocol"]
-        out += [f"**{model}**, `{proto}` protocol, final-epoch test accuracy (%), mean +- std over "
-                f"{len(rs[0]['runs'])} repeats (epochs in brackets)", "",
-                "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " | full data |",
-                "| --- | " + " | ".join("---:" for _ in ipcs) + " | ---: |"]
+        soft = proto.endswith(SOFT_SUFFIX)
+        note = (" Soft labels: a teacher trained on the full real training set labels every augmented batch and "
+                "the classifier learns its softened outputs (SRe2L / RDED / DD-Ranking); not comparable with the "
+                "hard-label tables." if soft else "")
+        size = rs[0].get("image_size")
+        out += [f"**{model}**, `{proto}` protocol{f' at {size} px' if size else ''}, final-epoch test accuracy (%), "
+                f"mean +- std over {len(rs[0]['runs'])} repeats (epochs in brackets).{note}", "",
+                "| method | " + " | ".join(f"IPC {k}" for k in ipcs) + (" |" if soft else " | full data |"),
+                "| --- | " + " | ".join("---:" for _ in ipcs) + (" |" if soft else " | ---: |")]
         for m in _method_order(rs):
             cells = []
-            for k in [*ipcs, None]:
+            for k in [*ipcs, *([] if soft else [None])]:
                 r = next((r for r in rs if r["method"] == m and r["ipc"] == k), None)
                 cells.append("" if r is None else f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['epochs']})")
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def generation_lines(rows: list[dict]) -> list[str]:
+    """One sentence per generated set (method, IPC): its generation accuracy does not depend on the classifier
+    being evaluated, so rows of several classifiers say the same number once."""
+    seen, lines = set(), []
+    for r in rows:
+        if "generation_accuracy" not in r or (r["method"], r["ipc"]) in seen:
+            continue
+        seen.add((r["method"], r["ipc"]))
+        lines.append(f"- Generation accuracy of the {r['method']} set at IPC {r['ipc']}: "
+                     f"{100 * r['generation_accuracy']:.1f}% of its images are assigned to their own class by a "
+                     f"classifier trained on the full data ({100 * r['reference_test_accuracy']:.1f}% on the real "
+                     "test set).")
+    return lines + [""] if lines else []
 
 
 def accuracy_plot(rows: list[dict], path: Path) -> Path | None:
@@ -56,10 +83,10 @@ def accuracy_plot(rows: list[dict], path: Path) -> Path | None:
     rs = [r for r in rows if r["ipc"] is not None]
     if not rs:
         return None
-    models = list(dict.fromkeys(r["model"] for r in rs))
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        sub = [r for r in rs if r["model"] == model]
+    groups = _groups(rs)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+    for ax, (model, proto) in zip(axes[0], groups):
+        sub = [r for r in rs if r["model"] == model and r["protocol"] == proto]
         ipcs = sorted({r["ipc"] for r in sub})
         methods = [m for m in _method_order(sub) if m != "full"]
         w = 0.8 / max(1, len(methods))
@@ -72,12 +99,12 @@ def accuracy_plot(rows: list[dict], path: Path) -> Path | None:
                     ys.append(100 * r["mean"])
                     es.append(100 * r["std"])
             ax.bar(xs, ys, w, yerr=es, label=m, capsize=2)
-        full = next((r for r in rows if r["model"] == model and r["ipc"] is None), None)
+        full = next((r for r in rows if r["model"] == model and r["protocol"] == proto and r["ipc"] is None), None)
         if full is not None:
             ax.axhline(100 * full["mean"], color="k", ls="--", lw=1, label=f"full data ({full['epochs']} ep.)")
         ax.set_xticks(range(len(ipcs)), [f"IPC {k}" for k in ipcs])
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(model)
+        ax.set_title(f"{model}, {proto}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -120,8 +147,8 @@ def _choice_lines(run: Path) -> list[str]:
              f"them was tested on {d['val_images']} training images held out as a validation split; the test "
              f"set was not read. Chosen: {d['sample']}.", "", "| guidance | steps | validation accuracy (%) |",
              "| ---: | ---: | ---: |"]
-    lines += [f"| {s['cfg']} | {s['steps'] if s['steps'] is not None else 'default'} | "
-              f"{100 * s['val_accuracy']:.2f} |" for s in d["scores"]]
+    shown = lambda v: "default" if v is None else v   # noqa: E731  (null: the checkpoint's or the package's)
+    lines += [f"| {shown(s['cfg'])} | {shown(s['steps'])} | {100 * s['val_accuracy']:.2f} |" for s in d["scores"]]
     return lines + [""]
 
 
@@ -141,15 +168,7 @@ def write_report(run: str | Path) -> Path:
     if not rows:
         lines += ["No evaluation has finished yet.", ""]
     else:
-        lines += ["## Accuracy", "", accuracy_tables(rows)]
-        gen = [r for r in rows if "generation_accuracy" in r]
-        for r in gen:
-            lines.append(f"- Generation accuracy of the {r['method']} set at IPC {r['ipc']}: "
-                         f"{100 * r['generation_accuracy']:.1f}% of its images are assigned to their own class by a "
-                         f"classifier trained on the full data ({100 * r['reference_test_accuracy']:.1f}% on the real "
-                         "test set).")
-        if gen:
-            lines.append("")
+        lines += ["## Accuracy", "", accuracy_tables(rows), *generation_lines(rows)]
         plot = accuracy_plot(rows, fig_dir / "accuracy.png")
         if plot:
             lines += [f"![accuracy]({plot.relative_to(run)})", ""]

@@ -6,7 +6,8 @@
     sample     IPC images per class (the largest IPC once; smaller IPCs are its per-class prefixes,
                which per-image seeds make identical to sampling them separately)
     baselines  random, herding, k-center (and DM if asked) at each IPC
-    evaluate   every set with every classifier, plus the full training set
+    evaluate   every set with every classifier, plus the full training set (with evaluate.soft_labels, every
+               set under the soft-label protocol too, in rows of their own)
     metrics    MMD, FID, precision / recall / coverage, ... of each set at the largest IPC, t-SNE
     report     RUN/results.json, RUN/report.md and its figures (pipeline.report)
 
@@ -19,9 +20,9 @@ written atomically with its own key).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import resource
 import shutil
@@ -39,15 +40,15 @@ from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet, load_synthetic, write_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.codecs import PixelCodec, build_codec
-from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.diffusion.generation import CHECKPOINT_SETTINGS, SampleConfig, sample_checkpoint
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation import metrics, train_test
-from minimaxdd.evaluation.protocols import get_protocol
-from minimaxdd.evaluation.reference_classifier import generation_accuracy
+from minimaxdd.evaluation.protocols import SOFT_SUFFIX, get_protocol
+from minimaxdd.evaluation.reference_classifier import generation_accuracy, teacher_classifier
 from minimaxdd.files import manifest, write_json
 from minimaxdd.pipeline.config import NO_FINETUNING, DistillConfig, method_name
 from minimaxdd.settings import to_dict
-from minimaxdd.training.finetune import FinetuneConfig, class_mapping, finetune, load_base
+from minimaxdd.training.finetune import FinetuneConfig, class_mapping, finetune, load_base, merge_defaults
 from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.scratch import train_from_scratch as train
 
@@ -170,11 +171,18 @@ def stage_finetune(run: Path, cfg: DistillConfig, base: dict, force: bool, devic
     resume = st.resumable and bool(ckpt.list_checkpoints(st.dir))
     st.begin(device)
     say(f"finetune: {'resuming' if resume else 'starting'} {objective} fine-tuning of {base['checkpoint']}")
-    info = finetune(_finetune_config(cfg, base, st.dir, resume, device))
+    info = finetune(_finetune_config(cfg, base, st.dir, resume, device), defaults=checkpoint_defaults(cfg))
     man = json.loads((st.dir / "manifest.json").read_text())
     return st.finish(device, checkpoint=info["checkpoint"], objective=objective, steps=info["steps"],
                      images_per_s=info["images_per_s"], trainable_params=man.get("trainable_params"),
                      total_params=man.get("total_params"), epoch_means=info["epoch_means"])
+
+
+def checkpoint_defaults(cfg: DistillConfig) -> dict:
+    """What the run samples and evaluates with, recorded in its checkpoints for later `sample` / `ablation`
+    runs (sampling settings the config leaves null stay the base's)."""
+    sample = {k: getattr(cfg.sample, k) for k in CHECKPOINT_SETTINGS if getattr(cfg.sample, k) is not None}
+    return {"sample": sample, "evaluate": {"protocol": cfg.evaluate.protocol}}
 
 
 def _finetune_config(cfg: DistillConfig, base: dict, out: Path, resume: bool, device: torch.device,
@@ -206,7 +214,8 @@ def _finetune_phases(st: Stage, cfg: DistillConfig, base: dict, phases: int, dev
         resume = bool(ckpt.list_checkpoints(pdir))
         say(f"finetune: phase {p + 1}/{phases}, classes {group[0]}-{group[-1]}: "
             f"{'resuming' if resume else 'starting'} {cfg.finetune.objective} fine-tuning of {base['checkpoint']}")
-        info = finetune(_finetune_config(cfg, base, pdir, resume, device, classes=group))
+        info = finetune(_finetune_config(cfg, base, pdir, resume, device, classes=group),
+                        defaults=checkpoint_defaults(cfg))
         rec = {"phase": p, "classes": group, "checkpoint": info["checkpoint"], "steps": info["steps"],
                "images_per_s": info["images_per_s"], "epoch_means": info["epoch_means"]}
         write_json(pdir / "phase.json", rec)
@@ -216,7 +225,8 @@ def _finetune_phases(st: Stage, cfg: DistillConfig, base: dict, phases: int, dev
 
 
 def export_pretrained(base: dict, cfg: DistillConfig, out: Path, device: torch.device) -> Path:
-    """Pretrained weights as one of our checkpoints (model = EMA = the weights), with the class map."""
+    """Pretrained weights as one of our checkpoints, with the class map: a checkpoint of no trained tensors
+    on top of its base (named and checked as a Difffit checkpoint's is), not a copy of the weights."""
     model, meta0 = load_base(base["checkpoint"], base.get("codec"))
     ds = load_dataset(cfg.data, size=cfg.size)
     codec = build_codec(base.get("codec") or "pixel", ds.channels, ds.size, device)
@@ -225,9 +235,12 @@ def export_pretrained(base: dict, cfg: DistillConfig, out: Path, device: torch.d
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
                                class_map=cmap, image_size=ds.size, channels=ds.channels, data=cfg.data,
                                extra={"base": base["checkpoint"], "pixel": isinstance(codec, PixelCodec)},
-                               formulation=meta0.formulation if meta0 is not None else "ddpm")
+                               formulation=meta0.formulation if meta0 is not None else "ddpm",
+                               base={**ckpt.identity(base["checkpoint"]), "trained": []},
+                               defaults=merge_defaults(ckpt.base_defaults(base["checkpoint"]),
+                                                       checkpoint_defaults(cfg), model.in_channels))
     path = ckpt.ckpt_path(out, 0)
-    ckpt.save(path, model, copy.deepcopy(model), meta)
+    ckpt.save(path, model, model, meta)
     return path
 
 
@@ -262,8 +275,8 @@ def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
     for k in ipcs:
         keep = torch.cat([(full.labels == c).nonzero().squeeze(1)[:k] for c in range(len(full.class_names))])
         sub = SyntheticSet(full.images[keep], full.labels[keep], full.class_names)
-        path = write_synthetic(st.dir / f"ipc{k}", sub, manifest({**s, "ipc": k}, cfg.seed, 0.0, **info),
-                               overwrite=True)
+        path = write_synthetic(st.dir / f"ipc{k}", sub, manifest({**s, "ipc": k}, cfg.seed, time.time() - st.t0,
+                                                                 **info), overwrite=True)
         sets[str(k)] = str(path)
     save_grid(full.images, full.labels, st.dir / "grid.png", per_row=min(10, max(ipcs)))
     say(f"sample: {info.get('sampler', '')}, {info['sample_time_s']:.0f} s")
@@ -332,10 +345,34 @@ def _eval_items(cfg: DistillConfig, sample: dict | None, baselines: dict | None)
     return items
 
 
+def eval_protocols(cfg: DistillConfig) -> list[str]:
+    """The run's protocol and, with `evaluate.soft_labels`, its soft-label variant beside it."""
+    ev = cfg.evaluate
+    soft = get_protocol(ev.protocol).hard_name + SOFT_SUFFIX
+    return [ev.protocol, soft] if ev.soft_labels and soft != ev.protocol else [ev.protocol]
+
+
+def _row_file(d: Path, cfg: DistillConfig, method: str, k: int | None, model: str, protocol: str) -> Path:
+    """RUN/evaluate/<method>-<ipc>-<model>[-<protocol>].json (the run's own protocol unnamed, as before)."""
+    tail = "" if protocol == cfg.evaluate.protocol else f"-{protocol}"
+    return d / f"{method}-{'full' if k is None else f'ipc{k}'}-{model}{tail}.json"
+
+
+def _row_key(cfg: DistillConfig, src_key: str, method: str, k: int | None, model: str, protocol: str,
+             epochs: int | None) -> str:
+    ev = cfg.evaluate
+    extra = [("image_size", ev.image_size)] if ev.image_size else []   # absent when unset: older keys hold
+    if get_protocol(protocol).soft:
+        extra.append(("teacher_epochs", ev.teacher_epochs))
+    return key_of(src_key, method, k, model, protocol, epochs, ev.repeats, ev.precision, cfg.seed, *extra)
+
+
 def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines: dict | None, force: bool,
                    device: torch.device, full: bool = True, write_results: bool = True) -> list[dict]:
-    """One JSON per (set, model) row in RUN/evaluate/, each with its own key, so an interrupted or
-    partly changed evaluation redoes only the rows it must. `sample` / `baselines` None: no such rows."""
+    """One JSON per (set, model, protocol) row in RUN/evaluate/, each with its own key, so an interrupted or
+    partly changed evaluation redoes only the rows it must. `sample` / `baselines` None: no such rows.
+    Soft-label rows (`evaluate.soft_labels`) come beside the hard ones, every set under both; the full-data
+    row is hard-label only."""
     ev = cfg.evaluate
     d = run / "evaluate"
     if force and d.exists():
@@ -345,17 +382,23 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     stats = channel_stats(ds.x_train)
     items = _eval_items(cfg, sample, baselines)
     rows = []
-    for model in ev.models:
-        todo = [*items, ("full", None, ds.fingerprint(), None)] if ev.full_epochs and full else items
+    for model, protocol in itertools.product(ev.models, eval_protocols(cfg)):
+        hard = not get_protocol(protocol).soft
+        todo = [*items, ("full", None, ds.fingerprint(), None)] if ev.full_epochs and full and hard else items
+        teacher = None
         for method, k, src_key, path in todo:
             epochs = ev.full_epochs if method == "full" else epochs_for(cfg, k)
-            rk = key_of(src_key, method, k, model, ev.protocol, epochs, ev.repeats, ev.precision, cfg.seed)
-            f = d / f"{method}-{'full' if k is None else f'ipc{k}'}-{model}.json"
+            rk = _row_key(cfg, src_key, method, k, model, protocol, epochs)
+            f = _row_file(d, cfg, method, k, model, protocol)
             if f.exists() and json.loads(f.read_text()).get("key") == rk:
                 rows.append(json.loads(f.read_text()))
                 continue
-            say(f"evaluate: {method} {'full data' if k is None else f'IPC {k}'} with {model} ({ev.repeats} repeats)")
-            row = _evaluate_row(cfg, ds, stats, method, k, path, model, epochs, device)
+            if not hard and teacher is None:
+                say(f"evaluate: the {protocol} teacher, {model} on the full training set (cached)")
+                teacher = teacher_classifier(ds, model, device, ev.image_size, ev.teacher_epochs, ev.precision)
+            say(f"evaluate: {method} {'full data' if k is None else f'IPC {k}'} with {model}, {protocol} "
+                f"({ev.repeats} repeats)")
+            row = _evaluate_row(cfg, ds, stats, method, k, path, model, epochs, device, protocol, teacher)
             row["key"] = rk
             write_json(f, row)
             rows.append(row)
@@ -365,10 +408,11 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
 
 
 def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int | None, path: str | None,
-                  model: str, epochs: int | None, device: torch.device) -> dict:
+                  model: str, epochs: int | None, device: torch.device, protocol_name: str,
+                  teacher: torch.nn.Module | None) -> dict:
     """Train `repeats` classifiers on one set, test them on the real test set: one results row."""
     ev = cfg.evaluate
-    protocol = get_protocol(ev.protocol)
+    protocol = get_protocol(protocol_name)
     if k is None:
         x, y = ds.x_train, ds.y_train
     else:
@@ -377,11 +421,12 @@ def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int
     # compile is not part of the row's key: it changes how the classifiers train, not what
     # (the same weights to 1e-4, tests/evaluation)
     r = train_test.evaluate_set(x, y, ds.x_test, ds.y_test, ds.num_classes, model, protocol, ev.repeats, epochs,
-                                cfg.seed, device, ev.precision, stats=stats, compile=ev.compile)
+                                cfg.seed, device, ev.precision, stats=stats, compile=ev.compile,
+                                image_size=ev.image_size, teacher=teacher)
     row = {"method": method, "ipc": k, "model": model, "protocol": protocol.name, "mean": r.mean,
            "std": r.std, "runs": r.runs, "epochs": r.epochs, "per_class": r.per_class,
-           "time_s": r.train_time_s, "num_images": r.num_images, "set": path}
-    if k is not None and method == method_name(cfg) and ev.generation_accuracy:
+           "time_s": r.train_time_s, "num_images": r.num_images, "set": path, "image_size": r.image_size}
+    if k is not None and method == method_name(cfg) and ev.generation_accuracy and not protocol.soft:
         g = generation_accuracy(ds, x, y, device=device)
         row["generation_accuracy"] = g["generation_accuracy"]
         row["reference_test_accuracy"] = g["reference_test_accuracy"]
@@ -394,6 +439,7 @@ def stage_metrics(run: Path, cfg: DistillConfig, sample: dict, baselines: dict, 
     if not cfg.evaluate.metrics:
         return None
     k = max(cfg.ipc)
+    rows = [r for r in rows if r["protocol"] == cfg.evaluate.protocol]    # accuracies of the run's own protocol
     sets = {r["method"]: r["set"] for r in rows if r["ipc"] == k and r["set"]}
     key = key_of(sample["key"], baselines["key"], sorted(sets), cfg.seed)
     out = run / "metrics.json"

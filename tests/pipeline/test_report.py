@@ -1,0 +1,38 @@
+"""report.md from evaluation rows: one table per classifier and protocol (soft labels apart), and a generated
+set's generation accuracy said once, however many classifiers evaluated it."""
+import json
+
+from minimaxdd.pipeline.report import accuracy_tables, generation_lines, write_report
+
+
+def _row(method, model, protocol, ipc=10, mean=0.5, **kw):
+    return {"method": method, "ipc": ipc, "model": model, "protocol": protocol, "mean": mean, "std": 0.01,
+            "runs": [mean], "epochs": 300, "time_s": 1.0, **kw}
+
+
+ROWS = [_row(m, model, p, generation_accuracy=0.8, reference_test_accuracy=0.9) if m == "minimax" and
+        not p.endswith("-soft") else _row(m, model, p)
+        for model in ("convnet6", "resnetap10", "resnet18") for p in ("idc", "idc-soft") for m in ("minimax", "random")]
+
+
+def test_tables_never_mix_protocols_and_soft_tables_come_after():
+    text = accuracy_tables(ROWS)
+    heads = [line for line in text.splitlines() if line.startswith("**")]
+    assert len(heads) == 6
+    assert all("`idc` protocol" in h for h in heads[:3]) and all("`idc-soft` protocol" in h for h in heads[3:])
+    assert all("Soft labels" in h and "not comparable" in h for h in heads[3:])
+    # random real stands beside ours under each protocol
+    tables = text.split("**")[2::2]
+    assert all("| minimax |" in t and "| random |" in t for t in tables)
+
+
+def test_generation_accuracy_is_said_once_per_set(tmp_path):
+    lines = generation_lines(ROWS)
+    assert sum("Generation accuracy" in line for line in lines) == 1
+    run = tmp_path / "run"
+    (run / "evaluate").mkdir(parents=True)
+    for i, r in enumerate(ROWS):
+        (run / "evaluate" / f"{i}.json").write_text(json.dumps(r))
+    (run / "config.json").write_text(json.dumps({"data": "x", "ipc": [10], "seed": 0, "device": "cpu"}))
+    report = write_report(run).read_text()
+    assert report.count("Generation accuracy of the minimax set at IPC 10") == 1
