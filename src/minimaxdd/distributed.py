@@ -19,8 +19,11 @@ def world() -> int:
 
 
 def rank() -> int:
-    """This process's rank (0 without torchrun)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: the process group's, or torchrun's RANK before the group is joined (so that work
+    done before `setup`, such as taking a run's lock, is done by rank 0 only); 0 without torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:
