@@ -16,4 +16,5 @@ py=${PY:-.venv/bin/python}
   if [ -f benchmarks/BENCHMARKS.fashion.md ]; then cat benchmarks/BENCHMARKS.fashion.md; fi
   if [ -f benchmarks/BENCHMARKS.distill.md ]; then cat benchmarks/BENCHMARKS.distill.md; fi
   if [ -f benchmarks/BENCHMARKS.generator.md ]; then cat benchmarks/BENCHMARKS.generator.md; fi
+  if [ -f benchmarks/BENCHMARKS.fullsize.md ]; then cat benchmarks/BENCHMARKS.fullsize.md; fi
 } > BENCHMARKS.md
