@@ -42,18 +42,9 @@ from minimaxdd.data.imagenet import IMAGEWOOF
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.networks import build_from_config
 from minimaxdd.files import write_json
-from minimaxdd.pipeline.choice import stage_choose
 from minimaxdd.pipeline.config import build_config, load_distill_preset, merge, parse_set
-from minimaxdd.pipeline.report import write_report
-from minimaxdd.pipeline.stages import (
-    STAGES,
-    stage_base,
-    stage_baselines,
-    stage_evaluate,
-    stage_finetune,
-    stage_metrics,
-    stage_sample,
-)
+from minimaxdd.pipeline.distill import stage_steps
+from minimaxdd.pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ROOT / "tests" / "fixtures" / "dit_xl2_256_keys.json"
@@ -141,20 +132,6 @@ def distill_config(files: dict, tiny: bool, extra: dict) -> dict:
 # one stage per child process
 
 
-def _steps(run: Path, cfg, dev: torch.device) -> dict:
-    """The distill stages in order (as pipeline.distill runs them), each reading what the earlier returned."""
-    return {
-        "base": lambda r: stage_base(run, cfg, False, dev),
-        "finetune": lambda r: stage_finetune(run, cfg, r["base"], False, dev),
-        "choose": lambda r: stage_choose(run, cfg, r["finetune"], False, dev),
-        "sample": lambda r: stage_sample(run, cfg, r["finetune"], False, dev, r["choose"]["sample"]),
-        "baselines": lambda r: stage_baselines(run, cfg, False, dev),
-        "evaluate": lambda r: stage_evaluate(run, cfg, r["sample"], r["baselines"], False, dev),
-        "metrics": lambda r: stage_metrics(run, cfg, r["sample"], r["baselines"], r["evaluate"], False, dev),
-        "report": lambda r: write_report(run),
-    }
-
-
 def child(stage: str, config: Path, run: Path) -> None:
     """Run the stages up to `stage` (the earlier ones are done and skip), timing `stage`; write its record."""
     cfg = build_config(None, json.loads(config.read_text()))
@@ -162,7 +139,7 @@ def child(stage: str, config: Path, run: Path) -> None:
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "config.json", {**cfg.to_dict(), "device": str(dev)})
     done: dict = {}
-    for name, fn in _steps(run, cfg, dev).items():
+    for name, fn in stage_steps(run, cfg, dev).items():
         if name == stage:
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             t0 = time.time()

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, Callable
+
+import torch
 
 from minimaxdd.errors import UserError
 from minimaxdd.files import run_lock, write_json
@@ -41,13 +44,28 @@ def _distill(cfg: DistillConfig, run_dir: Path, from_stage: str | None) -> list[
     device = pick_device(cfg.device)
     write_json(run_dir / "config.json", {**cfg.to_dict(), "device": str(device)})
     t0 = time.time()
-    base = stage_base(run_dir, cfg, force["base"], device)
-    ft = stage_finetune(run_dir, cfg, base, force["finetune"], device)
-    chosen = stage_choose(run_dir, cfg, ft, force["choose"], device)
-    sample = stage_sample(run_dir, cfg, ft, force["sample"], device, chosen["sample"])
-    baselines = stage_baselines(run_dir, cfg, force["baselines"], device)
-    rows = stage_evaluate(run_dir, cfg, sample, baselines, force["evaluate"], device)
-    stage_metrics(run_dir, cfg, sample, baselines, rows, force["metrics"], device)
-    path = write_report(run_dir)
-    say(f"done in {time.time() - t0:.0f} s; results {run_dir / 'results.json'}, report {path}")
-    return rows
+    done: dict[str, Any] = {}
+    for name, run_stage in stage_steps(run_dir, cfg, device, force).items():
+        done[name] = run_stage(done)
+    say(f"done in {time.time() - t0:.0f} s; results {run_dir / 'results.json'}, report {done['report']}")
+    return done["evaluate"]
+
+
+def stage_steps(run_dir: Path, cfg: DistillConfig, device: torch.device,
+                force: dict[str, bool] | None = None) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    """The stages of a run in the order of STAGES, each a function of the earlier stages' records (by name);
+    `force[stage]` reruns that stage instead of skipping it when done."""
+    f = force or {}
+    return {
+        "base": lambda r: stage_base(run_dir, cfg, f.get("base", False), device),
+        "finetune": lambda r: stage_finetune(run_dir, cfg, r["base"], f.get("finetune", False), device),
+        "choose": lambda r: stage_choose(run_dir, cfg, r["finetune"], f.get("choose", False), device),
+        "sample": lambda r: stage_sample(run_dir, cfg, r["finetune"], f.get("sample", False), device,
+                                         r["choose"]["sample"]),
+        "baselines": lambda r: stage_baselines(run_dir, cfg, f.get("baselines", False), device),
+        "evaluate": lambda r: stage_evaluate(run_dir, cfg, r["sample"], r["baselines"], f.get("evaluate", False),
+                                             device),
+        "metrics": lambda r: stage_metrics(run_dir, cfg, r["sample"], r["baselines"], r["evaluate"],
+                                           f.get("metrics", False), device),
+        "report": lambda r: write_report(run_dir),
+    }
