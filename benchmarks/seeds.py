@@ -12,6 +12,9 @@ images are drawn with as many selection seeds. Optional rows, each reported on i
              reference classifier's feature space, seeded), noised to SIGMA and denoised by the EDM
              model (Heun on the tail of EDM's sigma grid); its control is the medoids themselves.
 
+The same rows come from `distill` itself as its `extras` stage (`--set extras.pool=K`, `--set
+extras.prototypes=SIGMA`, pipeline.extras); this script adds their spread over sampling seeds.
+
     python benchmarks/seeds.py runs/fm-unet --seeds 0,1,2 --ipc 10,50 --pool 5 --out runs/fm-unet/seeds.json
 
 Per row: the mean and std over seeds of each seed's mean accuracy, and every run. The test set is read only
@@ -28,74 +31,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minimaxdd.baselines.coreset import herding_order
 from minimaxdd.baselines.registry import select
 from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet
-from minimaxdd.diffusion import checkpoints as ckpts
-from minimaxdd.diffusion.codecs import build_codec
-from minimaxdd.diffusion.edm import guided_denoiser, heun, sigma_steps
-from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.diffusion.generation import SampleConfig, from_real_images, sample_checkpoint
 from minimaxdd.evaluation.protocols import get_protocol
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
 from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.files import write_json
-from minimaxdd.runtime import flush_denormals, generator
+from minimaxdd.pipeline.extras import keep_per_class, per_class_prefix
+from minimaxdd.runtime import flush_denormals
 
 
-def prefix(s: SyntheticSet, k: int) -> SyntheticSet:
-    keep = torch.cat([(s.labels == c).nonzero().squeeze(1)[:k] for c in range(len(s.class_names))])
-    return SyntheticSet(s.images[keep], s.labels[keep], s.class_names)
-
-
-def keep_by(s: SyntheticSet, k: int, feats: torch.Tensor | None, seed: int) -> SyntheticSet:
-    """k images per class of pool s: by herding on `feats` (unit rows), or at random when feats is None."""
-    g, keep = generator(seed), []
-    for c in range(len(s.class_names)):
-        idx = (s.labels == c).nonzero().squeeze(1)
-        order = herding_order(feats[idx], k) if feats is not None else torch.randperm(len(idx), generator=g)[:k]
-        keep.append(idx[order])
-    keep = torch.cat(keep)
-    return SyntheticSet(s.images[keep], s.labels[keep], s.class_names)
-
-
-def medoids(feats: torch.Tensor, k: int, seed: int, iters: int = 20) -> torch.Tensor:
-    """Indices of k medoids of feats (n, D): k-means (seeded init) then the member nearest each centre."""
-    g = generator(seed)
-    centres = feats[torch.randperm(len(feats), generator=g)[:k]].clone()          # (k, D)
-    for _ in range(iters):
-        assign = torch.cdist(feats, centres).argmin(1)                             # (n,)
-        for j in range(k):
-            if (assign == j).any():
-                centres[j] = feats[assign == j].mean(0)
-    return torch.cdist(centres, feats).argmin(1)                                   # (k,) may repeat rarely
-
-
-def from_prototypes(ckpt: str, real: SyntheticSet, sigma: float, sample: dict, seed: int, device: str) -> SyntheticSet:
-    """Real images noised to `sigma` and denoised by the run's EDM model, each keeping its class."""
-    model, meta = ckpts.load(ckpt, "ema", device)
-    if meta.formulation != "edm":
-        raise SystemExit("--prototypes needs a model of the edm formulation")
-    codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
-    x0 = codec.encode(real.images.to(device))                                      # (N, C, H, W) in [-1, 1]
-    grid = sigma_steps(sample.get("steps") or 18)
-    sigmas = torch.cat([torch.tensor([sigma], dtype=torch.float64), grid[grid < sigma]])
-    noise = torch.randn(x0.shape, generator=generator(seed)).to(device)
-    y = torch.as_tensor(meta.class_map)[real.labels].to(device)
-    with torch.no_grad():
-        x = heun(guided_denoiser(model, y, sample.get("cfg", 1.0)), x0 + sigma * noise, sigmas)
-    return SyntheticSet(codec.decode(x.clamp(-1, 1)).cpu(), real.labels, real.class_names)
-
-
-def real_medoids(ds, k: int, feats_of, seed: int) -> SyntheticSet:   # noqa: ANN001
-    """k real medoids per class of ds's training set in the reference feature space."""
-    keep = []
-    for c in range(ds.num_classes):
-        idx = (ds.y_train == c).nonzero().squeeze(1)
-        keep.append(idx[medoids(feats_of(ds.x_train[idx]), k, seed + c)])
-    keep = torch.cat(keep)
-    return SyntheticSet(ds.x_train[keep], ds.y_train[keep], list(ds.class_names))
+def real_medoids(ds, k: int, seed: int, device: str) -> SyntheticSet:   # noqa: ANN001
+    """k real medoids per class of ds's training set in the reference feature space (the `medoids` selection)."""
+    return select(ds, "medoids", k, seed, device)
 
 
 def main() -> None:
@@ -139,17 +90,19 @@ def main() -> None:
         n = max(ipcs) * max(1, a.pool)
         full, _ = sample_checkpoint(SampleConfig(**sample, ckpt=ckpt, out="-", ipc=n, seed=seed, device=a.device))
         for k in ipcs:
-            score("generated", k, prefix(full, k), seed)
+            score("generated", k, per_class_prefix(full, k), seed)
             score("random real", k, select(ds, "random", k, seed, a.device), seed)
             if a.pool:
-                pool = prefix(full, k * a.pool)
-                score(f"pool {a.pool}x, herding", k, keep_by(pool, k, feats_of(pool.images), seed), seed)
-                score(f"pool {a.pool}x, random", k, keep_by(pool, k, None, seed), seed)
+                pool = per_class_prefix(full, k * a.pool)
+                score(f"pool {a.pool}x, herding", k, keep_per_class(pool, k, feats_of(pool.images), seed), seed)
+                score(f"pool {a.pool}x, random", k, keep_per_class(pool, k, None, seed), seed)
             if a.prototypes:
-                protos = real_medoids(ds, k, feats_of, seed)
+                protos = real_medoids(ds, k, seed, a.device)
                 score("real medoids", k, protos, seed)
-                score(f"medoids -> sigma {a.prototypes:g}", k,
-                      from_prototypes(ckpt, protos, a.prototypes, sample, seed, a.device), seed)
+                denoised = from_real_images(SampleConfig(**sample, ckpt=ckpt, out="-", seed=seed, device=a.device),
+                                            protos.images, protos.labels, a.prototypes)
+                score(f"medoids -> sigma {a.prototypes:g}", k, SyntheticSet(denoised, protos.labels,
+                                                                          protos.class_names), seed)
     out = {"run": str(run), "sample": sample, "checkpoint": ckpt, "seeds": seeds, "time_s": round(time.time() - t0),
            "rows": [{"method": m, "ipc": k, "mean": statistics.fmean(r["mean"] for r in rs),
                      "std_over_seeds": statistics.pstdev(r["mean"] for r in rs), "per_seed": rs}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minimaxdd.baselines.coreset import herding_order, kcenter_order, random_indices
+from minimaxdd.baselines.coreset import herding_order, kcenter_order, medoid_order, random_indices
 from minimaxdd.baselines.registry import BASELINES, METHODS, select
 from minimaxdd.data.dataset import Dataset
 from minimaxdd.data.synthetic import SyntheticSet
@@ -53,6 +53,25 @@ def test_kcenter_order_by_hand():
     assert kcenter_order(f, 5).tolist() == [1, 2, 3, 0, 4]
 
 
+def test_medoids_pick_one_real_row_per_cluster_seeded_and_distinct():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    f = (centres[:, None] + 0.3 * torch.randn(3, 20, 2, generator=g)).reshape(60, 2)   # rows 20c..20c+19: cluster c
+    cluster_of = torch.arange(60) // 20
+    for seed in range(5):
+        idx = medoid_order(f, 3, seed)
+        assert sorted(cluster_of[idx].tolist()) == [0, 1, 2]            # one medoid per cluster, whatever the start
+        for i in idx.tolist():                                           # each the member nearest its cluster's mean
+            members = f[cluster_of == cluster_of[i]]
+            assert torch.equal(f[i], members[(members - members.mean(0)).norm(dim=1).argmin()])
+        assert torch.equal(idx, medoid_order(f, 3, seed))
+    assert sorted(medoid_order(f[:5], 5, 0).tolist()) == [0, 1, 2, 3, 4]   # k = n: every row once, none repeated
+    dup = torch.zeros(6, 2)                                              # identical rows: still k distinct indices
+    assert len(set(medoid_order(dup, 4, 1).tolist())) == 4
+    with pytest.raises(ValueError, match="k=7"):
+        medoid_order(f[:6], 7, 0)
+
+
 def _toy_dataset():
     x = torch.arange(7 * 4, dtype=torch.uint8).view(7, 1, 2, 2)
     y = torch.tensor([0, 0, 0, 1, 1, 2, 2])
@@ -75,7 +94,7 @@ def test_select_ipc_larger_than_a_class_names_it():
 
 
 def test_baseline_registry_names_the_cli_choices():
-    assert list(BASELINES) == ["random", "herding", "kcenter", "dm"] and METHODS == tuple(BASELINES)
+    assert list(BASELINES) == ["random", "herding", "kcenter", "medoids", "dm"] and METHODS == tuple(BASELINES)
     ds = _toy_dataset()
     s = BASELINES["random"](ds, 2, 0, "cpu")
     t = select(ds, "random", 2, seed=0)

@@ -284,3 +284,42 @@ def test_evaluate_compile_reaches_the_classifiers(run_dir, tmp_path, monkeypatch
     monkeypatch.setattr(ev, "evaluate_set", spy)
     assert main(["distill", *TINY, "--set", "evaluate.compile=true", "--from-stage", "evaluate", "--out", str(run)]) == 0
     assert len(seen) == 5 and all(seen)      # minimax and random at IPC 2 and 3, and the full set
+
+
+@pytest.mark.slow      # a copy of the module's run plus the extras stage (about 15 s)
+def test_extras_rows_beside_their_controls_never_as_ours(run_dir, tmp_path, capsys):
+    """`extras`: pool-and-herd with its random-keep control, real medoids with their denoised version; optional rows
+    in a table of their own, left out of metrics, skipped on rerun."""
+    import shutil
+
+    from minimaxdd.data.synthetic import load_synthetic
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    extra = ["--set", "extras.pool=2", "--set", "extras.prototypes=1.0"]
+    assert main(["distill", *TINY, *extra, "--out", str(run)]) == 0
+    rows = json.loads((run / "results.json").read_text())
+    optional = {(r["method"], r["ipc"]) for r in rows if r.get("optional")}
+    names = ("minimax-pool2-herding", "minimax-pool2-random", "medoids-sigma1", "medoids")
+    assert optional == {(m, k) for m in names for k in (2, 3)}
+    assert {(r["method"], r["ipc"]) for r in rows if not r.get("optional")} == {
+        ("minimax", 2), ("minimax", 3), ("random", 2), ("random", 3), ("full", None)}
+    pool, ours = load_synthetic(run / "extras" / "pool"), load_synthetic(run / "sample" / "ipc3")
+    assert torch.bincount(pool.labels).tolist() == [6] * 10                # K x the largest IPC per class
+    for c in range(10):
+        mine = pool.images[pool.labels == c]
+        assert torch.equal(mine[:3], ours.images[ours.labels == c])         # our set is the pool's prefix
+        for name in ("minimax-pool2-herding", "minimax-pool2-random"):
+            s = load_synthetic(run / "extras" / f"{name}-ipc2")
+            kept = s.images[s.labels == c]
+            assert len(kept) == 2 and all((mine[:4] == img).flatten(1).all(1).any() for img in kept), name
+    med, den = (load_synthetic(run / "extras" / f"{n}-ipc2") for n in ("medoids", "medoids-sigma1"))
+    assert torch.equal(med.labels, den.labels) and not torch.equal(med.images, den.images)
+    report = (run / "report.md").read_text()
+    main_part, opt_part = report.split("## Optional rows")
+    assert "| minimax-pool2-herding |" in opt_part and "| medoids |" in opt_part
+    assert "pool2" not in main_part.split("## Images")[0] and "| minimax |" in main_part
+    assert set(json.loads((run / "metrics.json").read_text())["sets"]) == {"minimax (IPC 3)", "random (IPC 3)"}
+    stamp = (run / "extras" / "stage.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["distill", *TINY, *extra, "--out", str(run)]) == 0
+    assert (run / "extras" / "stage.json").stat().st_mtime_ns == stamp and "extras: done" in capsys.readouterr().out

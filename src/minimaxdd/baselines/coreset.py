@@ -5,6 +5,8 @@
   keeps the running mean of the chosen features closest to the class mean.
 - `kcenter` (Sener & Savarese, ICLR 2018): greedy k-center, each new image the one
   farthest from those already chosen, starting from the one nearest the class mean.
+- `medoids`: k-means in feature space (seeded k-means++ start, Lloyd steps), then the image
+  nearest each centre: the real "prototypes" D4M-style methods start from.
 
 Herding and k-center work on L2-normalised features of the reference classifier
 (`minimaxdd.evaluation.reference_classifier`), trained once on the full training set and cached.
@@ -76,15 +78,45 @@ def kcenter_order(f: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen)
 
 
-def feature_indices(order: Callable[[torch.Tensor, int], torch.Tensor]) -> Selector:
-    """A selector that orders each class's reference-classifier features (n_k, D) by `order`."""
+def medoid_order(f: torch.Tensor, k: int, seed: int, iters: int = 20) -> torch.Tensor:
+    """Indices of k distinct rows of f (n, D): k-means (k-means++ seeding from `seed`, Arthur & Vassilvitskii 2007;
+    `iters` Lloyd steps; an emptied cluster keeps its centre), then for each centre in turn the nearest row not yet
+    taken."""
+    if not 1 <= k <= len(f):
+        raise ValueError(f"need 1 <= k <= {len(f)} rows, got k={k}")
+    g = generator(seed)
+    centres = [f[int(torch.randint(len(f), (1,), generator=g))]]
+    d2 = ((f - centres[0]) ** 2).sum(1)                                            # (n,) to the nearest centre
+    for _ in range(k - 1):
+        p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(f))     # D^2 weighting
+        centres.append(f[int(torch.multinomial(p, 1, generator=g))])
+        d2 = torch.minimum(d2, ((f - centres[-1]) ** 2).sum(1))
+    c = torch.stack(centres).clone()                                               # (k, D)
+    for _ in range(iters):
+        assign = torch.cdist(f, c).argmin(1)                                       # (n,)
+        for j in range(k):
+            members = assign == j
+            if members.any():
+                c[j] = f[members].mean(0)
+    d = torch.cdist(c, f)                                                          # (k, n)
+    chosen: list[int] = []
+    for j in range(k):
+        if chosen:
+            d[j, chosen] = float("inf")
+        chosen.append(int(d[j].argmin()))
+    return torch.tensor(chosen)
+
+
+def feature_indices(order: Callable[..., torch.Tensor], seeded: bool = False) -> Selector:
+    """A selector that orders each class's reference-classifier features (n_k, D) by `order(f, k)`, or by
+    `order(f, k, seed)` with a seed per class when `seeded`."""
     def pick(ds: Dataset, ipc: int, seed: int, device: torch.device, feature_epochs: int | None) -> torch.Tensor:
         model = reference_classifier(ds, ReferenceConfig(epochs=feature_epochs, seed=seed), device)
         feats = F.normalize(embed(model, ds.x_train, channel_stats(ds.x_train)), dim=1)  # (N, D), unit rows
         picks = []
         for k in range(ds.num_classes):
             idx = (ds.y_train == k).nonzero().squeeze(1)  # (n_k,)
-            picks.append(idx[order(feats[idx], ipc)])
+            picks.append(idx[order(feats[idx], ipc, seed + k) if seeded else order(feats[idx], ipc)])
         return torch.cat(picks)
     return pick
 
@@ -93,4 +125,5 @@ SELECTORS: dict[str, Selector] = {
     "random": lambda ds, ipc, seed, device, fe: random_indices(ds.y_train, ds.num_classes, ipc, seed),
     "herding": feature_indices(herding_order),
     "kcenter": feature_indices(kcenter_order),
+    "medoids": feature_indices(medoid_order, seeded=True),
 }

@@ -16,7 +16,7 @@ from minimaxdd import distributed as dist
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.codecs import Codec, build_codec
-from minimaxdd.diffusion.edm import EDM_DEFAULT_STEPS, EDM_SAMPLERS, generate_edm
+from minimaxdd.diffusion.edm import EDM_DEFAULT_STEPS, EDM_SAMPLERS, denoise_from, generate_edm
 from minimaxdd.diffusion.samplers import (
     DPM_SAMPLERS,
     SAMPLERS,
@@ -193,6 +193,35 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     if budget is not None:
         info["budget"] = budget
     return s, info
+
+
+def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Real images uint8 (N, C, H, W) of dataset classes `labels` (N,), noised to `sigma` and denoised by the
+    checkpoint's EDM model with cfg's sampler, steps and guidance (`edm.denoise_from`); each image keeps its class
+    and gets its own noise stream (cfg.seed, class, index). Returns uint8 images like the input."""
+    check_sample_config(cfg)
+    device = pick_device(cfg.device)
+    file = ckpt.resolve(cfg.ckpt)
+    fix = "re-download it, or re-run the training that wrote it"
+    with reading(file, fix):
+        meta = ckpt.read_meta(file)
+    if meta.formulation != "edm":
+        raise UserError(f"starting from real images needs a model of the edm formulation; {file} is {meta.formulation} "
+                        "(train the base with --set base.train.formulation=edm, or drop the prototypes row)")
+    cfg, _ = with_checkpoint_defaults(cfg, meta.defaults)
+    sampler, steps = resolve_sampler(cfg, meta.formulation)
+    with reading(file, fix):
+        model, meta = ckpt.load(file, cfg.weights, device)
+    codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
+    net_labels = torch.as_tensor(meta.class_map)[labels]                          # (N,) the network's classes
+    seeds, seen = [], {}
+    for c in net_labels.tolist():
+        seeds.append(image_seed(cfg.seed, c, seen.setdefault(c, 0)))
+        seen[c] += 1
+    x = denoise_from(sampling_network(model, cfg.precision), codec.encode(images.to(device)), net_labels, sigma,
+                     seeds, sampler=sampler, steps=steps, cfg_scale=cfg.cfg if cfg.cfg is not None else 1.0,
+                     precision=cfg.precision, batch_size=cfg.batch_size, device=device)
+    return codec.decode(x.clamp(-1, 1) if meta.codec == "pixel" else x)
 
 
 def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list[int], cfg: SampleConfig,

@@ -6,6 +6,7 @@
       finetune   the settings of training.finetune.FinetuneConfig (objective "none": no fine-tuning)
       sample     the settings of diffusion.generation.SampleConfig
       choose     ChoiceConfig: guidance scales / step counts to choose among on a validation split
+      extras     ExtrasConfig: the optional rows beside ours (generate many and keep few; start from real medoids)
       evaluate   EvaluationConfig: classifiers, protocol, repeats, baselines (with DM's settings), ...
 
 Each stage section is derived from its stage's dataclass (`settings_class`), so each default is written
@@ -97,6 +98,20 @@ class ChoiceConfig:
 
 
 @dataclass(kw_only=True)
+class ExtrasConfig:
+    """Optional rows, each beside its control and reported in a table of its own, never as the method's row."""
+    pool: int = setting(0, help="K: 'generate many, keep few': K x IPC samples per class from the fine-tuned model "
+                                "(the first IPC of which are the method's set), IPC of them kept by herding in the "
+                                "reference classifier's feature space (row <method>-poolK-herding) and, as its "
+                                "control, IPC of the same pool at random (<method>-poolK-random); 0: no such rows")
+    prototypes: float | None = setting(None, help="sigma: 'start from real prototypes' (D4M, SDEdit): IPC real class "
+                                                  "medoids (k-means in the reference feature space) noised to this "
+                                                  "sigma and denoised by the fine-tuned EDM model (row "
+                                                  "medoids-sigmaS), beside the medoids themselves (row medoids); "
+                                                  "null: no such rows")
+
+
+@dataclass(kw_only=True)
 class DistillConfig:
     data: str | None = setting(None, help="dataset spec NAME[:ARG]")
     size: int | None = setting(None, help="image side (default: the dataset's)")
@@ -110,6 +125,7 @@ class DistillConfig:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     sample: SampleSettings = field(default_factory=SampleSettings)
     choose: ChoiceConfig = field(default_factory=ChoiceConfig)
+    extras: ExtrasConfig = field(default_factory=ExtrasConfig)
     evaluate: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,6 +211,14 @@ def check(cfg: DistillConfig) -> None:
             raise UserError(f"evaluate.epochs: keys must be IPCs like \"10\", got {bad}")
     if e.repeats < 1:
         raise UserError(f"evaluate.repeats must be at least 1, got {e.repeats}")
+    x = cfg.extras
+    if x.pool < 0 or x.pool == 1:
+        raise UserError(f"extras.pool must be 0 (no pool rows) or at least 2 (K x IPC samples per class), got {x.pool}")
+    if x.prototypes is not None and not x.prototypes > 0:
+        raise UserError(f"extras.prototypes is the noise level sigma the medoids are noised to, a positive number "
+                        f"(e.g. 2.0), or null for no such rows; got {x.prototypes}")
+    if (x.pool or x.prototypes is not None) and cfg.phases > 1:
+        raise UserError("extras.pool / extras.prototypes need a one-model run; set phases=1 or drop them")
 
 
 def set_name(objective: str) -> str:

@@ -15,6 +15,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import run_lock, write_json
 from minimaxdd.pipeline.choice import stage_choose
 from minimaxdd.pipeline.config import DistillConfig
+from minimaxdd.pipeline.extras import stage_extras
 from minimaxdd.pipeline.report import write_report
 from minimaxdd.pipeline.stages import (
     STAGES,
@@ -62,9 +63,11 @@ def stage_steps(run_dir: Path, cfg: DistillConfig, device: torch.device,
         "choose": lambda r: stage_choose(run_dir, cfg, r["finetune"], f.get("choose", False), device),
         "sample": lambda r: stage_sample(run_dir, cfg, r["finetune"], f.get("sample", False), device,
                                          r["choose"]["sample"]),
+        "extras": lambda r: stage_extras(run_dir, cfg, r["finetune"], r["choose"]["sample"], f.get("extras", False),
+                                         device),
         "baselines": lambda r: stage_baselines(run_dir, cfg, f.get("baselines", False), device),
         "evaluate": lambda r: stage_evaluate(run_dir, cfg, r["sample"], r["baselines"], f.get("evaluate", False),
-                                             device),
+                                             device, extras=r["extras"]),
         "metrics": lambda r: stage_metrics(run_dir, cfg, r["sample"], r["baselines"], r["evaluate"],
                                            f.get("metrics", False), device),
         "report": lambda r: write_report(run_dir),

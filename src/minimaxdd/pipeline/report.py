@@ -15,7 +15,11 @@ from minimaxdd.evaluation.metrics import format_metrics
 from minimaxdd.evaluation.protocols import SOFT_SUFFIX
 from minimaxdd.pipeline.stages import STAGES
 
-ORDER = ("random", "herding", "kcenter", "dm", "full")
+ORDER = ("random", "herding", "kcenter", "medoids", "dm", "full")
+OPTIONAL_NOTE = ("Each beside its control, from the `extras` stage: `*-poolK-herding` keeps IPC of K x IPC samples per "
+                 "class by herding in the reference classifier's feature space, `*-poolK-random` keeps IPC of the same "
+                 "pool at random; `medoids-sigmaS` is the real class medoids noised to sigma S and denoised by the "
+                 "fine-tuned model, `medoids` the medoids themselves.")
 
 
 def _load_rows(run: Path) -> list[dict]:
@@ -168,8 +172,12 @@ def write_report(run: str | Path) -> Path:
     if not rows:
         lines += ["No evaluation has finished yet.", ""]
     else:
-        lines += ["## Accuracy", "", accuracy_tables(rows), *generation_lines(rows)]
-        plot = accuracy_plot(rows, fig_dir / "accuracy.png")
+        main, optional = [r for r in rows if not r.get("optional")], [r for r in rows if r.get("optional")]
+        lines += ["## Accuracy", "", accuracy_tables(main), *generation_lines(main)]
+        if optional:
+            lines += ["## Optional rows (not the method's result)", "", OPTIONAL_NOTE, "",
+                      accuracy_tables(optional)]
+        plot = accuracy_plot(main, fig_dir / "accuracy.png")
         if plot:
             lines += [f"![accuracy]({plot.relative_to(run)})", ""]
     # grids: synthetic next to random real images of the same classes

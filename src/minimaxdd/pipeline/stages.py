@@ -5,6 +5,7 @@
     choose     guidance scale / steps chosen on a validation split of the training set (pipeline.choice)
     sample     IPC images per class (the largest IPC once; smaller IPCs are its per-class prefixes,
                which per-image seeds make identical to sampling them separately)
+    extras     optional rows beside ours, each with its control, when `extras` asks (pipeline.extras)
     baselines  random, herding, k-center (and DM if asked) at each IPC
     evaluate   every set with every classifier, plus the full training set (with evaluate.soft_labels, every
                set under the soft-label protocol too, in rows of their own)
@@ -52,7 +53,7 @@ from minimaxdd.training.finetune import FinetuneConfig, class_mapping, finetune,
 from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.scratch import train_from_scratch as train
 
-STAGES = ("base", "finetune", "choose", "sample", "baselines", "evaluate", "metrics", "report")
+STAGES = ("base", "finetune", "choose", "sample", "extras", "baselines", "evaluate", "metrics", "report")
 
 
 def key_of(*parts: Any) -> str:
@@ -335,13 +336,19 @@ def stage_baselines(run: Path, cfg: DistillConfig, force: bool, device: torch.de
     return st.finish(device, sets=sets)
 
 
-def _eval_items(cfg: DistillConfig, sample: dict | None, baselines: dict | None) -> list[tuple]:
-    """(method, ipc, key of the stage that made it, path) of every set to evaluate."""
+def _eval_items(cfg: DistillConfig, sample: dict | None, baselines: dict | None,
+                extras: dict | None = None) -> list[tuple]:
+    """(method, ipc, key of the stage that made it, path) of every set to evaluate; an optional row that a
+    baseline already gives (the medoids) is evaluated once."""
     ours = method_name(cfg)
     items = [(ours, k, sample["key"], sample["sets"][str(k)]) for k in cfg.ipc] if sample else []
     if baselines:
         items += [(m, k, baselines["key"], baselines["sets"][f"{m}:{k}"])
                   for m in cfg.evaluate.baselines for k in cfg.ipc]
+    if extras:
+        seen = {(m, k) for m, k, _, _ in items}
+        items += [(m, k, extras["key"], extras["sets"][f"{m}:{k}"])
+                  for m in extras["methods"] for k in cfg.ipc if (m, k) not in seen]
     return items
 
 
@@ -368,9 +375,11 @@ def _row_key(cfg: DistillConfig, src_key: str, method: str, k: int | None, model
 
 
 def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines: dict | None, force: bool,
-                   device: torch.device, full: bool = True, write_results: bool = True) -> list[dict]:
+                   device: torch.device, full: bool = True, write_results: bool = True,
+                   extras: dict | None = None) -> list[dict]:
     """One JSON per (set, model, protocol) row in RUN/evaluate/, each with its own key, so an interrupted or
-    partly changed evaluation redoes only the rows it must. `sample` / `baselines` None: no such rows.
+    partly changed evaluation redoes only the rows it must. `sample` / `baselines` / `extras` None: no such rows;
+    the extras' rows carry `"optional": true`.
     Soft-label rows (`evaluate.soft_labels`) come beside the hard ones, every set under both; the full-data
     row is hard-label only."""
     ev = cfg.evaluate
@@ -380,7 +389,8 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     d.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(cfg.data, size=cfg.size)
     stats = channel_stats(ds.x_train)
-    items = _eval_items(cfg, sample, baselines)
+    items = _eval_items(cfg, sample, baselines, extras)
+    optional = set(extras["methods"]) - set(cfg.evaluate.baselines) if extras else set()
     rows = []
     for model, protocol in itertools.product(ev.models, eval_protocols(cfg)):
         hard = not get_protocol(protocol).soft
@@ -400,6 +410,8 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
                 f"({ev.repeats} repeats)")
             row = _evaluate_row(cfg, ds, stats, method, k, path, model, epochs, device, protocol, teacher)
             row["key"] = rk
+            if method in optional:
+                row["optional"] = True
             write_json(f, row)
             rows.append(row)
     if write_results:
@@ -439,7 +451,8 @@ def stage_metrics(run: Path, cfg: DistillConfig, sample: dict, baselines: dict, 
     if not cfg.evaluate.metrics:
         return None
     k = max(cfg.ipc)
-    rows = [r for r in rows if r["protocol"] == cfg.evaluate.protocol]    # accuracies of the run's own protocol
+    # accuracies of the run's own protocol; the optional rows (extras) are not diagnosed
+    rows = [r for r in rows if r["protocol"] == cfg.evaluate.protocol and not r.get("optional")]
     sets = {r["method"]: r["set"] for r in rows if r["ipc"] == k and r["set"]}
     key = key_of(sample["key"], baselines["key"], sorted(sets), cfg.seed)
     out = run / "metrics.json"

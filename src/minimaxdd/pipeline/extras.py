@@ -1,0 +1,119 @@
+"""The `extras` stage: optional rows beside the method's set, each with its control (config `extras`).
+
+    pool K       "generate many, keep few": K x IPC samples per class from the fine-tuned model, with the
+                 sample stage's settings and seed (so the method's own set is the first IPC of each class),
+                 IPC of them kept by herding on the reference classifier's unit-norm features
+                 (<method>-poolK-herding); control: IPC of the same pool kept at random (<method>-poolK-random),
+                 so the gain of the selection is read apart from the gain of more samples.
+    prototypes S "start from real prototypes" (D4M, Su et al. 2024; SDEdit, Meng et al. 2022): IPC real class
+                 medoids (the `medoids` selection) noised to sigma S and denoised by the fine-tuned EDM model
+                 (medoids-sigmaS); control: the medoids themselves (medoids).
+
+These rows are never the method's row: the report shows them in a table of their own and the metrics stage
+leaves them out. Each set is written atomically and skipped when present, so an interrupted stage resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minimaxdd.baselines.coreset import herding_order
+from minimaxdd.baselines.registry import select
+from minimaxdd.data.dataset import channel_stats
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.data.synthetic import SyntheticSet, load_synthetic, write_synthetic
+from minimaxdd.diffusion.generation import SampleConfig, from_real_images, sample_checkpoint
+from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
+from minimaxdd.files import manifest
+from minimaxdd.pipeline.config import DistillConfig, method_name
+from minimaxdd.pipeline.stages import Stage, key_of, say
+from minimaxdd.runtime import generator
+from minimaxdd.settings import to_dict
+
+
+def per_class_prefix(s: SyntheticSet, k: int) -> SyntheticSet:
+    """The first k images of each class of s (its class-major order kept)."""
+    keep = torch.cat([(s.labels == c).nonzero().squeeze(1)[:k] for c in range(len(s.class_names))])
+    return SyntheticSet(s.images[keep], s.labels[keep], s.class_names)
+
+
+def keep_per_class(s: SyntheticSet, k: int, feats: torch.Tensor | None, seed: int) -> SyntheticSet:
+    """k images per class of s: by herding on `feats` (N, D) unit rows, or uniformly at random when feats is None."""
+    g, keep = generator(seed), []
+    for c in range(len(s.class_names)):
+        idx = (s.labels == c).nonzero().squeeze(1)                                  # (n_c,)
+        order = herding_order(feats[idx], k) if feats is not None else torch.randperm(len(idx), generator=g)[:k]
+        keep.append(idx[order])
+    keep = torch.cat(keep)
+    return SyntheticSet(s.images[keep], s.labels[keep], s.class_names)
+
+
+def extra_methods(cfg: DistillConfig) -> list[str]:
+    """The row names the config asks for, each followed by its control."""
+    x, ours = cfg.extras, method_name(cfg)
+    names = [f"{ours}-pool{x.pool}-herding", f"{ours}-pool{x.pool}-random"] if x.pool else []
+    if x.prototypes is not None:
+        names += [f"medoids-sigma{x.prototypes:g}", "medoids"]
+    return names
+
+
+def stage_extras(run: Path, cfg: DistillConfig, ft: dict, chosen: dict | None, force: bool,
+                 device: torch.device) -> dict | None:
+    """Every optional row's set at every IPC; None when the config asks for none."""
+    if not extra_methods(cfg):
+        return None
+    sample = dataclasses.replace(cfg.sample, **(chosen or {}))
+    conf = {"extras": to_dict(cfg.extras), "sample": to_dict(sample), "ipc": cfg.ipc}
+    st = Stage(run, "extras", key_of(ft["key"], conf, cfg.data, cfg.size, cfg.seed), conf, force)
+    if st.done:
+        say("extras: done, skipped")
+        return st.record
+    st.begin(device)
+    ds = load_dataset(cfg.data, size=cfg.size)
+    ref = reference_classifier(ds, ReferenceConfig(seed=cfg.seed), device)
+    stats = channel_stats(ds.x_train)
+    feats_of = lambda x: F.normalize(embed(ref, x, stats), dim=1)   # noqa: E731  (N, D) unit rows
+    base = SampleConfig(**to_dict(sample), ckpt=ft["checkpoint"], out=str(st.dir), seed=cfg.seed, device=str(device))
+    sets: dict[str, str] = {}
+
+    def put(name: str, k: int, make) -> None:     # noqa: ANN001  make() -> SyntheticSet, run only when missing
+        out = st.dir / f"{name}-ipc{k}"
+        if not (out / "data.pt").exists():
+            t0 = time.time()
+            write_synthetic(out, make(), manifest(conf, cfg.seed, time.time() - t0, method=name, ipc=k),
+                            overwrite=True)
+        sets[f"{name}:{k}"] = str(out)
+
+    x, ours = cfg.extras, method_name(cfg)
+    if x.pool:
+        pool = _pool(st.dir, base, x.pool * max(cfg.ipc))
+        for k in cfg.ipc:
+            part = per_class_prefix(pool, x.pool * k)
+            say(f"extras: keep {k} of {x.pool * k} samples per class by herding, and at random")
+            put(f"{ours}-pool{x.pool}-herding", k, lambda: keep_per_class(part, k, feats_of(part.images), cfg.seed))
+            put(f"{ours}-pool{x.pool}-random", k, lambda: keep_per_class(part, k, None, cfg.seed))
+    if x.prototypes is not None:
+        for k in cfg.ipc:
+            say(f"extras: {k} real medoids per class, and the same noised to sigma {x.prototypes:g} and denoised")
+            put("medoids", k, lambda: select(ds, "medoids", k, cfg.seed, device))
+            medoids = load_synthetic(sets[f"medoids:{k}"])
+            put(f"medoids-sigma{x.prototypes:g}", k, lambda: SyntheticSet(
+                from_real_images(base, medoids.images, medoids.labels, x.prototypes), medoids.labels,
+                medoids.class_names))
+    return st.finish(device, sets=sets, methods=extra_methods(cfg))
+
+
+def _pool(d: Path, base: SampleConfig, n: int) -> SyntheticSet:
+    """n samples per class (kept in d/pool so that a resumed stage does not sample again)."""
+    path = d / "pool"
+    if (path / "data.pt").exists():
+        return load_synthetic(path)
+    say(f"extras: sampling a pool of {n} images per class")
+    t0 = time.time()
+    s, info = sample_checkpoint(dataclasses.replace(base, ipc=n))
+    write_synthetic(path, s, manifest(to_dict(base), base.seed, time.time() - t0, **info), overwrite=True)
+    return s
