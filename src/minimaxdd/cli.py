@@ -191,10 +191,16 @@ def _parse_distill(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="overrides the preset's seed")
 
 
+PRESET_HELP = ("a distill preset (name or .json path) whose data, finetune, sample and evaluate settings the study "
+               "takes (its base training, guidance choice and baselines are not used: give the guidance a distill "
+               "run chose with --set sample.cfg=...)")
+
+
 def _parse_studies(sub: Any) -> None:
     p = sub.add_parser("ablation", help="Table 5: fine-tune, sample and evaluate each objective from one base model")
     p.add_argument("--base", required=True, help="base checkpoint: a run, ckpt-*.safetensors, or official weights")
-    p.add_argument("--data", required=True, help=_datasets_help())
+    p.add_argument("--preset", default=None, help=PRESET_HELP)
+    p.add_argument("--data", default=None, help=_datasets_help() + " (default: the preset's)")
     p.add_argument("--ipc", default="10,50", help="images per class, comma separated")
     p.add_argument("--objectives", default=",".join((NO_FINETUNING, *OBJECTIVES)),
                    help="comma separated; none = the base model unchanged (the paper's DiT column)")
@@ -206,7 +212,8 @@ def _parse_studies(sub: Any) -> None:
 
     p = sub.add_parser("sweep", help="Fig. 6: accuracy against one fine-tuning knob (lambda_r, lambda_d, memory, ...)")
     p.add_argument("--base", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--preset", default=None, help=PRESET_HELP)
+    p.add_argument("--data", default=None, help="dataset spec (default: the preset's)")
     p.add_argument("--param", required=True, help=", ".join(SWEEP_PARAMS))
     p.add_argument("--values", required=True, help="comma separated values")
     p.add_argument("--objective", default=default_of(FinetuneConfig, "objective"), choices=list(OBJECTIVES))
@@ -368,7 +375,7 @@ def cmd_metrics(a: argparse.Namespace) -> int:
 def cmd_ablation(a: argparse.Namespace) -> int:
     with run_lock(a.out):        # the variants' stages inside OUT take no locks of their own
         res = run_ablation(a.base, a.data, a.ipc, [o.strip() for o in a.objectives.split(",") if o.strip()], a.out,
-                           a.repeats, parse_set(a.set), a.device)
+                           a.repeats, parse_set(a.set), a.device, a.preset)
     print(ablation_markdown(res))
     print(f"wrote {a.out}/ablation.md and {a.out}/ablation.json")
     return 0
@@ -377,7 +384,7 @@ def cmd_ablation(a: argparse.Namespace) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     with run_lock(a.out):
         res = run_sweep(a.base, a.data, a.ipc, a.param, a.values.split(","), a.out, a.objective, a.repeats,
-                        parse_set(a.set), a.device)
+                        parse_set(a.set), a.device, a.preset)
     for p in res["points"]:
         print(f"{a.param}={p['value']}: " + ", ".join(f"IPC {r['ipc']} {100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
                                                       for r in p["rows"]))

@@ -25,6 +25,7 @@ from minimaxdd.pipeline.config import (
     NO_FINETUNING,
     DistillConfig,
     build_config,
+    load_distill_preset,
     merge,
     method_name,
 )
@@ -45,20 +46,40 @@ from minimaxdd.training.minimax import OBJECTIVES
 SWEEP_PARAMS = ("lambda_r", "lambda_d", "memory", "epochs", "steps")
 
 
-def _config(base: str, data: str, ipcs: str | list[int], repeats: int, overrides: dict,
-            device: str) -> DistillConfig:
-    """The shared distill config. The evaluation protocol is `--set evaluate.protocol=...`, else the base
-    checkpoint's default (idc for the official DiT and what was fine-tuned from it), else the package's;
+# what a distill preset lends a study: its data and its fine-tuning, sampling and evaluation settings (not its
+# base training, guidance choice or baselines: the base is given, and every variant samples with sample.cfg)
+PRESET_KEYS = ("data", "size", "seed", "finetune", "sample", "evaluate")
+
+
+def study_preset(name: str | None) -> dict | None:
+    """The part of a distill preset (name or .json path) that ablation and sweep take; None without one."""
+    if name is None:
+        return None
+    p = load_distill_preset(name)
+    return {k: v for k, v in p.items() if k in PRESET_KEYS}
+
+
+def _config(base: str, data: str | None, ipcs: str | list[int], repeats: int, overrides: dict,
+            device: str, preset: str | None = None) -> DistillConfig:
+    """The shared distill config: defaults <- the preset's data, finetune, sample and evaluate settings <- these
+    arguments <- `--set`. The evaluation protocol is `--set evaluate.protocol=...`, else the preset's, else the
+    base checkpoint's default (idc for the official DiT and what was fine-tuned from it), else the package's;
     the sampling settings left null come from each fine-tuned checkpoint likewise (`sample` prints them)."""
+    pre = study_preset(preset)
+    data = data or (pre or {}).get("data")
+    if not data:
+        raise UserError("give the dataset: --data SPEC, or a --preset that names one")
     layer = {"data": data, "ipc": ipcs, "base": {"pretrained": base},
              "evaluate": {"repeats": repeats, "baselines": ["random"], "full_epochs": 0, "metrics": False}}
     source = "given"
-    if "protocol" not in overrides.get("evaluate", {}):
+    if "protocol" in (pre or {}).get("evaluate", {}):
+        source = "preset"
+    if "protocol" not in overrides.get("evaluate", {}) and source != "preset":
         from_base = ckpt.base_defaults(base).get("evaluate", {}).get("protocol")
         source = "checkpoint" if from_base else "default"
         if from_base:
             layer["evaluate"]["protocol"] = from_base
-    cfg = build_config(None, merge(layer, overrides))
+    cfg = build_config(pre, merge(layer, overrides))
     say(f"evaluation protocol {cfg.evaluate.protocol} ({source})")
     return dataclasses.replace(cfg, device=str(pick_device(device)))
 
@@ -87,14 +108,15 @@ def _cell(rows: list[dict], k: int) -> str:
     return "" if r is None else f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
 
 
-def run_ablation(base: str, data: str, ipcs: str | list[int], objectives: list[str], out: str | Path,
-                 repeats: int = 3, overrides: dict | None = None, device: str = "auto") -> dict:
+def run_ablation(base: str, data: str | None, ipcs: str | list[int], objectives: list[str], out: str | Path,
+                 repeats: int = 3, overrides: dict | None = None, device: str = "auto",
+                 preset: str | None = None) -> dict:
     """Fine-tune, sample and evaluate each objective from one base; OUT/ablation.md and .json."""
     bad = [o for o in objectives if o != NO_FINETUNING and o not in OBJECTIVES]
     if bad:
         raise UserError(f"unknown objective(s) {bad}; choose from none, {', '.join(OBJECTIVES)}")
     out = Path(out)
-    cfg = _config(base, data, ipcs, repeats, overrides or {}, device)
+    cfg = _config(base, data, ipcs, repeats, overrides or {}, device, preset)
     dev = torch.device(cfg.device)
     write_json(out / "config.json", {**cfg.to_dict(), "objectives": objectives})
     base_rec, random_rows = _shared(out, cfg, dev)
@@ -148,11 +170,11 @@ def _sweep_values(param: str, values: list[str]) -> list[float | int]:
 
 def run_sweep(base: str, data: str, ipcs: str | list[int], param: str, values: list, out: str | Path,
               objective: str = default_of(FinetuneConfig, "objective"), repeats: int = 3,
-              overrides: dict | None = None, device: str = "auto") -> dict:
+              overrides: dict | None = None, device: str = "auto", preset: str | None = None) -> dict:
     """Accuracy against one fine-tuning knob (the paper's Fig. 6); OUT/sweep-<param>.json / .png."""
     values = _sweep_values(param, values)
     out = Path(out)
-    cfg = _config(base, data, ipcs, repeats, overrides or {}, device)
+    cfg = _config(base, data, ipcs, repeats, overrides or {}, device, preset)
     dev = torch.device(cfg.device)
     base_rec, random_rows = _shared(out, cfg, dev)
     # Every point spells out all the fine-tuning settings, so the point at the default values is the
