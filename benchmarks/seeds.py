@@ -67,6 +67,7 @@ def main() -> None:
     cfg = json.loads((run / "config.json").read_text())
     chosen = json.loads((run / "choose" / "stage.json").read_text()) if (run / "choose" / "stage.json").exists() else {}
     sample = {**cfg["sample"], **(chosen.get("sample") or {})}
+    by_ipc = {int(k): {**cfg["sample"], **v} for k, v in (chosen.get("by_ipc") or {}).items()}  # choose.per_ipc
     ckpt = json.loads((run / "finetune" / "stage.json").read_text())["checkpoint"]
     ev, seeds = cfg["evaluate"], [int(s) for s in a.seeds.split(",")]
     ipcs = [int(k) for k in a.ipc.split(",")] if a.ipc else cfg["ipc"]
@@ -90,10 +91,14 @@ def main() -> None:
         n = max(ipcs) * max(1, a.pool)
         full, _ = sample_checkpoint(SampleConfig(**sample, ckpt=ckpt, out="-", ipc=n, seed=seed, device=a.device))
         for k in ipcs:
-            score("generated", k, per_class_prefix(full, k), seed)
+            src = full
+            if by_ipc.get(k, sample) != sample:     # this IPC's own choice: sampled on its own, as distill does
+                src, _ = sample_checkpoint(SampleConfig(**by_ipc[k], ckpt=ckpt, out="-", ipc=k * max(1, a.pool),
+                                                        seed=seed, device=a.device))
+            score("generated", k, per_class_prefix(src, k), seed)
             score("random real", k, select(ds, "random", k, seed, a.device), seed)
             if a.pool:
-                pool = per_class_prefix(full, k * a.pool)
+                pool = per_class_prefix(src, k * a.pool)
                 score(f"pool {a.pool}x, herding", k, keep_per_class(pool, k, feats_of(pool.images), seed), seed)
                 score(f"pool {a.pool}x, random", k, keep_per_class(pool, k, None, seed), seed)
             if a.prototypes:
@@ -103,7 +108,7 @@ def main() -> None:
                                             protos.images, protos.labels, a.prototypes)
                 score(f"medoids -> sigma {a.prototypes:g}", k, SyntheticSet(denoised, protos.labels,
                                                                           protos.class_names), seed)
-    out = {"run": str(run), "sample": sample, "checkpoint": ckpt, "seeds": seeds, "time_s": round(time.time() - t0),
+    out = {"run": str(run), "sample": sample, "sample_by_ipc": by_ipc or None, "checkpoint": ckpt, "seeds": seeds, "time_s": round(time.time() - t0),
            "rows": [{"method": m, "ipc": k, "mean": statistics.fmean(r["mean"] for r in rs),
                      "std_over_seeds": statistics.pstdev(r["mean"] for r in rs), "per_seed": rs}
                     for (m, k), rs in rows.items()]}

@@ -57,3 +57,40 @@ def test_choose_scores_on_training_images_only_and_samples_with_the_winner(tmp_p
     man = json.loads((run / "sample" / "ipc2" / "manifest.json").read_text())
     assert man["config"]["cfg"] == best["cfg"]
     assert "Sampling settings chosen on training data" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow      # a small pipeline run, about 15 s
+def test_per_ipc_choice_samples_each_ipc_with_its_own_winner(tmp_path, monkeypatch):
+    """choose.per_ipc: candidates scored at every IPC; when the winners differ each IPC is sampled with its own
+    (the scores are rigged so IPC 2 prefers guidance 1 and IPC 3 guidance 2)."""
+    from minimaxdd.data.synthetic import load_synthetic
+    from minimaxdd.errors import UserError
+    from minimaxdd.pipeline import choice
+    calls = []
+
+    def rigged(cfg, ckpt, cand, ds, split, ipc, out, device):
+        calls.append((ipc, cand["cfg"]))
+        return 0.6 if (ipc == 2) == (cand["cfg"] == 1.0) else 0.5
+    monkeypatch.setattr(choice, "_score", rigged)
+    run = tmp_path / "run"
+    argv = ["distill", "--data", "digits", "--ipc", "2,3", "--device", "cpu",
+            "--set", 'base.train={"model": "dit-n/2", "formulation": "edm", "steps": 6, "batch": 32, "flip": false}',
+            "--set", "finetune.objective=none", "--set", "sample.steps=3", "--set", "choose.cfg=[1, 2]",
+            "--set", "choose.per_ipc=true", "--set", "evaluate.repeats=1", "--set", "evaluate.epochs=1",
+            "--set", "evaluate.full_epochs=0", "--set", "evaluate.baselines=[]", "--set", "evaluate.metrics=false",
+            "--out", str(run)]
+    assert main(argv) == 0
+    assert calls == [(2, 1.0), (2, 2.0), (3, 1.0), (3, 2.0)]
+    rec = json.loads((run / "choose" / "stage.json").read_text())
+    assert rec["by_ipc"] == {"2": {"cfg": 1.0, "steps": 3}, "3": {"cfg": 2.0, "steps": 3}}
+    for k, g in ((2, 1.0), (3, 2.0)):
+        assert json.loads((run / "sample" / f"ipc{k}" / "manifest.json").read_text())["config"]["cfg"] == g
+        assert torch.bincount(load_synthetic(run / "sample" / f"ipc{k}").labels).tolist() == [k] * 10
+    report = (run / "report.md").read_text()
+    assert "IPC 2: {'cfg': 1.0, 'steps': 3}; IPC 3: {'cfg': 2.0, 'steps': 3}" in report and "| 2.0 | 3 | 3 |" in report
+    rows = {(r["method"], r["ipc"]) for r in json.loads((run / "results.json").read_text())}
+    assert rows == {("diffusion", 2), ("diffusion", 3)}
+    stamp = (run / "sample" / "stage.json").stat().st_mtime_ns
+    assert main(argv) == 0 and (run / "sample" / "stage.json").stat().st_mtime_ns == stamp     # skipped on rerun
+    with pytest.raises(UserError, match="set one of them"):
+        build_config(None, {"data": "digits", "choose": {"per_ipc": True, "ipc": 10}})

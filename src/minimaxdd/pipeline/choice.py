@@ -4,6 +4,8 @@ Each candidate samples a small set from the fine-tuned model (with a seed of its
 not made on the final set's images), a classifier of the evaluation protocol trains on it, and its
 accuracy on a validation split carved from the *training* set (stratified, seeded) scores the candidate.
 The best mean accuracy wins; ties go to the first candidate listed. The test set is never read.
+With `choose.per_ipc` the candidates are scored at every IPC of the run and each IPC is sampled with its
+own winner (a set that favours fidelity at IPC 10 may favour diversity at IPC 50).
 The generator itself was trained on the full training set, validation images included, so the scores
 are optimistic for all candidates alike; they rank candidates, they are not results.
 """
@@ -67,27 +69,42 @@ def _score(cfg: DistillConfig, ckpt: str, cand: dict, ds: Dataset, split: tuple,
     return r.mean
 
 
+def choice_conf(cfg: DistillConfig) -> dict:
+    """The choose section as the stage key sees it (per_ipc only when set, so older runs' keys hold)."""
+    c = to_dict(cfg.choose)
+    if not c.get("per_ipc"):
+        c.pop("per_ipc", None)
+    return c
+
+
 def stage_choose(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device) -> dict:
-    """Score each candidate on the validation split; the record's `sample` holds the chosen settings."""
+    """Score each candidate on the validation split; the record's `sample` holds the chosen settings (at the
+    first IPC scored) and, with `choose.per_ipc`, `by_ipc` each IPC's."""
     cands = candidates(cfg)
-    conf = {"choose": to_dict(cfg.choose), "candidates": cands}
+    conf = {"choose": choice_conf(cfg), "candidates": cands}
     size = [cfg.evaluate.image_size] if cfg.evaluate.image_size else []     # absent when unset: older keys hold
     st = Stage(run, "choose", key_of(ft["key"], conf, to_dict(cfg.sample), cfg.evaluate.models[0],
                                      cfg.evaluate.protocol, cfg.seed, *size), conf, force)
     if st.done:
-        say(f"choose: done ({st.record['sample']}), skipped")
+        say(f"choose: done ({st.record.get('by_ipc') or st.record['sample']}), skipped")
         return st.record
     st.begin(device)
     if len(cands) == 1:
         return st.finish(device, sample=cands[0], scores=None)
     ds = load_dataset(cfg.data, size=cfg.size)
     split = validation_split(ds, cfg.choose.val_fraction, cfg.seed)
-    ipc = cfg.choose.ipc or min(cfg.ipc)
-    scores = []
-    for cand in cands:
-        acc = _score(cfg, ft["checkpoint"], cand, ds, split, ipc, st.dir, device)
-        say(f"choose: {cand} -> validation accuracy {100 * acc:.2f}%")
-        scores.append({**cand, "val_accuracy": acc})
-    best = max(range(len(cands)), key=lambda i: (scores[i]["val_accuracy"], -i))
-    say(f"choose: {cands[best]} (validation split of {len(split[1])} training images, IPC {ipc})")
-    return st.finish(device, sample=cands[best], scores=scores, val_images=len(split[1]), ipc=ipc)
+    ipcs = cfg.ipc if cfg.choose.per_ipc else [cfg.choose.ipc or min(cfg.ipc)]
+    scores, by_ipc = [], {}
+    for ipc in ipcs:
+        here = []
+        for cand in cands:
+            acc = _score(cfg, ft["checkpoint"], cand, ds, split, ipc, st.dir, device)
+            say(f"choose: {cand} at IPC {ipc} -> validation accuracy {100 * acc:.2f}%")
+            here.append({**cand, "ipc": ipc, "val_accuracy": acc})
+        best = max(range(len(cands)), key=lambda i: (here[i]["val_accuracy"], -i))
+        by_ipc[str(ipc)] = cands[best]
+        scores += here
+        say(f"choose: {cands[best]} at IPC {ipc} (validation split of {len(split[1])} training images)")
+    extra = {"by_ipc": by_ipc} if cfg.choose.per_ipc else {}
+    return st.finish(device, sample=by_ipc[str(ipcs[0])], scores=scores, val_images=len(split[1]), ipc=ipcs[0],
+                     **extra)

@@ -95,6 +95,9 @@ class ChoiceConfig:
     ipc: int | None = setting(None, help="images per class sampled per candidate (default: the smallest IPC)")
     epochs: int | None = setting(None, help="classifier epochs per candidate (default: evaluate's at that IPC)")
     repeats: int = setting(1, help="classifiers per candidate")
+    per_ipc: bool = setting(False, help="score the candidates at every IPC of the run and sample each IPC with its "
+                                        "own choice (smaller IPCs then stop being prefixes of larger ones when the "
+                                        "choices differ); false: one choice, at choose.ipc")
 
 
 @dataclass(kw_only=True)
@@ -202,6 +205,8 @@ def check(cfg: DistillConfig) -> None:
     if cfg.phases < 1:
         raise UserError(f"phases must be a positive integer (classes are split into that many fine-tuning "
                         f"groups), got {cfg.phases!r}")
+    if cfg.choose.per_ipc and cfg.choose.ipc is not None:
+        raise UserError("choose.per_ipc scores every IPC of the run, choose.ipc one given IPC: set one of them")
     if not 0 < cfg.choose.val_fraction < 1:
         raise UserError(f"choose.val_fraction must be between 0 and 1, got {cfg.choose.val_fraction}")
     e = cfg.evaluate

@@ -255,9 +255,12 @@ def _sample_config(cfg: DistillConfig, checkpoint: str, out: Path, device: torch
 
 
 def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device,
-                 chosen: dict | None = None) -> dict:
+                 chosen: dict | None = None, by_ipc: dict | None = None) -> dict:
     """The largest IPC once; each IPC's set is its per-class prefix, written in the synthetic-set format.
-    `chosen`: sampling settings the `choose` stage picked, over sample's."""
+    `chosen`: sampling settings the `choose` stage picked, over sample's; `by_ipc` ({"10": settings, ...},
+    choose.per_ipc): each IPC's own pick; IPCs that share a pick are sampled together as above."""
+    if by_ipc and len({json.dumps(v, sort_keys=True) for v in by_ipc.values()}) > 1:
+        return _sample_per_ipc(run, cfg, ft, force, device, by_ipc)
     if chosen:
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **chosen))
     s = to_dict(cfg.sample)
@@ -267,21 +270,55 @@ def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
         say("sample: done, skipped")
         return st.record
     st.begin(device)
-    say(f"sample: {max(ipcs)} images per class")
+    sets, info, full = _sample_sets(st, cfg, ft, device)
+    save_grid(full.images, full.labels, st.dir / "grid.png", per_row=min(10, max(ipcs)))
+    return st.finish(device, sets=sets, **info)
+
+
+def _sample_sets(st: Stage, cfg: DistillConfig, ft: dict, device: torch.device
+                 ) -> tuple[dict[str, str], dict, SyntheticSet]:
+    """max(cfg.ipc) images per class with cfg.sample, and each of cfg.ipc's per-class prefix written to
+    st.dir/ipc<k>: ({ipc: path}, the sampling info, the whole sample)."""
+    say(f"sample: {max(cfg.ipc)} images per class")
     if ft.get("phases"):
         full, info = _sample_phases(cfg, ft, st.dir, device)
     else:
         full, info = sample_checkpoint(_sample_config(cfg, ft["checkpoint"], st.dir, device))
-    sets = {}
-    for k in ipcs:
+    s, sets = to_dict(cfg.sample), {}
+    for k in cfg.ipc:
         keep = torch.cat([(full.labels == c).nonzero().squeeze(1)[:k] for c in range(len(full.class_names))])
         sub = SyntheticSet(full.images[keep], full.labels[keep], full.class_names)
         path = write_synthetic(st.dir / f"ipc{k}", sub, manifest({**s, "ipc": k}, cfg.seed, time.time() - st.t0,
                                                                  **info), overwrite=True)
         sets[str(k)] = str(path)
-    save_grid(full.images, full.labels, st.dir / "grid.png", per_row=min(10, max(ipcs)))
     say(f"sample: {info.get('sampler', '')}, {info['sample_time_s']:.0f} s")
-    return st.finish(device, sets=sets, **info)
+    return sets, info, full
+
+
+def _sample_per_ipc(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device,
+                    by_ipc: dict) -> dict:
+    """Each group of IPCs that share a choice sampled with it (the choices differ between groups)."""
+    per = {str(k): to_dict(dataclasses.replace(cfg.sample, **by_ipc[str(k)])) for k in cfg.ipc}
+    st = Stage(run, "sample", key_of(ft["key"], per, cfg.ipc, cfg.seed), {"by_ipc": per, "ipc": cfg.ipc}, force)
+    if st.done:
+        say("sample: done, skipped")
+        return st.record
+    st.begin(device)
+    groups: dict[str, list[int]] = {}
+    for k in cfg.ipc:
+        groups.setdefault(json.dumps(by_ipc[str(k)], sort_keys=True), []).append(k)
+    sets, infos, t = {}, {}, 0.0
+    for choice, ks in groups.items():
+        say(f"sample: IPC {', '.join(map(str, ks))} with {choice}")
+        sub = dataclasses.replace(cfg, ipc=ks, sample=dataclasses.replace(cfg.sample, **json.loads(choice)))
+        got, info, full = _sample_sets(st, sub, ft, device)
+        sets.update(got)
+        infos.update({k: info for k in map(str, ks)})
+        t += info["sample_time_s"]
+        save_grid(full.images, full.labels, st.dir / f"grid-ipc{max(ks)}.png", per_row=min(10, max(ks)))
+    n = sum(i["num_images"] for i in {id(i): i for i in infos.values()}.values())
+    return st.finish(device, sets=sets, by_ipc=infos, sample_time_s=round(t, 3), num_images=n,
+                     images_per_s=round(n / max(t, 1e-9), 3))
 
 
 def _sample_phases(cfg: DistillConfig, ft: dict, out: Path, device: torch.device) -> tuple[SyntheticSet, dict]:
