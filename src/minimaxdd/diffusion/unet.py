@@ -49,6 +49,7 @@ class UNetConfig:
     dropout: float = 0.0                  # in every residual block, before its second conv
     embed_dim: int = 128                  # width of the noise + class embedding (EDM: 4 x channels[0])
     learn_sigma: bool = False             # 2C output channels, for API parity with DiT
+    augment_dim: int = 0                  # augmentation labels embedded beside the noise level (0: none)
     arch: str = "unet"
 
     def __post_init__(self) -> None:
@@ -77,6 +78,8 @@ class UNetConfig:
         """The JSON-able config dict checkpoints store (tuples as lists; `networks.build_from_config` rebuilds)."""
         d = asdict(self)
         d["channels"], d["attn_levels"] = list(self.channels), list(self.attn_levels)
+        if not self.augment_dim:
+            del d["augment_dim"]        # absent when unused: checkpoints read as before, and by older code
         return d
 
     @classmethod
@@ -205,6 +208,9 @@ class UNet(nn.Module):
         self.freq_dim = ch[0]
         self.time_embed = nn.Sequential(nn.Linear(self.freq_dim, E), nn.SiLU(), nn.Linear(E, E))
         self.label_emb = nn.Embedding(cfg.num_classes + 1, E)
+        # non-leaking augmentation (diffusion.augment): labels mapped without a bias, so zero labels, which
+        # sampling passes, add nothing (EDM's map_augment)
+        self.augment_emb = nn.Linear(cfg.augment_dim, E, bias=False) if cfg.augment_dim else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.down, skip_ch = self._encoder()
         self.mid = Stage([ResBlock(ch[-1], ch[-1], E, cfg.dropout), AttnBlock(ch[-1], cfg.heads),
@@ -249,14 +255,22 @@ class UNet(nn.Module):
                 stages.append(Stage(layers))
         return stages
 
-    def embed(self, noise_label: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(N,) float noise labels and (N,) class indices -> (N, embed_dim) conditioning vectors."""
+    def embed(self, noise_label: torch.Tensor, y: torch.Tensor,
+              augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) float noise labels, (N,) class indices and optional (N, augment_dim) augmentation labels ->
+        (N, embed_dim) conditioning vectors."""
         w = self.time_embed[0].weight
         t = timestep_embedding(noise_label, self.freq_dim).to(w.dtype)         # (N, freq_dim)
-        return self.time_embed(t) + self.label_emb(y)                          # (N, E)
+        emb = self.time_embed(t) + self.label_emb(y)                           # (N, E)
+        if augment_labels is not None:
+            if self.augment_emb is None:
+                raise ValueError("augmentation labels given to a U-Net built without augment_dim")
+            emb = emb + self.augment_emb(augment_labels.to(w.dtype))
+        return emb
 
-    def forward(self, x: torch.Tensor, noise_label: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(noise_label, y)                                       # (N, E)
+    def forward(self, x: torch.Tensor, noise_label: torch.Tensor, y: torch.Tensor,
+                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(noise_label, y, augment_labels)                       # (N, E)
         h = self.conv_in(x)                                                    # (N, ch[0], H, W)
         skips = [h]
         for stage in self.down:

@@ -139,7 +139,8 @@ def stage_base(run: Path, cfg: DistillConfig, force: bool, device: torch.device)
         st.begin(device)
         return st.finish(device, checkpoint=str(p), codec=b.codec, pretrained=True)
     tcfg = {**to_dict(b.train), "data": cfg.data, "size": cfg.size, "seed": cfg.seed}
-    st = Stage(run, "base", key_of("train", tcfg), tcfg, force)
+    keyed = {k: v for k, v in tcfg.items() if k != "augment" or v}     # absent when off: older keys hold
+    st = Stage(run, "base", key_of("train", keyed), tcfg, force)
     if st.done:
         say(f"base: done ({st.record['checkpoint']}), skipped")
         return st.record
