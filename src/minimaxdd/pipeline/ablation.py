@@ -71,10 +71,10 @@ def _config(base: str, data: str | None, ipcs: str | list[int], repeats: int, ov
         raise UserError("give the dataset: --data SPEC, or a --preset that names one")
     layer = {"data": data, "ipc": ipcs, "base": {"pretrained": base},
              "evaluate": {"repeats": repeats, "baselines": ["random"], "full_epochs": 0, "metrics": False}}
-    source = "given"
-    if "protocol" in (pre or {}).get("evaluate", {}):
+    source = "given" if "protocol" in overrides.get("evaluate", {}) else None
+    if source is None and "protocol" in (pre or {}).get("evaluate", {}):
         source = "preset"
-    if "protocol" not in overrides.get("evaluate", {}) and source != "preset":
+    if source is None:
         from_base = ckpt.base_defaults(base).get("evaluate", {}).get("protocol")
         source = "checkpoint" if from_base else "default"
         if from_base:
