@@ -78,9 +78,14 @@ def test_per_ipc_choice_samples_each_ipc_with_its_own_winner(tmp_path, monkeypat
             "--set", "finetune.objective=none", "--set", "sample.steps=3", "--set", "choose.cfg=[1, 2]",
             "--set", "choose.per_ipc=true", "--set", "evaluate.repeats=1", "--set", "evaluate.epochs=1",
             "--set", "evaluate.full_epochs=0", "--set", "evaluate.baselines=[]", "--set", "evaluate.metrics=false",
-            "--out", str(run)]
+            "--set", "extras.pool=2", "--out", str(run)]
     assert main(argv) == 0
     assert calls == [(2, 1.0), (2, 2.0), (3, 1.0), (3, 2.0)]
+    # the extras' pools follow each IPC's choice: each IPC's own set is the first IPC of its pool
+    for k, pool in ((2, "pool-ipc2"), (3, "pool")):
+        p, ours = load_synthetic(run / "extras" / pool), load_synthetic(run / "sample" / f"ipc{k}")
+        assert torch.bincount(p.labels).tolist() == [2 * k] * 10
+        assert all(torch.equal(p.images[p.labels == c][:k], ours.images[ours.labels == c]) for c in range(10))
     rec = json.loads((run / "choose" / "stage.json").read_text())
     assert rec["by_ipc"] == {"2": {"cfg": 1.0, "steps": 3}, "3": {"cfg": 2.0, "steps": 3}}
     for k, g in ((2, 1.0), (3, 2.0)):
@@ -89,7 +94,7 @@ def test_per_ipc_choice_samples_each_ipc_with_its_own_winner(tmp_path, monkeypat
     report = (run / "report.md").read_text()
     assert "IPC 2: {'cfg': 1.0, 'steps': 3}; IPC 3: {'cfg': 2.0, 'steps': 3}" in report and "| 2.0 | 3 | 3 |" in report
     rows = {(r["method"], r["ipc"]) for r in json.loads((run / "results.json").read_text())}
-    assert rows == {("diffusion", 2), ("diffusion", 3)}
+    assert {r for r in rows if "pool" not in r[0]} == {("diffusion", 2), ("diffusion", 3)}
     stamp = (run / "sample" / "stage.json").stat().st_mtime_ns
     assert main(argv) == 0 and (run / "sample" / "stage.json").stat().st_mtime_ns == stamp     # skipped on rerun
     with pytest.raises(UserError, match="set one of them"):

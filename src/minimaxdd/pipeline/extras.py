@@ -62,12 +62,16 @@ def extra_methods(cfg: DistillConfig) -> list[str]:
 
 
 def stage_extras(run: Path, cfg: DistillConfig, ft: dict, chosen: dict | None, force: bool,
-                 device: torch.device) -> dict | None:
-    """Every optional row's set at every IPC; None when the config asks for none."""
+                 device: torch.device, by_ipc: dict | None = None) -> dict | None:
+    """Every optional row's set at every IPC; None when the config asks for none. Each IPC samples (and
+    denoises) with its own choice when `by_ipc` (choose.per_ipc) gives one, else with `chosen`."""
     if not extra_methods(cfg):
         return None
     sample = dataclasses.replace(cfg.sample, **(chosen or {}))
+    per = {k: dataclasses.replace(cfg.sample, **(by_ipc or {}).get(str(k), chosen or {})) for k in cfg.ipc}
     conf = {"extras": to_dict(cfg.extras), "sample": to_dict(sample), "ipc": cfg.ipc}
+    if any(v != sample for v in per.values()):                  # absent when one choice serves all: keys hold
+        conf["sample_by_ipc"] = {str(k): to_dict(v) for k, v in per.items()}
     st = Stage(run, "extras", key_of(ft["key"], conf, cfg.data, cfg.size, cfg.seed), conf, force)
     if st.done:
         say("extras: done, skipped")
@@ -77,7 +81,8 @@ def stage_extras(run: Path, cfg: DistillConfig, ft: dict, chosen: dict | None, f
     ref = reference_classifier(ds, ReferenceConfig(seed=cfg.seed), device)
     stats = channel_stats(ds.x_train)
     feats_of = lambda x: F.normalize(embed(ref, x, stats), dim=1)   # noqa: E731  (N, D) unit rows
-    base = SampleConfig(**to_dict(sample), ckpt=ft["checkpoint"], out=str(st.dir), seed=cfg.seed, device=str(device))
+    base = {k: SampleConfig(**to_dict(v), ckpt=ft["checkpoint"], out=str(st.dir), seed=cfg.seed, device=str(device))
+            for k, v in per.items()}                                  # each IPC's sampling settings
     sets: dict[str, str] = {}
 
     def put(name: str, k: int, make) -> None:     # noqa: ANN001  make() -> SyntheticSet, run only when missing
@@ -90,9 +95,13 @@ def stage_extras(run: Path, cfg: DistillConfig, ft: dict, chosen: dict | None, f
 
     x, ours = cfg.extras, method_name(cfg)
     if x.pool:
-        pool = _pool(st.dir, base, x.pool * max(cfg.ipc))
-        for k in cfg.ipc:
-            part = per_class_prefix(pool, x.pool * k)
+        pools = {}                                                    # one pool per distinct choice
+        for k in sorted(cfg.ipc, reverse=True):
+            b = base[k]
+            name = "pool" if b == base[max(cfg.ipc)] else f"pool-ipc{k}"
+            if name not in pools:                                     # the largest IPC of its choice comes first
+                pools[name] = _pool(st.dir / name, b, x.pool * k)
+            part = per_class_prefix(pools[name], x.pool * k)
             say(f"extras: keep {k} of {x.pool * k} samples per class by herding, and at random")
             put(f"{ours}-pool{x.pool}-herding", k, lambda: keep_per_class(part, k, feats_of(part.images), cfg.seed))
             put(f"{ours}-pool{x.pool}-random", k, lambda: keep_per_class(part, k, None, cfg.seed))
@@ -102,14 +111,13 @@ def stage_extras(run: Path, cfg: DistillConfig, ft: dict, chosen: dict | None, f
             put("medoids", k, lambda: select(ds, "medoids", k, cfg.seed, device))
             medoids = load_synthetic(sets[f"medoids:{k}"])
             put(f"medoids-sigma{x.prototypes:g}", k, lambda: SyntheticSet(
-                from_real_images(base, medoids.images, medoids.labels, x.prototypes), medoids.labels,
+                from_real_images(base[k], medoids.images, medoids.labels, x.prototypes), medoids.labels,
                 medoids.class_names))
     return st.finish(device, sets=sets, methods=extra_methods(cfg))
 
 
-def _pool(d: Path, base: SampleConfig, n: int) -> SyntheticSet:
-    """n samples per class (kept in d/pool so that a resumed stage does not sample again)."""
-    path = d / "pool"
+def _pool(path: Path, base: SampleConfig, n: int) -> SyntheticSet:
+    """n samples per class (kept in `path` so that a resumed stage does not sample again)."""
     if (path / "data.pt").exists():
         return load_synthetic(path)
     say(f"extras: sampling a pool of {n} images per class")
