@@ -22,8 +22,8 @@ def test_the_tiny_fullsize_benchmark_runs_every_stage_and_records_time_and_memor
                        timeout=1500, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert [s["stage"] for s in res["stages"]] == ["base", "finetune", "choose", "sample", "baselines", "evaluate",
-                                                   "metrics", "report"]
+    assert [s["stage"] for s in res["stages"]] == ["base", "finetune", "choose", "sample", "extras", "baselines",
+                                                   "evaluate", "metrics", "report"]   # extras: none asked, 0 s
     assert all(s["time_s"] >= 0 and s["peak_rss_mb"] > 0 for s in res["stages"])
     run = tmp_path / "w" / "run"
     # the fine-tuned checkpoint holds the Difffit tensors only, on top of the official-format base
