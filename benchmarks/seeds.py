@@ -40,7 +40,8 @@ from minimaxdd.evaluation.protocols import get_protocol
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
 from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.files import write_json
-from minimaxdd.pipeline.extras import keep_per_class, per_class_prefix
+from minimaxdd.pipeline.extras import keep_per_class
+from minimaxdd.pipeline.stages import per_class_prefix
 from minimaxdd.runtime import flush_denormals
 
 

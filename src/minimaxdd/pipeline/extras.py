@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minimaxdd.baselines.coreset import herding_order
+from minimaxdd.baselines.coreset import herding_order, random_indices
 from minimaxdd.baselines.registry import select
 from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.sources import load_dataset
@@ -30,25 +30,18 @@ from minimaxdd.diffusion.generation import SampleConfig, from_real_images, sampl
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
 from minimaxdd.files import manifest
 from minimaxdd.pipeline.config import DistillConfig, method_name
-from minimaxdd.pipeline.stages import Stage, key_of, say
-from minimaxdd.runtime import generator
+from minimaxdd.pipeline.stages import Stage, key_of, per_class_prefix, say
 from minimaxdd.settings import to_dict
 
 
-def per_class_prefix(s: SyntheticSet, k: int) -> SyntheticSet:
-    """The first k images of each class of s (its class-major order kept)."""
-    keep = torch.cat([(s.labels == c).nonzero().squeeze(1)[:k] for c in range(len(s.class_names))])
-    return SyntheticSet(s.images[keep], s.labels[keep], s.class_names)
-
-
 def keep_per_class(s: SyntheticSet, k: int, feats: torch.Tensor | None, seed: int) -> SyntheticSet:
-    """k images per class of s: by herding on `feats` (N, D) unit rows, or uniformly at random when feats is None."""
-    g, keep = generator(seed), []
-    for c in range(len(s.class_names)):
-        idx = (s.labels == c).nonzero().squeeze(1)                                  # (n_c,)
-        order = herding_order(feats[idx], k) if feats is not None else torch.randperm(len(idx), generator=g)[:k]
-        keep.append(idx[order])
-    keep = torch.cat(keep)
+    """k images per class of s: by herding on `feats` (N, D) unit rows, or uniformly at random when feats is None
+    (the `random` selection's draw)."""
+    if feats is None:
+        keep = random_indices(s.labels, len(s.class_names), k, seed)
+    else:
+        keep = torch.cat([idx[herding_order(feats[idx], k)]
+                          for idx in ((s.labels == c).nonzero().squeeze(1) for c in range(len(s.class_names)))])
     return SyntheticSet(s.images[keep], s.labels[keep], s.class_names)
 
 

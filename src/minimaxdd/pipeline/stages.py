@@ -276,6 +276,12 @@ def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
     return st.finish(device, sets=sets, **info)
 
 
+def per_class_prefix(s: SyntheticSet, k: int) -> SyntheticSet:
+    """The first k images of each class of s (its class-major order kept)."""
+    keep = torch.cat([(s.labels == c).nonzero().squeeze(1)[:k] for c in range(len(s.class_names))])
+    return SyntheticSet(s.images[keep], s.labels[keep], s.class_names)
+
+
 def _sample_sets(st: Stage, cfg: DistillConfig, ft: dict, device: torch.device
                  ) -> tuple[dict[str, str], dict, SyntheticSet]:
     """max(cfg.ipc) images per class with cfg.sample, and each of cfg.ipc's per-class prefix written to
@@ -287,10 +293,8 @@ def _sample_sets(st: Stage, cfg: DistillConfig, ft: dict, device: torch.device
         full, info = sample_checkpoint(_sample_config(cfg, ft["checkpoint"], st.dir, device))
     s, sets = to_dict(cfg.sample), {}
     for k in cfg.ipc:
-        keep = torch.cat([(full.labels == c).nonzero().squeeze(1)[:k] for c in range(len(full.class_names))])
-        sub = SyntheticSet(full.images[keep], full.labels[keep], full.class_names)
-        path = write_synthetic(st.dir / f"ipc{k}", sub, manifest({**s, "ipc": k}, cfg.seed, time.time() - st.t0,
-                                                                 **info), overwrite=True)
+        man = manifest({**s, "ipc": k}, cfg.seed, time.time() - st.t0, **info)
+        path = write_synthetic(st.dir / f"ipc{k}", per_class_prefix(full, k), man, overwrite=True)
         sets[str(k)] = str(path)
     say(f"sample: {info.get('sampler', '')}, {info['sample_time_s']:.0f} s")
     return sets, info, full
