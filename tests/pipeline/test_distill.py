@@ -323,3 +323,12 @@ def test_extras_rows_beside_their_controls_never_as_ours(run_dir, tmp_path, caps
     capsys.readouterr()
     assert main(["distill", *TINY, *extra, "--out", str(run)]) == 0
     assert (run / "extras" / "stage.json").stat().st_mtime_ns == stamp and "extras: done" in capsys.readouterr().out
+    # the extras dropped again: their rows leave the results and the report, kept aside rather than deleted
+    assert main(["distill", *TINY, "--out", str(run)]) == 0
+    rows = json.loads((run / "results.json").read_text())
+    assert not any(r.get("optional") for r in rows) and "row(s) of an earlier config" in capsys.readouterr().out
+    report = (run / "report.md").read_text()
+    assert "## Optional rows" not in report and "`evaluate/stale/`" in report and "medoids-sigma1-ipc2" in report
+    assert {f.name for f in (run / "evaluate" / "stale").iterdir()} == {
+        f"{m}-ipc{k}-convnet3.json" for m in names for k in (2, 3)}
+    assert (run / "evaluate" / "minimax-ipc2-convnet3.json").exists()

@@ -129,7 +129,7 @@ def run_ablation(base: str, data: str | None, ipcs: str | list[int], objectives:
                       "finetune_time_s": ft.get("time_s") if obj != NO_FINETUNING else 0.0,
                       "finetune_steps": ft.get("steps"), "sample_time_s": sample.get("time_s"),
                       "generation_accuracy": gen[0] if gen else None})
-    result = {"base": base, "data": data, "ipc": cfg.ipc, "config": cfg.to_dict(), "variants": table,
+    result = {"base": base, "data": cfg.data, "ipc": cfg.ipc, "config": cfg.to_dict(), "variants": table,
               "random": random_rows}
     write_json(out / "ablation.json", result)
     (out / "ablation.md").write_text(ablation_markdown(result))
@@ -187,7 +187,7 @@ def run_sweep(base: str, data: str, ipcs: str | list[int], param: str, values: l
         name = "default" if f == default else f"{param}={v}"
         rows, ft, _ = _variant(out, name, dataclasses.replace(cfg, finetune=f), base_rec, dev)
         points.append({"value": v, "dir": name, "rows": rows, "finetune_time_s": ft.get("time_s")})
-    res = {"base": base, "data": data, "param": param, "objective": objective, "ipc": cfg.ipc,
+    res = {"base": base, "data": cfg.data, "param": param, "objective": objective, "ipc": cfg.ipc,
            "config": cfg.to_dict(), "points": points, "random": random_rows}
     write_json(out / f"sweep-{param}.json", res)
     res["plot"] = str(sweep_plot(res, out / f"sweep-{param}.png"))

@@ -182,6 +182,10 @@ def write_report(run: str | Path) -> Path:
         plot = accuracy_plot(main, fig_dir / "accuracy.png")
         if plot:
             lines += [f"![accuracy]({plot.relative_to(run)})", ""]
+    stale = sorted((run / "evaluate" / "stale").glob("*.json"))
+    if stale:
+        lines += [f"{len(stale)} row(s) of an earlier configuration of this run (not shown) are kept in "
+                  f"`evaluate/stale/`: {', '.join(f.stem for f in stale)}.", ""]
     # grids: synthetic next to random real images of the same classes
     k = max(cfg["ipc"])
     syn = run / "sample" / f"ipc{k}"

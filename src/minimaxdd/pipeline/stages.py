@@ -433,10 +433,14 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     stats = channel_stats(ds.x_train)
     items = _eval_items(cfg, sample, baselines, extras)
     optional = set(extras["methods"]) - set(cfg.evaluate.baselines) if extras else set()
+    plan = {(model, protocol): _eval_todo(cfg, items, ds.fingerprint(), full, protocol)
+            for model, protocol in itertools.product(ev.models, eval_protocols(cfg))}
+    if write_results:
+        _set_aside_stale(d, {_row_file(d, cfg, m, k, model, protocol)
+                             for (model, protocol), todo in plan.items() for m, k, _, _ in todo})
     rows = []
-    for model, protocol in itertools.product(ev.models, eval_protocols(cfg)):
+    for (model, protocol), todo in plan.items():
         hard = not get_protocol(protocol).soft
-        todo = [*items, ("full", None, ds.fingerprint(), None)] if ev.full_epochs and full and hard else items
         teacher = None
         for method, k, src_key, path in todo:
             epochs = ev.full_epochs if method == "full" else epochs_for(cfg, k)
@@ -459,6 +463,26 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     if write_results:
         write_json(run / "results.json", [{k: v for k, v in r.items() if k not in ("key", "per_class")} for r in rows])
     return rows
+
+
+def _eval_todo(cfg: DistillConfig, items: list[tuple], data_key: str, full: bool, protocol: str) -> list[tuple]:
+    """The rows of one (classifier, protocol) table: every set, and the full-data row under a hard protocol."""
+    if cfg.evaluate.full_epochs and full and not get_protocol(protocol).soft:
+        return [*items, ("full", None, data_key, None)]
+    return items
+
+
+def _set_aside_stale(d: Path, expected: set[Path]) -> None:
+    """Move RUN/evaluate/*.json files the run's config no longer asks for (a dropped IPC, baseline, extras row
+    or classifier) into RUN/evaluate/stale/, so the report shows only this config's rows and nothing is lost."""
+    stale = [f for f in sorted(d.glob("*.json")) if f not in expected]
+    if not stale:
+        return
+    (d / "stale").mkdir(exist_ok=True)
+    for f in stale:
+        f.replace(d / "stale" / f.name)
+    say(f"evaluate: {len(stale)} row(s) of an earlier config moved to {d / 'stale'}: "
+        f"{', '.join(f.name for f in stale)}")
 
 
 def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int | None, path: str | None,
