@@ -423,7 +423,8 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     partly changed evaluation redoes only the rows it must. `sample` / `baselines` / `extras` None: no such rows;
     the extras' rows carry `"optional": true`.
     Soft-label rows (`evaluate.soft_labels`) come beside the hard ones, every set under both; the full-data
-    row is hard-label only."""
+    row is hard-label only. With `write_results` (a run's own evaluation, which its report reads), row files
+    this config no longer asks for are moved to RUN/evaluate/stale/ first."""
     ev = cfg.evaluate
     d = run / "evaluate"
     if force and d.exists():
