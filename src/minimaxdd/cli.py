@@ -196,6 +196,17 @@ PRESET_HELP = ("a distill preset (name or .json path) whose data, finetune, samp
                "run chose with --set sample.cfg=...)")
 
 
+def _int_list(text: str) -> list[int]:
+    """argparse type for S,S,...: comma-separated non-negative integers."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers such as 0,1,2, got {text!r}")
+    return values
+
+
 def _parse_studies(sub: Any) -> None:
     p = sub.add_parser("ablation", help="Table 5: fine-tune, sample and evaluate each objective from one base model")
     p.add_argument("--base", required=True, help="base checkpoint: a run, ckpt-*.safetensors, or official weights")
@@ -205,6 +216,10 @@ def _parse_studies(sub: Any) -> None:
     p.add_argument("--objectives", default=",".join((NO_FINETUNING, *OBJECTIVES)),
                    help="comma separated; none = the base model unchanged (the paper's DiT column)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seeds", default=None, type=_int_list, metavar="S,S,...",
+                   help="sampling seeds, e.g. 0,1,2: each variant is fine-tuned once and sampled and evaluated "
+                        "at each seed (random real at the same selection seeds); tables give mean +- std over "
+                        "seeds (default: the config's seed alone, std over classifier repeats)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override the distill config, e.g. --set finetune.steps=500 --set evaluate.epochs=300")
     p.add_argument("--out", required=True)
@@ -219,6 +234,10 @@ def _parse_studies(sub: Any) -> None:
     p.add_argument("--objective", default=default_of(FinetuneConfig, "objective"), choices=list(OBJECTIVES))
     p.add_argument("--ipc", default="10")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seeds", default=None, type=_int_list, metavar="S,S,...",
+                   help="sampling seeds, e.g. 0,1,2: each variant is fine-tuned once and sampled and evaluated "
+                        "at each seed (random real at the same selection seeds); tables give mean +- std over "
+                        "seeds (default: the config's seed alone, std over classifier repeats)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="auto")
@@ -375,7 +394,7 @@ def cmd_metrics(a: argparse.Namespace) -> int:
 def cmd_ablation(a: argparse.Namespace) -> int:
     with run_lock(a.out):        # the variants' stages inside OUT take no locks of their own
         res = run_ablation(a.base, a.data, a.ipc, [o.strip() for o in a.objectives.split(",") if o.strip()], a.out,
-                           a.repeats, parse_set(a.set), a.device, a.preset)
+                           a.repeats, parse_set(a.set), a.device, a.preset, a.seeds)
     print(ablation_markdown(res))
     print(f"wrote {a.out}/ablation.md and {a.out}/ablation.json")
     return 0
@@ -384,11 +403,11 @@ def cmd_ablation(a: argparse.Namespace) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     with run_lock(a.out):
         res = run_sweep(a.base, a.data, a.ipc, a.param, a.values.split(","), a.out, a.objective, a.repeats,
-                        parse_set(a.set), a.device, a.preset)
+                        parse_set(a.set), a.device, a.preset, a.seeds)
     for p in res["points"]:
         print(f"{a.param}={p['value']}: " + ", ".join(f"IPC {r['ipc']} {100 * r['mean']:.2f} +- {100 * r['std']:.2f}"
                                                       for r in p["rows"]))
-    print(f"wrote {res['plot']}")
+    print(f"wrote {res['plot']} and {a.out}/sweep-{a.param}.md")
     return 0
 
 

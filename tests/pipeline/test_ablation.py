@@ -38,3 +38,58 @@ def test_a_preset_stands_for_its_finetune_sample_and_evaluate_flags(capsys):
     assert over.finetune.lambda_d == 0.08 and over.finetune.steps == 1000      # --set still wins over the preset
     with pytest.raises(UserError, match="--data SPEC, or a --preset"):
         _config("runs/x/base", None, "10", 3, {}, "cpu")
+
+
+def test_rows_over_sampling_seeds_are_the_mean_and_spread_of_each_seeds_mean():
+    import statistics
+
+    from minimaxdd.pipeline.ablation import combine_seeds, spread_words
+
+    def row(method, k, mean, gen=None):
+        return {"method": method, "ipc": k, "model": "convnet3", "protocol": "dc", "mean": mean, "std": 0.01,
+                "runs": [mean], "generation_accuracy": gen}
+
+    one = [row("m", 10, 0.5)]
+    assert combine_seeds([(0, one)]) == one                       # one seed: its rows as they are
+    rows = combine_seeds([(0, [row("m", 10, 0.50, 0.9), row("m", 50, 0.70)]),
+                          (1, [row("m", 10, 0.54, 0.8), row("m", 50, 0.72)]),
+                          (2, [row("m", 10, 0.55, 0.7), row("m", 50, 0.71)])])
+    by_ipc = {r["ipc"]: r for r in rows}
+    assert by_ipc[10]["mean"] == statistics.fmean([0.50, 0.54, 0.55])
+    assert by_ipc[10]["std"] == statistics.pstdev([0.50, 0.54, 0.55]) and by_ipc[10]["std_over"] == "seeds"
+    assert by_ipc[10]["generation_accuracy"] == statistics.fmean([0.9, 0.8, 0.7])
+    assert by_ipc[50]["generation_accuracy"] is None and [p["seed"] for p in by_ipc[50]["per_seed"]] == [0, 1, 2]
+    assert "over 3 classifier repeats" in spread_words([0], 3)
+    assert "sampling seeds 0, 1, 2" in spread_words([0, 1, 2], 3)
+
+
+def test_bad_seeds_are_refused_before_anything_runs(tmp_path, capsys):
+    import pytest
+
+    from minimaxdd.cli import main
+    with pytest.raises(SystemExit):
+        main(["sweep", "--base", "x", "--data", "digits", "--param", "lambda_d", "--values", "1", "--seeds", "a,b",
+              "--out", str(tmp_path / "s")])
+    assert "comma-separated non-negative integers" in capsys.readouterr().err
+    assert main(["ablation", "--base", "x", "--data", "digits", "--seeds", "1,1", "--out", str(tmp_path / "a")]) == 2
+    assert "distinct" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "config.json").exists()
+
+
+def test_a_row_set_aside_twice_keeps_both_copies(tmp_path):
+    from minimaxdd.pipeline.stages import _set_aside_stale
+
+    d = tmp_path / "evaluate"
+    d.mkdir()
+    keep = d / "minimax-ipc10-convnet3.json"
+    for n, text in enumerate(['{"key": "a"}', '{"key": "b"}', '{"key": "b"}']):
+        keep.write_text("{}")
+        (d / "random-ipc50-convnet3.json").write_text(text)
+        _set_aside_stale(d, {keep})
+        assert keep.exists() and not (d / "random-ipc50-convnet3.json").exists()
+    stale = sorted(p.name for p in (d / "stale").iterdir())
+    # the second row differs from the first: numbered, the first kept; the third has the second's bytes: it
+    # lands on that copy instead of a third
+    assert (d / "stale" / "random-ipc50-convnet3.json").read_text() == '{"key": "a"}'
+    assert (d / "stale" / "random-ipc50-convnet3.1.json").read_text() == '{"key": "b"}'
+    assert stale == ["random-ipc50-convnet3.1.json", "random-ipc50-convnet3.json"]

@@ -189,6 +189,21 @@ def test_ablation_and_sweep_share_the_base(run_dir, tmp_path):
     assert [p["dir"] for p in r["points"]] == ["default", "memory=8"]
     assert (sw / "default" / "finetune" / "stage.json").stat().st_mtime_ns == stamp
     assert r["points"][0]["rows"] == json.loads((sw / "sweep-lambda_r.json").read_text())["points"][1]["rows"]
+    # --seeds: the fine-tune once, sampled and evaluated at each seed (seed 0 is the point already there)
+    assert main(["sweep", "--base", base, "--data", "digits", "--ipc", "2", "--param", "lambda_d", "--values", "0.008",
+                 "--seeds", "0,1", "--repeats", "1", "--out", str(sw), "--device", "cpu", *sets]) == 0
+    assert (sw / "default" / "finetune" / "stage.json").stat().st_mtime_ns == stamp
+    assert (sw / "default" / "seed-1" / "sample" / "ipc2" / "data.pt").exists()
+    assert (sw / "seed-1" / "baselines").is_dir()                 # random real at selection seed 1
+    seeded = json.loads((sw / "sweep-lambda_d.json").read_text())
+    row, = seeded["points"][0]["rows"]
+    one = r["points"][0]["rows"][0]
+    assert seeded["seeds"] == [0, 1] and row["std_over"] == "seeds" and [p["seed"] for p in row["per_seed"]] == [0, 1]
+    assert row["per_seed"][0]["mean"] == one["mean"]             # seed 0 is the one-seed sweep's row
+    assert row["mean"] == pytest.approx((row["per_seed"][0]["mean"] + row["per_seed"][1]["mean"]) / 2)
+    assert (sw / "default" / "seed-1" / "sample" / "ipc2" / "data.pt").read_bytes() != (
+        sw / "default" / "sample" / "ipc2" / "data.pt").read_bytes()
+    assert "sampling seeds 0, 1" in (sw / "sweep-lambda_d.md").read_text()
     with pytest.raises(SystemExit):
         main(["sweep", "--base", base, "--data", "digits"])   # argparse: --param and --values are required
     assert main(["sweep", "--base", base, "--data", "digits", "--param", "gamma", "--values", "1", "--out",

@@ -12,6 +12,7 @@ where it stopped and adding an objective runs only that one.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 import typing
 from pathlib import Path
@@ -84,23 +85,60 @@ def _config(base: str, data: str | None, ipcs: str | list[int], repeats: int, ov
     return dataclasses.replace(cfg, device=str(pick_device(device)))
 
 
-def _variant(out: Path, name: str, cfg: DistillConfig, base: dict, device: torch.device
-             ) -> tuple[list[dict], dict, dict]:
+def _seed_dirs(root: Path, cfg: DistillConfig, seeds: list[int] | None) -> list[tuple[Path, DistillConfig]]:
+    """(folder, config) per sampling seed: the config's own seed in ROOT itself (a one-seed study's layout),
+    every other seed s in ROOT/seed-s/ with `seed` s (its sampling noise, selection and classifier seeds)."""
+    return [(root if s == cfg.seed else root / f"seed-{s}", dataclasses.replace(cfg, seed=s))
+            for s in (seeds or [cfg.seed])]
+
+
+def combine_seeds(per_seed: list[tuple[int, list[dict]]]) -> list[dict]:
+    """One row per (IPC, classifier, protocol) from each seed's rows: the mean and population std over seeds of
+    each seed's mean accuracy, every seed's row under `per_seed`. One seed: its rows unchanged."""
+    if len(per_seed) == 1:
+        return per_seed[0][1]
+    groups: dict[tuple, list[tuple[int, dict]]] = {}
+    for seed, rows in per_seed:
+        for r in rows:
+            groups.setdefault((r["method"], r["ipc"], r["model"], r["protocol"]), []).append((seed, r))
+    out = []
+    for (method, k, model, protocol), rs in groups.items():
+        means = [r["mean"] for _, r in rs]
+        gens = [r["generation_accuracy"] for _, r in rs if r.get("generation_accuracy") is not None]
+        out.append({"method": method, "ipc": k, "model": model, "protocol": protocol,
+                    "mean": statistics.fmean(means), "std": statistics.pstdev(means), "std_over": "seeds",
+                    "seeds": [s for s, _ in rs], "generation_accuracy": statistics.fmean(gens) if gens else None,
+                    "per_seed": [{"seed": s, **{f: r.get(f) for f in ("mean", "std", "runs", "generation_accuracy")}}
+                                 for s, r in rs]})
+    return out
+
+
+def _variant(out: Path, name: str, cfg: DistillConfig, base: dict, device: torch.device,
+             seeds: list[int] | None = None) -> tuple[list[dict], dict, dict]:
+    """Fine-tune once (with the config's seed) in OUT/NAME/, then sample and evaluate at each sampling seed."""
     sub = out / name
     sub.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ft = stage_finetune(sub, cfg, base, False, device)
-    sample = stage_sample(sub, cfg, ft, False, device)
-    rows = stage_evaluate(sub, cfg, sample, None, False, device, full=False)
+    per_seed, sample = [], {}
+    for d, c in _seed_dirs(sub, cfg, seeds):
+        d.mkdir(parents=True, exist_ok=True)
+        sample = stage_sample(d, c, ft, False, device)
+        per_seed.append((c.seed, stage_evaluate(d, c, sample, None, False, device, full=False)))
     say(f"{name}: {time.time() - t0:.0f} s")
-    return rows, ft, sample
+    return combine_seeds(per_seed), ft, sample
 
 
-def _shared(out: Path, cfg: DistillConfig, device: torch.device) -> tuple[dict, list[dict]]:
+def _shared(out: Path, cfg: DistillConfig, device: torch.device, seeds: list[int] | None = None
+            ) -> tuple[dict, list[dict]]:
+    """The base model (OUT/base/) and random real images at each selection seed (OUT[/seed-s]/baselines/)."""
     base = stage_base(out, cfg, False, device)
-    bl = stage_baselines(out, cfg, False, device)
-    rows = stage_evaluate(out, cfg, None, bl, False, device, full=False, write_results=False)
-    return base, rows
+    per_seed = []
+    for d, c in _seed_dirs(out, cfg, seeds):
+        bl = stage_baselines(d, c, False, device)
+        per_seed.append((c.seed, stage_evaluate(d, c, None, bl, False, device, full=False, write_results=False,
+                                                set_aside_stale=False)))
+    return base, combine_seeds(per_seed)
 
 
 def _cell(rows: list[dict], k: int) -> str:
@@ -110,27 +148,29 @@ def _cell(rows: list[dict], k: int) -> str:
 
 def run_ablation(base: str, data: str | None, ipcs: str | list[int], objectives: list[str], out: str | Path,
                  repeats: int = 3, overrides: dict | None = None, device: str = "auto",
-                 preset: str | None = None) -> dict:
-    """Fine-tune, sample and evaluate each objective from one base; OUT/ablation.md and .json."""
+                 preset: str | None = None, seeds: list[int] | None = None) -> dict:
+    """Fine-tune, sample and evaluate each objective from one base; OUT/ablation.md and .json. `seeds`: sampling
+    seeds (default: the config's seed alone); each objective is fine-tuned once and sampled at each."""
     bad = [o for o in objectives if o != NO_FINETUNING and o not in OBJECTIVES]
     if bad:
         raise UserError(f"unknown objective(s) {bad}; choose from none, {', '.join(OBJECTIVES)}")
+    seeds = _check_seeds(seeds)
     out = Path(out)
     cfg = _config(base, data, ipcs, repeats, overrides or {}, device, preset)
     dev = torch.device(cfg.device)
     write_json(out / "config.json", {**cfg.to_dict(), "objectives": objectives})
-    base_rec, random_rows = _shared(out, cfg, dev)
+    base_rec, random_rows = _shared(out, cfg, dev, seeds)
     table = []
     for obj in objectives:
         c = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, objective=obj))
-        rows, ft, sample = _variant(out, obj, c, base_rec, dev)
+        rows, ft, sample = _variant(out, obj, c, base_rec, dev, seeds)
         gen = [r.get("generation_accuracy") for r in rows if r["ipc"] == max(cfg.ipc)]
         table.append({"objective": obj, "method": method_name(c), "rows": rows,
                       "finetune_time_s": ft.get("time_s") if obj != NO_FINETUNING else 0.0,
                       "finetune_steps": ft.get("steps"), "sample_time_s": sample.get("time_s"),
                       "generation_accuracy": gen[0] if gen else None})
-    result = {"base": base, "data": cfg.data, "ipc": cfg.ipc, "config": cfg.to_dict(), "variants": table,
-              "random": random_rows}
+    result = {"base": base, "data": cfg.data, "ipc": cfg.ipc, "seeds": seeds or [cfg.seed], "config": cfg.to_dict(),
+              "variants": table, "random": random_rows}
     write_json(out / "ablation.json", result)
     (out / "ablation.md").write_text(ablation_markdown(result))
     return result
@@ -141,8 +181,8 @@ def ablation_markdown(res: dict) -> str:
     ev = res["config"]["evaluate"]
     model = ev["models"][0]
     lines = [f"Ablation of the fine-tuning objective (Table 5 of Gu et al. 2024) on `{res['data']}`, base "
-             f"`{res['base']}`; {model}, `{ev['protocol']}` protocol, final-epoch test accuracy (%), mean +- std "
-             f"over {ev['repeats']} repeats.", "",
+             f"`{res['base']}`; {model}, `{ev['protocol']}` protocol, final-epoch test accuracy (%), "
+             f"{spread_words(res.get('seeds') or [res['config']['seed']], ev['repeats'])}.", "",
              "| objective | " + " | ".join(f"IPC {k}" for k in ipcs) +
              f" | generation accuracy (IPC {max(ipcs)}) | fine-tuning time |",
              "| --- | " + " | ".join("---:" for _ in ipcs) + " | ---: | ---: |"]
@@ -155,6 +195,20 @@ def ablation_markdown(res: dict) -> str:
     rnd = [r for r in res["random"] if r["model"] == model and r["protocol"] == ev["protocol"]]
     lines.append("| random real | " + " | ".join(_cell(rnd, k) for k in ipcs) + " | | |")
     return "\n".join(lines) + "\n"
+
+
+def spread_words(seeds: list[int], repeats: int) -> str:
+    """What a table's mean +- std is over."""
+    if len(seeds) == 1:
+        return f"mean +- std over {repeats} classifier repeats"
+    return (f"mean +- std over sampling seeds {', '.join(map(str, seeds))} (random real: the same selection "
+            f"seeds) of each seed's mean over {repeats} classifier repeats")
+
+
+def _check_seeds(seeds: list[int] | None) -> list[int] | None:
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0):
+        raise UserError(f"--seeds must be distinct non-negative integers, e.g. 0,1,2; got {seeds}")
+    return seeds
 
 
 def _sweep_values(param: str, values: list[str]) -> list[float | int]:
@@ -170,13 +224,16 @@ def _sweep_values(param: str, values: list[str]) -> list[float | int]:
 
 def run_sweep(base: str, data: str, ipcs: str | list[int], param: str, values: list, out: str | Path,
               objective: str = default_of(FinetuneConfig, "objective"), repeats: int = 3,
-              overrides: dict | None = None, device: str = "auto", preset: str | None = None) -> dict:
-    """Accuracy against one fine-tuning knob (the paper's Fig. 6); OUT/sweep-<param>.json / .png."""
+              overrides: dict | None = None, device: str = "auto", preset: str | None = None,
+              seeds: list[int] | None = None) -> dict:
+    """Accuracy against one fine-tuning knob (the paper's Fig. 6); OUT/sweep-<param>.json / .png / .md.
+    `seeds`: sampling seeds per point, as in run_ablation."""
     values = _sweep_values(param, values)
+    seeds = _check_seeds(seeds)
     out = Path(out)
     cfg = _config(base, data, ipcs, repeats, overrides or {}, device, preset)
     dev = torch.device(cfg.device)
-    base_rec, random_rows = _shared(out, cfg, dev)
+    base_rec, random_rows = _shared(out, cfg, dev, seeds)
     # Every point spells out all the fine-tuning settings, so the point at the default values is the
     # same run whichever knob is swept: it lives in OUT/default/ and sweeps sharing OUT run it once.
     default = dataclasses.replace(cfg.finetune, objective=objective)
@@ -185,14 +242,34 @@ def run_sweep(base: str, data: str, ipcs: str | list[int], param: str, values: l
         other = {"epochs": "steps", "steps": "epochs"}.get(param)
         f = dataclasses.replace(default, **{param: v, **({other: None} if other else {})})
         name = "default" if f == default else f"{param}={v}"
-        rows, ft, _ = _variant(out, name, dataclasses.replace(cfg, finetune=f), base_rec, dev)
+        rows, ft, _ = _variant(out, name, dataclasses.replace(cfg, finetune=f), base_rec, dev, seeds)
         points.append({"value": v, "dir": name, "rows": rows, "finetune_time_s": ft.get("time_s")})
     res = {"base": base, "data": cfg.data, "param": param, "objective": objective, "ipc": cfg.ipc,
-           "config": cfg.to_dict(), "points": points, "random": random_rows}
-    write_json(out / f"sweep-{param}.json", res)
+           "seeds": seeds or [cfg.seed], "config": cfg.to_dict(), "points": points, "random": random_rows}
     res["plot"] = str(sweep_plot(res, out / f"sweep-{param}.png"))
     write_json(out / f"sweep-{param}.json", res)
+    (out / f"sweep-{param}.md").write_text(sweep_markdown(res))
     return res
+
+
+def sweep_markdown(res: dict) -> str:
+    """The sweep as a table: one row per value, one column per IPC, random real last."""
+    ipcs, ev = res["ipc"], res["config"]["evaluate"]
+    model = ev["models"][0]
+    fixed = {k: v for k, v in res["config"]["finetune"].items() if k in SWEEP_PARAMS and k != res["param"]}
+    lines = [f"Accuracy against `{res['param']}` ({res['objective']} fine-tuning; the other knobs "
+             f"{', '.join(f'{k}={v}' for k, v in fixed.items())}) on `{res['data']}`, base `{res['base']}`; {model}, "
+             f"`{ev['protocol']}` protocol, final-epoch test accuracy (%), "
+             f"{spread_words(res['seeds'], ev['repeats'])}.", "",
+             f"| {res['param']} | " + " | ".join(f"IPC {k}" for k in ipcs) + " | fine-tuning time |",
+             "| ---: | " + " | ".join("---:" for _ in ipcs) + " | ---: |"]
+    for p in res["points"]:
+        rows = [r for r in p["rows"] if r["model"] == model and r["protocol"] == ev["protocol"]]
+        lines.append(f"| {p['value']} | " + " | ".join(_cell(rows, k) for k in ipcs) +
+                     f" | {p['finetune_time_s'] or 0:.0f} s |")
+    rnd = [r for r in res["random"] if r["model"] == model and r["protocol"] == ev["protocol"]]
+    lines.append("| random real | " + " | ".join(_cell(rnd, k) for k in ipcs) + " | |")
+    return "\n".join(lines) + "\n"
 
 
 def sweep_plot(res: dict, path: Path) -> Path:

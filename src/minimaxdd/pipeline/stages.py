@@ -418,13 +418,14 @@ def _row_key(cfg: DistillConfig, src_key: str, method: str, k: int | None, model
 
 def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines: dict | None, force: bool,
                    device: torch.device, full: bool = True, write_results: bool = True,
-                   extras: dict | None = None) -> list[dict]:
+                   extras: dict | None = None, set_aside_stale: bool = True) -> list[dict]:
     """One JSON per (set, model, protocol) row in RUN/evaluate/, each with its own key, so an interrupted or
     partly changed evaluation redoes only the rows it must. `sample` / `baselines` / `extras` None: no such rows;
     the extras' rows carry `"optional": true`.
     Soft-label rows (`evaluate.soft_labels`) come beside the hard ones, every set under both; the full-data
-    row is hard-label only. With `write_results` (a run's own evaluation, which its report reads), row files
-    this config no longer asks for are moved to RUN/evaluate/stale/ first."""
+    row is hard-label only. `write_results`: RUN/results.json (a run's own evaluation, which its report reads).
+    `set_aside_stale`: row files this config no longer asks for are first moved to RUN/evaluate/stale/ (off
+    where several configs share one RUN/evaluate/, as a study's random rows do)."""
     ev = cfg.evaluate
     d = run / "evaluate"
     if force and d.exists():
@@ -436,7 +437,7 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     optional = set(extras["methods"]) - set(cfg.evaluate.baselines) if extras else set()
     plan = {(model, protocol): _eval_todo(cfg, items, ds.fingerprint(), full, protocol)
             for model, protocol in itertools.product(ev.models, eval_protocols(cfg))}
-    if write_results:
+    if set_aside_stale:
         _set_aside_stale(d, {_row_file(d, cfg, m, k, model, protocol)
                              for (model, protocol), todo in plan.items() for m, k, _, _ in todo})
     rows = []
@@ -475,13 +476,18 @@ def _eval_todo(cfg: DistillConfig, items: list[tuple], data_key: str, full: bool
 
 def _set_aside_stale(d: Path, expected: set[Path]) -> None:
     """Move RUN/evaluate/*.json files the run's config no longer asks for (a dropped IPC, baseline, extras row
-    or classifier) into RUN/evaluate/stale/, so the report shows only this config's rows and nothing is lost."""
+    or classifier) into RUN/evaluate/stale/, so the report shows only this config's rows and nothing is lost.
+    A row set aside under a name stale/ already holds (a different row) gets a number: NAME.1.json, NAME.2.json."""
     stale = [f for f in sorted(d.glob("*.json")) if f not in expected]
     if not stale:
         return
     (d / "stale").mkdir(exist_ok=True)
     for f in stale:
-        f.replace(d / "stale" / f.name)
+        dest, n = d / "stale" / f.name, 0
+        while dest.exists() and dest.read_bytes() != f.read_bytes():
+            n += 1
+            dest = d / "stale" / f"{f.stem}.{n}.json"
+        f.replace(dest)
     say(f"evaluate: {len(stale)} row(s) of an earlier config moved to {d / 'stale'}: "
         f"{', '.join(f.name for f in stale)}")
 
