@@ -1,4 +1,6 @@
 """The VAE codec: its scaling factor, both flips of each image cached, and its errors."""
+import copy
+
 import pytest
 import torch
 
@@ -32,3 +34,29 @@ def test_vae_codec_reads_scaling_and_caches_both_flips(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="config.json"):
         build_codec(f"vae:{tmp_path / 'empty'}", 3, 16)
+
+
+def test_starting_from_real_images_through_a_vae_is_seeded_not_global(tmp_path):
+    """from_real_images encodes with the VAE's posterior mean: the global RNG does not change its output."""
+    diffusers = pytest.importorskip("diffusers")
+    from minimaxdd.diffusion import checkpoints as ckpt
+    from minimaxdd.diffusion.generation import SampleConfig, from_real_images
+    from minimaxdd.diffusion.networks import build_denoiser
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                  latent_channels=4, norm_num_groups=4, sample_size=8, scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    model = build_denoiser("dit-n/2", 4, 4, 3, learn_sigma=False)
+    meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=f"vae:{tmp_path / 'vae'}", class_names=list("abc"),
+                               class_map=[0, 1, 2], image_size=8, channels=3, formulation="edm")
+    ckpt.save(tmp_path / "ckpt-00000001.safetensors", model, copy.deepcopy(model), meta)
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 1, 2])
+    cfg = SampleConfig(ckpt=str(tmp_path), out="-", seed=3, steps=2, device="cpu", precision="fp32")
+    torch.manual_seed(1)
+    a = from_real_images(cfg, images, labels, 1.0)
+    torch.manual_seed(2)
+    b = from_real_images(cfg, images, labels, 1.0)
+    assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)

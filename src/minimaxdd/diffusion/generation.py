@@ -198,7 +198,8 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
 def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tensor, sigma: float) -> torch.Tensor:
     """Real images uint8 (N, C, H, W) of dataset classes `labels` (N,), noised to `sigma` and denoised by the
     checkpoint's EDM model with cfg's sampler, steps and guidance (`edm.denoise_from`); each image keeps its class
-    and gets its own noise stream (cfg.seed, class, index). Returns uint8 images like the input."""
+    and gets its own noise stream (cfg.seed, class, index); a VAE codec starts from the posterior mean (no draw
+    from the global RNG: the same seed gives the same images). Returns uint8 images like the input."""
     check_sample_config(cfg)
     device = pick_device(cfg.device)
     file = ckpt.resolve(cfg.ckpt)
@@ -218,7 +219,8 @@ def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tens
     for c in net_labels.tolist():
         seeds.append(image_seed(cfg.seed, c, seen.setdefault(c, 0)))
         seen[c] += 1
-    x = denoise_from(sampling_network(model, cfg.precision), codec.encode(images.to(device)), net_labels, sigma,
+    start = (codec.moments(images)[0] if getattr(codec, "stochastic", False) else codec.encode(images)).to(device)
+    x = denoise_from(sampling_network(model, cfg.precision), start, net_labels, sigma,
                      seeds, sampler=sampler, steps=steps, cfg_scale=cfg.cfg if cfg.cfg is not None else 1.0,
                      precision=cfg.precision, batch_size=cfg.batch_size, device=device)
     return codec.decode(x.clamp(-1, 1) if meta.codec == "pixel" else x)
