@@ -318,6 +318,9 @@ def test_extras_rows_beside_their_controls_never_as_ours(run_dir, tmp_path, caps
     assert optional == {(m, k) for m in names for k in (2, 3)}
     assert {(r["method"], r["ipc"]) for r in rows if not r.get("optional")} == {
         ("minimax", 2), ("minimax", 3), ("random", 2), ("random", 3), ("full", None)}
+    # generated sets (ours and the optional generated rows) are scored by the reference classifier; real ones not
+    assert {r["method"] for r in rows if "generation_accuracy" in r} == {
+        "minimax", "minimax-pool2-herding", "minimax-pool2-random", "medoids-sigma1"}
     pool, ours = load_synthetic(run / "extras" / "pool"), load_synthetic(run / "sample" / "ipc3")
     assert torch.bincount(pool.labels).tolist() == [6] * 10                # K x the largest IPC per class
     for c in range(10):
@@ -332,6 +335,7 @@ def test_extras_rows_beside_their_controls_never_as_ours(run_dir, tmp_path, caps
     report = (run / "report.md").read_text()
     main_part, opt_part = report.split("## Optional rows")
     assert "| minimax-pool2-herding |" in opt_part and "| medoids |" in opt_part
+    assert "Generation accuracy of the minimax-pool2-herding set at IPC 2" in opt_part.split("## Images")[0]
     assert "pool2" not in main_part.split("## Images")[0] and "| minimax |" in main_part
     assert set(json.loads((run / "metrics.json").read_text())["sets"]) == {"minimax (IPC 3)", "random (IPC 3)"}
     stamp = (run / "extras" / "stage.json").stat().st_mtime_ns

@@ -178,7 +178,7 @@ def write_report(run: str | Path) -> Path:
         lines += ["## Accuracy", "", accuracy_tables(main), *generation_lines(main)]
         if optional:
             lines += ["## Optional rows (not the method's result)", "", OPTIONAL_NOTE, "",
-                      accuracy_tables(optional)]
+                      accuracy_tables(optional), *generation_lines(optional)]
         plot = accuracy_plot(main, fig_dir / "accuracy.png")
         if plot:
             lines += [f"![accuracy]({plot.relative_to(run)})", ""]

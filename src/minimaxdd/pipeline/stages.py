@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from minimaxdd.baselines.distribution_matching import DMConfig
+from minimaxdd.baselines.registry import METHODS as SELECTIONS
 from minimaxdd.baselines.registry import select
 from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.grid import save_grid
@@ -435,6 +436,7 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     stats = channel_stats(ds.x_train)
     items = _eval_items(cfg, sample, baselines, extras)
     optional = set(extras["methods"]) - set(cfg.evaluate.baselines) if extras else set()
+    generated = {method_name(cfg)} | (optional - set(SELECTIONS))     # the extras' real-image controls are not
     plan = {(model, protocol): _eval_todo(cfg, items, ds.fingerprint(), full, protocol)
             for model, protocol in itertools.product(ev.models, eval_protocols(cfg))}
     if set_aside_stale:
@@ -456,7 +458,8 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
                 teacher = teacher_classifier(ds, model, device, ev.image_size, ev.teacher_epochs, ev.precision)
             say(f"evaluate: {method} {'full data' if k is None else f'IPC {k}'} with {model}, {protocol} "
                 f"({ev.repeats} repeats)")
-            row = _evaluate_row(cfg, ds, stats, method, k, path, model, epochs, device, protocol, teacher)
+            row = _evaluate_row(cfg, ds, stats, method, k, path, model, epochs, device, protocol, teacher,
+                                method in generated)
             row["key"] = rk
             if method in optional:
                 row["optional"] = True
@@ -494,8 +497,9 @@ def _set_aside_stale(d: Path, expected: set[Path]) -> None:
 
 def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int | None, path: str | None,
                   model: str, epochs: int | None, device: torch.device, protocol_name: str,
-                  teacher: torch.nn.Module | None) -> dict:
-    """Train `repeats` classifiers on one set, test them on the real test set: one results row."""
+                  teacher: torch.nn.Module | None, generated: bool = False) -> dict:
+    """Train `repeats` classifiers on one set, test them on the real test set: one results row; a `generated`
+    set's row also has its generation accuracy (evaluate.generation_accuracy, hard-label protocols)."""
     ev = cfg.evaluate
     protocol = get_protocol(protocol_name)
     if k is None:
@@ -511,7 +515,7 @@ def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int
     row = {"method": method, "ipc": k, "model": model, "protocol": protocol.name, "mean": r.mean,
            "std": r.std, "runs": r.runs, "epochs": r.epochs, "per_class": r.per_class,
            "time_s": r.train_time_s, "num_images": r.num_images, "set": path, "image_size": r.image_size}
-    if k is not None and method == method_name(cfg) and ev.generation_accuracy and not protocol.soft:
+    if k is not None and generated and ev.generation_accuracy and not protocol.soft:
         g = generation_accuracy(ds, x, y, device=device)
         row["generation_accuracy"] = g["generation_accuracy"]
         row["reference_test_accuracy"] = g["reference_test_accuracy"]
