@@ -57,10 +57,14 @@ def main() -> None:
     ap.add_argument("--ipc", default=None, help="comma separated (default: the run's)")
     ap.add_argument("--pool", type=int, default=0, help="K: also the generate-K-x-IPC-keep-IPC rows")
     ap.add_argument("--prototypes", type=float, default=0.0, help="SIGMA: also the start-from-real-prototypes rows")
+    ap.add_argument("--extras-only", action="store_true",
+                    help="only the --pool / --prototypes rows (the run's own rows at its seed are in its report)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 beside another job on 2 cores)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    if a.extras_only and not (a.pool or a.prototypes):
+        ap.error("--extras-only needs --pool K and/or --prototypes SIGMA")
     flush_denormals()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -96,8 +100,9 @@ def main() -> None:
             if by_ipc.get(k, sample) != sample:     # this IPC's own choice: sampled on its own, as distill does
                 src, _ = sample_checkpoint(SampleConfig(**by_ipc[k], ckpt=ckpt, out="-", ipc=k * max(1, a.pool),
                                                         seed=seed, device=a.device))
-            score("generated", k, per_class_prefix(src, k), seed)
-            score("random real", k, select(ds, "random", k, seed, a.device), seed)
+            if not a.extras_only:
+                score("generated", k, per_class_prefix(src, k), seed)
+                score("random real", k, select(ds, "random", k, seed, a.device), seed)
             if a.pool:
                 pool = per_class_prefix(src, k * a.pool)
                 score(f"pool {a.pool}x, herding", k, keep_per_class(pool, k, feats_of(pool.images), seed), seed)
