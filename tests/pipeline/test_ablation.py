@@ -93,3 +93,9 @@ def test_a_row_set_aside_twice_keeps_both_copies(tmp_path):
     assert (d / "stale" / "random-ipc50-convnet3.json").read_text() == '{"key": "a"}'
     assert (d / "stale" / "random-ipc50-convnet3.1.json").read_text() == '{"key": "b"}'
     assert stale == ["random-ipc50-convnet3.1.json", "random-ipc50-convnet3.json"]
+
+
+def test_sweeps_over_decades_plot_on_a_log_axis():
+    from minimaxdd.pipeline.ablation import log_axis
+    assert log_axis([0.008, 0.08, 0.8]) and log_axis([8, 64, 256])
+    assert not log_axis([0, 0.002, 0.008]) and not log_axis([0.004, 0.008, 0.016]) and not log_axis([])

@@ -272,8 +272,14 @@ def sweep_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log_axis(values: list[float]) -> bool:
+    """Whether a sweep's values (e.g. 0.008, 0.08, 0.8) read better on a log axis: all positive, spanning 20x."""
+    return bool(values) and min(values) > 0 and max(values) >= 20 * min(values)
+
+
 def sweep_plot(res: dict, path: Path) -> Path:
-    """Accuracy (mean +- std) against the swept value, per IPC, with random real as dashed lines."""
+    """Accuracy (mean +- std) against the swept value, per IPC, with random real as dashed lines; a log axis
+    when the (positive) values span a factor of 20 or more."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -291,6 +297,8 @@ def sweep_plot(res: dict, path: Path) -> Path:
         rnd = next((r for r in res["random"] if r["ipc"] == k), None)
         if rnd is not None:
             ax.axhline(100 * rnd["mean"], ls="--", lw=1, color=line[0].get_color(), label=f"random real, IPC {k}")
+    if log_axis([p["value"] for p in res["points"]]):
+        ax.set_xscale("log")
     ax.set_xlabel(res["param"])
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
