@@ -436,7 +436,9 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     stats = channel_stats(ds.x_train)
     items = _eval_items(cfg, sample, baselines, extras)
     optional = set(extras["methods"]) - set(cfg.evaluate.baselines) if extras else set()
-    generated = {method_name(cfg)} | (optional - set(SELECTIONS))     # the extras' real-image controls are not
+    # sets of generated images (ours, the extras built from samples) get a generation accuracy; the extras'
+    # real-image controls (medoids) are selections and get none
+    generated = {method_name(cfg)} | (optional - set(SELECTIONS))
     plan = {(model, protocol): _eval_todo(cfg, items, ds.fingerprint(), full, protocol)
             for model, protocol in itertools.product(ev.models, eval_protocols(cfg))}
     if set_aside_stale:
