@@ -196,11 +196,11 @@ PRESET_HELP = ("a distill preset (name or .json path) whose data, finetune, samp
                "run chose with --set sample.cfg=...)")
 
 
-def _int_list(text: str) -> list[int]:
-    """argparse type for S,S,...: comma-separated non-negative integers."""
+def _seed_list(text: str) -> list[int]:
+    """argparse type for --seeds: `_int_list`, non-empty and non-negative."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+        values = _int_list(text)
+    except argparse.ArgumentTypeError:
         values = []
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers such as 0,1,2, got {text!r}")
@@ -216,7 +216,7 @@ def _parse_studies(sub: Any) -> None:
     p.add_argument("--objectives", default=",".join((NO_FINETUNING, *OBJECTIVES)),
                    help="comma separated; none = the base model unchanged (the paper's DiT column)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seeds", default=None, type=_int_list, metavar="S,S,...",
+    p.add_argument("--seeds", default=None, type=_seed_list, metavar="S,S,...",
                    help="sampling seeds, e.g. 0,1,2: each variant is fine-tuned once and sampled and evaluated "
                         "at each seed (random real at the same selection seeds); tables give mean +- std over "
                         "seeds (default: the config's seed alone, std over classifier repeats)")
@@ -234,7 +234,7 @@ def _parse_studies(sub: Any) -> None:
     p.add_argument("--objective", default=default_of(FinetuneConfig, "objective"), choices=list(OBJECTIVES))
     p.add_argument("--ipc", default="10")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--seeds", default=None, type=_int_list, metavar="S,S,...",
+    p.add_argument("--seeds", default=None, type=_seed_list, metavar="S,S,...",
                    help="sampling seeds, e.g. 0,1,2: each variant is fine-tuned once and sampled and evaluated "
                         "at each seed (random real at the same selection seeds); tables give mean +- std over "
                         "seeds (default: the config's seed alone, std over classifier repeats)")

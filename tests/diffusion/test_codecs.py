@@ -7,15 +7,21 @@ import torch
 from minimaxdd.errors import UserError
 
 
-def test_vae_codec_reads_scaling_and_caches_both_flips(tmp_path):
+def _tiny_vae(folder, sample_size: int):   # noqa: ANN001
+    """A two-level SD-style KL autoencoder (scaling 0.5, seeded) saved to `folder` as diffusers does."""
     diffusers = pytest.importorskip("diffusers")
-    from minimaxdd.diffusion.codecs import build_codec, encode_dataset
-
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                                  latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5)
-    vae.save_pretrained(tmp_path / "vae")
+                                  latent_channels=4, norm_num_groups=4, sample_size=sample_size, scaling_factor=0.5)
+    vae.save_pretrained(folder)
+    return vae
+
+
+def test_vae_codec_reads_scaling_and_caches_both_flips(tmp_path):
+    from minimaxdd.diffusion.codecs import build_codec, encode_dataset
+
+    vae = _tiny_vae(tmp_path / "vae", 16)
     codec = build_codec(f"vae:{tmp_path / 'vae'}", 3, 16)
     assert codec.scaling == 0.5 and codec.latent_size == 8 and codec.latent_channels == 4
     x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
@@ -38,16 +44,11 @@ def test_vae_codec_reads_scaling_and_caches_both_flips(tmp_path):
 
 def test_starting_from_real_images_through_a_vae_is_seeded_not_global(tmp_path):
     """from_real_images encodes with the VAE's posterior mean: the global RNG does not change its output."""
-    diffusers = pytest.importorskip("diffusers")
     from minimaxdd.diffusion import checkpoints as ckpt
     from minimaxdd.diffusion.generation import SampleConfig, from_real_images
     from minimaxdd.diffusion.networks import build_denoiser
 
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                                  latent_channels=4, norm_num_groups=4, sample_size=8, scaling_factor=0.5)
-    vae.save_pretrained(tmp_path / "vae")
+    _tiny_vae(tmp_path / "vae", 8)
     model = build_denoiser("dit-n/2", 4, 4, 3, learn_sigma=False)
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=f"vae:{tmp_path / 'vae'}", class_names=list("abc"),
                                class_map=[0, 1, 2], image_size=8, channels=3, formulation="edm")
