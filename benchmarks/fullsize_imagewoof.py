@@ -42,7 +42,7 @@ from minimaxdd.data.imagenet import IMAGEWOOF
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.networks import build_from_config
 from minimaxdd.files import write_json
-from minimaxdd.pipeline.config import build_config, load_distill_preset, merge, parse_set
+from minimaxdd.pipeline.config import build_config, load_distill_preset, merge, parse_set, resolve_precisions
 from minimaxdd.pipeline.distill import stage_steps
 from minimaxdd.pipeline.stages import STAGES
 
@@ -134,8 +134,8 @@ def distill_config(files: dict, tiny: bool, extra: dict) -> dict:
 
 def child(stage: str, config: Path, run: Path) -> None:
     """Run the stages up to `stage` (the earlier ones are done and skip), timing `stage`; write its record."""
-    cfg = build_config(None, json.loads(config.read_text()))
     dev = torch.device("cpu")
+    cfg = resolve_precisions(build_config(None, json.loads(config.read_text())), dev)
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "config.json", {**cfg.to_dict(), "device": str(dev)})
     done: dict = {}

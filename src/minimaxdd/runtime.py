@@ -89,16 +89,26 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")      # what a config may say; "auto" is resolved by minimaxdd.precision
+RESOLVED = ("fp32", "bf16")                # what a stage runs in
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """bf16 autocast on `device`'s type for precision "bf16"; a no-op context for "fp32"."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    """bf16 autocast on `device`'s type for precision "bf16"; a no-op context for "fp32". "auto" must have been
+    resolved first (`minimaxdd.precision.resolve_precision`), so that what runs is what gets recorded."""
+    if precision not in RESOLVED:
+        raise UserError(f"autocast needs a resolved precision ({' or '.join(RESOLVED)}), got {precision!r}"
+                        + ("; resolve it with minimaxdd.precision.resolve_precision" if precision == "auto" else ""))
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def agree_precision(precision: str, device: torch.device) -> str:
+    """Under torchrun, one precision for every process (call it on all of them): fp32 if any resolved to fp32."""
+    if dist.world() > 1:
+        return "fp32" if dist.any_flag(precision != "bf16", device) else "bf16"
+    return precision
 
 
 def flush_denormals() -> None:

@@ -25,7 +25,7 @@ def test_a_preset_stands_for_its_finetune_sample_and_evaluate_flags(capsys):
     from minimaxdd.errors import UserError
     from minimaxdd.pipeline.config import parse_set
     flags = parse_set(["finetune.steps=1000", "finetune.epochs=null", "finetune.ema=0.999", "sample.sampler=heun",
-                       "sample.steps=18", "sample.batch_size=250", "sample.precision=bf16", "sample.cfg=2.0",
+                       "sample.steps=18", "sample.batch_size=250", "sample.precision=auto", "sample.cfg=2.0",
                        'evaluate.models=["convnet3"]', "evaluate.protocol=dc", 'evaluate.epochs={"10":300,"50":100}'])
     by_flags = _config("runs/x/base", "fashion-mnist", "10,50", 3, flags, "cpu").to_dict()
     by_preset = _config("runs/x/base", None, "10,50", 3, {}, "cpu", preset="fashion-mnist").to_dict()

@@ -22,13 +22,13 @@ REQUIRED = object()
 TRAIN_DEFAULTS = dict(data=REQUIRED, out=REQUIRED, model="dit-t/2", codec="pixel", size=None, epochs=None, steps=None,
                       time_limit=None, batch=64, lr=1e-4, weight_decay=0.0, beta1=0.9, beta2=0.999, ema=0.9999,
                       ema_warmup=True, class_dropout=0.1, learn_sigma=None, flip=True, grad_clip=None,
-                      checkpoint_every=1000, keep=2, log_every=50, seed=0, precision="bf16", compile=False,
+                      checkpoint_every=1000, keep=2, log_every=50, seed=0, precision="auto", compile=False,
                       device="auto", resume=False, overwrite=False, preset=None, extra={})
 FINETUNE_DEFAULTS = dict(ckpt=REQUIRED, data=REQUIRED, out=REQUIRED, objective="minimax", lambda_r=0.002,
                          lambda_d=0.008, memory=64, reduction="matrix", trainable="difffit", batch=8, epochs=8,
                          steps=None, lr=1e-3, ema=0.9999, ema_warmup=False, class_dropout=0.1, codec=None,
                          class_map=None, synsets=None, size=None, classes=None, sync_memory=False,
-                         checkpoint_every=1000, log_every=50, seed=0, precision="bf16", compile=False,
+                         checkpoint_every=1000, log_every=50, seed=0, precision="auto", compile=False,
                          device="auto", resume=False, overwrite=False)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from minimaxdd.data.synthetic import SyntheticSet
 from minimaxdd.errors import DivergedError, UserError
 from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.files import save_atomic
+from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast, generator, progress
 
 
@@ -36,7 +37,7 @@ class DMConfig:
     momentum: float = 0.5
     batch_real: int = 256
     model: str = "convnet3"
-    precision: str = "bf16"       # ours: autocast on CPUs (the DM code runs fp32 on GPUs)
+    precision: str = "auto"       # ours: bf16 autocast where the machine runs it fast (the DM code runs fp32)
     checkpoint_every: int = 200   # ours: iterations between resumable state saves
 
 
@@ -76,6 +77,7 @@ def distribution_matching(ds: Dataset, ipc: int, seed: int = 0, device: str | to
     bytes as an uninterrupted run. The state file is removed on completion.
     """
     device = torch.device(device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))   # resumes only in the same precision
     k, (c, h, w) = ds.num_classes, ds.x_train.shape[1:]
     mean, std = channel_stats(ds.x_train)                                   # (C,) each
     real = normalise(ds.x_train, mean, std, device)                         # (N, C, H, W)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from minimaxdd.diffusion.samplers import PerImageNoise, sample_batches
 from minimaxdd.diffusion.schedule import mean_flat
+from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast
 
 SIGMA_DATA = 0.5        # std of the data in [-1, 1]: Karras et al. 2022, Sec. 5 and Table 1; edm EDMPrecond sigma_data
@@ -211,7 +212,7 @@ def guided_denoiser(model: nn.Module, y: torch.Tensor, scale: float, precision: 
         return model(x_in.to(dtype), c_noise, labels)
 
     def denoise_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        with autocast(x.device, precision if dtype == torch.float32 else "fp32"):
+        with autocast(x.device, resolve_precision(precision, x.device) if dtype == torch.float32 else "fp32"):
             if scale == 1.0:
                 return edm.denoise(net, x, sigma, y)
             D = edm.denoise(net, torch.cat([x, x]), sigma, torch.cat([y, null]))  # (2N, C, H, W)

@@ -27,6 +27,7 @@ from minimaxdd.diffusion.samplers import (
 )
 from minimaxdd.errors import UserError
 from minimaxdd.files import manifest, reading, run_lock
+from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
 from minimaxdd.settings import run_field, setting
 
@@ -61,7 +62,8 @@ class SampleConfig:
                                                   "checkpoint's default, else all")
     batch_size: int = setting(64, help="images per network call")
     weights: str = setting("ema", choices=("ema", "model"), help="EMA or raw weights")
-    precision: str = setting("fp32", choices=PRECISIONS, help="bf16: a bf16 copy of the network")
+    precision: str = setting("auto", choices=PRECISIONS, help="bf16: a bf16 copy of the network; auto: bf16 where "
+                                                              "this machine runs it fast, else fp32")
     compile: bool = setting(False, help="torch.compile the network (pays off for large sets)")
     budget_minutes: float | None = setting(None, help="generate class-balanced rounds until this budget ends and "
                                                       "keep what finished (the challenge's generative track: 10)")
@@ -162,6 +164,10 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
         meta = ckpt.read_meta(file)
     cfg, sources = with_checkpoint_defaults(cfg, meta.defaults)
     resolve_sampler(cfg, meta.formulation)             # the checks that need the formulation come first
+    requested = cfg.precision
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(requested, device))
+    if dist.is_main():
+        print(f"[sample] {precision_line(requested, cfg.precision, device)}", file=sys.stderr, flush=True)
     channels = meta.model.get("in_channels")
     if cfg.cfg_channels is not None and channels is not None and not 1 <= cfg.cfg_channels <= channels:
         raise UserError(f"--cfg-channels {cfg.cfg_channels}: the model has {channels} latent channels; give 1 to "
@@ -189,7 +195,8 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     info = {"sample_time_s": round(t_sample, 3), "images_per_s": round(len(images) / max(t_sample, 1e-9), 3),
             "checkpoint": str(ckpt.resolve(cfg.ckpt)), "checkpoint_step": meta.step, "class_map": meta.class_map,
             "num_images": len(images), "sampler": what,
-            "settings": effective_settings(cfg, sources, meta.formulation)}
+            "settings": effective_settings(cfg, sources, meta.formulation),
+            **describe_precision(requested, cfg.precision, device)}
     if budget is not None:
         info["budget"] = budget
     return s, info
@@ -210,6 +217,7 @@ def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tens
         raise UserError(f"starting from real images needs a model of the edm formulation; {file} is {meta.formulation} "
                         "(train the base with --set base.train.formulation=edm, or drop the prototypes row)")
     cfg, _ = with_checkpoint_defaults(cfg, meta.defaults)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     sampler, steps = resolve_sampler(cfg, meta.formulation)
     with reading(file, fix):
         model, meta = ckpt.load(file, cfg.weights, device)

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from minimaxdd import distributed as dist
 from minimaxdd.diffusion.schedule import NUM_TIMESTEPS, Diffusion
+from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast, progress
 
 # 2^64 / golden ratio, the increment of SplitMix64 (Steele, Lea & Flood, OOPSLA 2014); we use it to mix
@@ -63,7 +64,7 @@ def guided_fn(model: nn.Module, y: torch.Tensor, scale: float, cfg_channels: int
     dtype = torch.float32 if p0 is None else p0.dtype   # a model cast to bf16 runs without autocast
 
     def net(x: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
-        with autocast(x.device, precision if dtype == torch.float32 else "fp32"):
+        with autocast(x.device, resolve_precision(precision, x.device) if dtype == torch.float32 else "fp32"):
             xin = x.to(dtype)
             if scale == 1.0:
                 return model(xin, mt, y).float()
@@ -213,7 +214,7 @@ def sampling_network(model: nn.Module, precision: str = "fp32", compile: bool = 
     serves inference only and does not see later changes to `model`'s weights.
     """
     model.eval()
-    if precision == "bf16":
+    if resolve_precision(precision, next(model.parameters(), torch.empty(0)).device) == "bf16":
         model = copy.deepcopy(model).to(torch.bfloat16)
     if compile:
         model = torch.compile(model)   # attributes (num_classes, ...) pass through; frozen by `generate`

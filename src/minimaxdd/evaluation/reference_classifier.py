@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,7 @@ from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.evaluation.protocols import PROTOCOLS
 from minimaxdd.evaluation.train_test import accuracy, predict, resize_images, train_classifier
 from minimaxdd.files import cache_dir, save_atomic
+from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import progress
 
 # Ours: a fixed budget of ~100k training images seen (20 epochs of a 5k-image pool, 2 of Fashion-MNIST),
@@ -30,7 +31,7 @@ class ReferenceConfig:
     model: str = "convnet3"
     epochs: int | None = None  # None: about 100k training images seen, 1 to 50 epochs
     seed: int = 0
-    precision: str = "bf16"
+    precision: str = "auto"    # resolved before keying the cache: a classifier trained in bf16 is not an fp32 one
 
     def epochs_for(self, n: int) -> int:
         """Epochs over a training set of n images: `epochs` if given, else about REFERENCE_IMAGES_SEEN / n."""
@@ -49,6 +50,7 @@ def reference_classifier(ds: Dataset, cfg: ReferenceConfig = ReferenceConfig(), 
     and DSA, loaded from the cache when the same data and config were trained before. The test
     images are never read."""
     device = torch.device(device)
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
     path = cache_dir() / "reference" / f"{_key(ds, cfg)}.pt"
     model = build_model(cfg.model, ds.channels, ds.num_classes, ds.size)
     if use_cache and path.exists():
@@ -73,7 +75,7 @@ def at_size(ds: Dataset, size: int | None) -> Dataset:
 
 
 def teacher_classifier(ds: Dataset, model: str, device: str | torch.device = "cpu", image_size: int | None = None,
-                       epochs: int | None = None, precision: str = "bf16") -> nn.Module:
+                       epochs: int | None = None, precision: str = "auto") -> nn.Module:
     """The teacher of the soft-label protocols: a `model` trained on all of ds's training images (at
     `image_size`, the evaluation's) as the reference classifier is, cached the same way, frozen (eval mode,
     no gradients). Its schedule is fixed in advance; the test set never selects it."""
@@ -99,6 +101,7 @@ def generation_accuracy(ds: Dataset, images: torch.Tensor, labels: torch.Tensor,
                         cfg: ReferenceConfig = ReferenceConfig(), device: str | torch.device = "cpu") -> dict:
     """How often the full-data reference classifier assigns a generated image to the class it was
     conditioned on (overall and per class), next to the same classifier's real test accuracy."""
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
     model = reference_classifier(ds, cfg, device)
     stats = channel_stats(ds.x_train)
     dev = torch.device(device)

@@ -14,6 +14,7 @@ from minimaxdd.evaluation.protocols import PROTOCOLS, get_protocol
 from minimaxdd.evaluation.reference_classifier import generation_accuracy, teacher_classifier
 from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.files import write_json
+from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
 from minimaxdd.settings import run_field, setting
 
@@ -32,7 +33,8 @@ class EvaluateConfig:
                             help="training recipe and augmentation; *-soft: the same with a teacher's soft labels")
     repeats: int = setting(3, help="classifiers trained, each with its own seed")
     epochs: int | None = setting(None, help="override the protocol's epoch count (quick runs; say so when quoting)")
-    precision: str = setting("bf16", choices=PRECISIONS, help="autocast for training")
+    precision: str = setting("auto", choices=PRECISIONS, help="autocast for training; auto: bf16 where this "
+                                                              "machine runs it fast, else fp32")
     compile: bool = setting(False, help="train the classifiers through torch.compile (a compile of seconds, "
                                         "then faster steps; BENCHMARKS.md)")
     generation_accuracy: bool = setting(False, help="also report how often a full-data classifier assigns each "
@@ -53,19 +55,23 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     if cfg.synth is None and not cfg.full:
         raise UserError("evaluate needs a synthetic set (SYNTH) or --full")
     device = dist.setup(pick_device(cfg.device))
+    precision = resolve_precision(cfg.precision, device)
+    if dist.is_main():
+        print(f"[evaluate] {precision_line(cfg.precision, precision, device)}", flush=True)
     real = load_dataset(cfg.real, size=cfg.size)
     if cfg.full:
         x, y = real.x_train, real.y_train
     else:
         s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size)
         x, y = s.images, s.labels
-    teacher = (teacher_classifier(real, cfg.model, device, cfg.image_size, cfg.teacher_epochs, cfg.precision)
+    teacher = (teacher_classifier(real, cfg.model, device, cfg.image_size, cfg.teacher_epochs, precision)
                if protocol.soft else None)
     res = evaluate_set(x, y, real.x_test, real.y_test, real.num_classes, cfg.model, protocol, cfg.repeats,
-                       cfg.epochs, cfg.seed, device, cfg.precision, stats=channel_stats(real.x_train),
+                       cfg.epochs, cfg.seed, device, precision, stats=channel_stats(real.x_train),
                        compile=cfg.compile, image_size=cfg.image_size, teacher=teacher)
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
-           "class_names": real.class_names, "config": asdict(cfg)}
+           "class_names": real.class_names, "config": asdict(cfg),
+           **describe_precision(cfg.precision, precision, device)}
     if protocol.soft:
         out["teacher"] = f"{cfg.model} trained on all {len(real.x_train)} real training images (cached)"
     if cfg.generation_accuracy and not cfg.full:

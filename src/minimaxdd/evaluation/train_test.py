@@ -23,6 +23,7 @@ from minimaxdd.data.dataset import channel_stats, normalise
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.evaluation.protocols import PROTOCOLS, Protocol
+from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast, generator, progress
 
 
@@ -64,7 +65,7 @@ class _Run:
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_classes: int,
                      protocol: Protocol, epochs: int, seed: int, device: torch.device,
-                     precision: str = "bf16", desc: str = "train", compile: bool = False,
+                     precision: str = "auto", desc: str = "train", compile: bool = False,
                      stats: augment.Stats | None = None, teacher: nn.Module | None = None) -> nn.Module:
     """Train `model_name` from scratch on normalised images x (N, C, H, W) float on `device`
     and labels y (N,) with `protocol`, for `epochs` epochs. Returns the model in eval mode.
@@ -78,6 +79,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
         raise UserError(f"protocol {protocol.name} " + ("needs a teacher (reference_classifier.teacher_classifier)"
                                                          if protocol.soft else "trains on hard labels: no teacher"))
     n, c, h, _ = x.shape
+    precision = resolve_precision(precision, device)
     with torch.random.fork_rng(devices=[]):  # initialisation from the seed, global RNG untouched
         torch.manual_seed(seed)
         model = build_model(model_name, c, num_classes, h).to(device)
@@ -139,9 +141,10 @@ def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, fl
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, precision: str = "bf16", batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, precision: str = "auto", batch_size: int = 1024) -> torch.Tensor:
     """Class predictions (N,) for normalised images x."""
     dev = next(model.parameters()).device
+    precision = resolve_precision(precision, dev)
     out = []
     for i in range(0, len(x), batch_size):
         with autocast(dev, precision):
@@ -200,7 +203,7 @@ def resize_images(x: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
 def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                  num_classes: int, model: str = "convnet3", protocol: Protocol | None = None,
                  repeats: int = 3, epochs: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                 precision: str = "bf16", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 precision: str = "auto", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
                  compile: bool = False, image_size: int | None = None,
                  teacher: nn.Module | None = None) -> EvalResult:
     """Train `repeats` classifiers on uint8 images x_train (N, C, H, W) with labels y_train and
@@ -225,6 +228,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
             raise UserError(f"the evaluation image size must be at least 8 pixels, got {image_size}")
         x_train, x_test = resize_images(x_train, image_size), resize_images(x_test, image_size)
     device = torch.device(device)
+    precision = resolve_precision(precision, device)       # recorded as used, not as asked
     ipc = images_per_class(y_train, num_classes)
     n_epochs = epochs if epochs is not None else protocol.epochs_for(ipc, num_classes)
     mean, std = stats if stats is not None else channel_stats(x_train)

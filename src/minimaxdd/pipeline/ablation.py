@@ -29,6 +29,7 @@ from minimaxdd.pipeline.config import (
     load_distill_preset,
     merge,
     method_name,
+    resolve_precisions,
 )
 from minimaxdd.pipeline.stages import (
     say,
@@ -82,7 +83,8 @@ def _config(base: str, data: str | None, ipcs: str | list[int], repeats: int, ov
             layer["evaluate"]["protocol"] = from_base
     cfg = build_config(pre, merge(layer, overrides))
     say(f"evaluation protocol {cfg.evaluate.protocol} ({source})")
-    return dataclasses.replace(cfg, device=str(pick_device(device)))
+    dev = pick_device(device)
+    return resolve_precisions(dataclasses.replace(cfg, device=str(dev)), dev)   # stage keys hold the precision used
 
 
 def _seed_dirs(root: Path, cfg: DistillConfig, seeds: list[int] | None) -> list[tuple[Path, DistillConfig]]:

@@ -83,14 +83,18 @@ def stage_choose(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
     cands = candidates(cfg)
     conf = {"choose": choice_conf(cfg), "candidates": cands}
     size = [cfg.evaluate.image_size] if cfg.evaluate.image_size else []     # absent when unset: older keys hold
+    # the classifiers' precision; absent for bf16, which every run before `auto` used, so those keys hold
+    prec = [("precision", cfg.evaluate.precision)] if cfg.evaluate.precision != "bf16" else []
     st = Stage(run, "choose", key_of(ft["key"], conf, to_dict(cfg.sample), cfg.evaluate.models[0],
-                                     cfg.evaluate.protocol, cfg.seed, *size), conf, force)
+                                     cfg.evaluate.protocol, cfg.seed, *size, *prec), conf, force)
     if st.done:
         say(f"choose: done ({st.record.get('by_ipc') or st.record['sample']}), skipped")
         return st.record
     st.begin(device)
     if len(cands) == 1:
         return st.finish(device, sample=cands[0], scores=None)
+    say(f"choose: {len(cands)} candidates, sampled in {cfg.sample.precision}, scored by {cfg.evaluate.models[0]} "
+        f"trained in {cfg.evaluate.precision}")
     ds = load_dataset(cfg.data, size=cfg.size)
     split = validation_split(ds, cfg.choose.val_fraction, cfg.seed)
     ipcs = cfg.ipc if cfg.choose.per_ipc else [cfg.choose.ipc or min(cfg.ipc)]

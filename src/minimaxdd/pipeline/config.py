@@ -16,6 +16,7 @@ key and value; an error names the key, the type expected and the allowed values.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS
 from minimaxdd.evaluation.runner import EvaluateConfig
 from minimaxdd.pipeline.presets import load_preset_file
+from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import PRECISIONS
 from minimaxdd.settings import (
     build,
@@ -224,6 +226,34 @@ def check(cfg: DistillConfig) -> None:
                         f"(e.g. 2.0), or null for no such rows; got {x.prototypes}")
     if (x.pool or x.prototypes is not None) and cfg.phases > 1:
         raise UserError("extras.pool / extras.prototypes need a one-model run; set phases=1 or drop them")
+
+
+# where a distill config says a precision (base.train.precision, ...)
+PRECISION_KEYS = (("base", "train"), ("finetune",), ("sample",), ("evaluate",), ("evaluate", "dm"))
+
+
+def precisions(cfg: DistillConfig) -> dict[str, str]:
+    """{"base.train": "auto", "finetune": "bf16", ...}: the precision each section says."""
+    out = {}
+    for path in PRECISION_KEYS:
+        section: Any = cfg
+        for name in path:
+            section = getattr(section, name)
+        out[".".join(path)] = section.precision
+    return out
+
+
+def resolve_precisions(cfg: DistillConfig, device: Any) -> DistillConfig:
+    """`cfg` with every precision replaced by the one this machine runs ("auto" resolved; see
+    minimaxdd.precision): the stage keys and stage.json files then hold the precision used, so a result
+    computed in one precision is never reused by a run asked to compute in another."""
+    def swap(section: Any, path: tuple[str, ...]) -> Any:
+        if not path:
+            return dataclasses.replace(section, precision=resolve_precision(section.precision, device))
+        return dataclasses.replace(section, **{path[0]: swap(getattr(section, path[0]), path[1:])})
+    for path in PRECISION_KEYS:
+        cfg = swap(cfg, path)
+    return cfg
 
 
 def set_name(objective: str) -> str:

@@ -49,6 +49,7 @@ from minimaxdd.evaluation.protocols import SOFT_SUFFIX, get_protocol
 from minimaxdd.evaluation.reference_classifier import generation_accuracy, teacher_classifier
 from minimaxdd.files import manifest, write_json
 from minimaxdd.pipeline.config import NO_FINETUNING, DistillConfig, method_name
+from minimaxdd.precision import resolve_precision
 from minimaxdd.settings import to_dict
 from minimaxdd.training.finetune import FinetuneConfig, class_mapping, finetune, load_base, merge_defaults
 from minimaxdd.training.loop import TrainConfig
@@ -147,7 +148,8 @@ def stage_base(run: Path, cfg: DistillConfig, force: bool, device: torch.device)
         return st.record
     resume = st.resumable and bool(ckpt.list_checkpoints(st.dir))
     st.begin(device)
-    say(f"base: {'resuming' if resume else 'training'} {b.train.model} from scratch on {cfg.data}")
+    say(f"base: {'resuming' if resume else 'training'} {b.train.model} from scratch on {cfg.data} "
+        f"in {b.train.precision}")
     info = train(TrainConfig(**tcfg, out=str(st.dir), device=str(device), resume=resume, overwrite=not resume))
     return st.finish(device, checkpoint=info["checkpoint"], codec=None, pretrained=False,
                      steps=info["steps"], images_per_s=info["images_per_s"], stopped=info["stopped"])
@@ -173,7 +175,8 @@ def stage_finetune(run: Path, cfg: DistillConfig, base: dict, force: bool, devic
         return _finetune_phases(st, cfg, base, phases, device)
     resume = st.resumable and bool(ckpt.list_checkpoints(st.dir))
     st.begin(device)
-    say(f"finetune: {'resuming' if resume else 'starting'} {objective} fine-tuning of {base['checkpoint']}")
+    say(f"finetune: {'resuming' if resume else 'starting'} {objective} fine-tuning of {base['checkpoint']} "
+        f"in {cfg.finetune.precision}")
     info = finetune(_finetune_config(cfg, base, st.dir, resume, device), defaults=checkpoint_defaults(cfg))
     man = json.loads((st.dir / "manifest.json").read_text())
     return st.finish(device, checkpoint=info["checkpoint"], objective=objective, steps=info["steps"],
@@ -287,7 +290,7 @@ def _sample_sets(st: Stage, cfg: DistillConfig, ft: dict, device: torch.device
                  ) -> tuple[dict[str, str], dict, SyntheticSet]:
     """max(cfg.ipc) images per class with cfg.sample, and each of cfg.ipc's per-class prefix written to
     st.dir/ipc<k>: ({ipc: path}, the sampling info, the whole sample)."""
-    say(f"sample: {max(cfg.ipc)} images per class")
+    say(f"sample: {max(cfg.ipc)} images per class in {cfg.sample.precision}")
     if ft.get("phases"):
         full, info = _sample_phases(cfg, ft, st.dir, device)
     else:
@@ -459,7 +462,7 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
                 say(f"evaluate: the {protocol} teacher, {model} on the full training set (cached)")
                 teacher = teacher_classifier(ds, model, device, ev.image_size, ev.teacher_epochs, ev.precision)
             say(f"evaluate: {method} {'full data' if k is None else f'IPC {k}'} with {model}, {protocol} "
-                f"({ev.repeats} repeats)")
+                f"({ev.repeats} repeats, {ev.precision})")
             row = _evaluate_row(cfg, ds, stats, method, k, path, model, epochs, device, protocol, teacher,
                                 method in generated)
             row["key"] = rk
@@ -533,7 +536,10 @@ def stage_metrics(run: Path, cfg: DistillConfig, sample: dict, baselines: dict, 
     # accuracies of the run's own protocol; the optional rows (extras) are not diagnosed
     rows = [r for r in rows if r["protocol"] == cfg.evaluate.protocol and not r.get("optional")]
     sets = {r["method"]: r["set"] for r in rows if r["ipc"] == k and r["set"]}
-    key = key_of(sample["key"], baselines["key"], sorted(sets), cfg.seed)
+    # the reference classifier's precision (the features'); absent for bf16, as every earlier run's
+    prec = resolve_precision("auto", device)
+    key = key_of(sample["key"], baselines["key"], sorted(sets), cfg.seed,
+                 *([("precision", prec)] if prec != "bf16" else []))
     out = run / "metrics.json"
     if out.exists() and not force and json.loads(out.read_text()).get("key") == key:
         say("metrics: done, skipped")

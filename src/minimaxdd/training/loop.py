@@ -42,7 +42,15 @@ from minimaxdd.files import (
     save_atomic,
     write_json,
 )
-from minimaxdd.runtime import PRECISIONS, autocast, flush_denormals, pick_device, progress
+from minimaxdd.precision import precision_line, resolve_precision
+from minimaxdd.runtime import (
+    PRECISIONS,
+    agree_precision,
+    autocast,
+    flush_denormals,
+    pick_device,
+    progress,
+)
 from minimaxdd.settings import run_field, setting
 
 _MIX = 0x9E3779B97F4A7C15
@@ -91,7 +99,9 @@ class LoopConfig:
     checkpoint_every: int = setting(1000, help="steps between checkpoints")
     keep: int = setting(2, help="checkpoints kept besides the final one")
     log_every: int = setting(50, help="steps between lines of log.jsonl")
-    precision: str = setting("bf16", help="autocast precision of the network", choices=PRECISIONS)
+    precision: str = setting("auto", help="autocast precision of the network; auto: bf16 where this machine runs "
+                                          "it fast (CUDA with bf16, a CPU measured to), else fp32",
+                             choices=PRECISIONS)
     compile: bool = setting(False, help="torch.compile the network: a one-off compile, then fused elementwise ops")
     seed: int = run_field(0, help="seeds every draw: order, flips, label dropout, timesteps, noise")
     device: str = run_field("auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -645,6 +655,11 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Loop
     flush_denormals()
     world = dist.world()
     per_epoch, total = _check(cfg, len(targets), world)
+    requested = cfg.precision
+    # what config.json records; one precision for all processes under torchrun
+    cfg = dataclasses.replace(cfg, precision=agree_precision(resolve_precision(requested, device), device))
+    if dist.is_main():
+        print(f"[{desc}] {precision_line(requested, cfg.precision, device)}", flush=True)
     with run_lock(cfg.out, enabled=dist.is_main()):
         fresh = not Path(cfg.out).exists()
         resume_from = _open_run(cfg)
@@ -657,6 +672,7 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Loop
                                                     "world_size": world})
             _wrap(tr)
             info, wall = _loop(tr, targets, step, per_epoch, total, step_loss, desc)
+            info.update(precision=cfg.precision, precision_requested=requested)
             if dist.is_main():
                 write_json(tr.run / "manifest.json", manifest(
                     asdict(cfg), cfg.seed, wall, **info, world_size=world,
