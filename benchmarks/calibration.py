@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--full-epochs", type=int, default=0, help="also train on the full training set (0: skip)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default="convnet3")
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto", help="auto: bf16 where this machine runs it fast, else fp32")
     ap.add_argument("--dm-iterations", type=int, default=20000, help="dm rows: iterations (the DM paper: 20000)")
     ap.add_argument("--dm-batch-real", type=int, default=256, help="dm rows: real images per class per iteration")
     a = ap.parse_args()

@@ -35,7 +35,7 @@ def main():
     ap.add_argument("--grid", default=None, help="PNG of the first row's images (10 per class)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cfg", type=float, default=1.0)
-    ap.add_argument("--precision", default="bf16", help="sampling precision")
+    ap.add_argument("--precision", default="auto", help="sampling precision (auto: bf16 where this machine runs it fast)")
     ap.add_argument("--batch-size", type=int, default=100)
     a = ap.parse_args()
     ds = load_dataset(a.real)

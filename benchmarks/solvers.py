@@ -38,7 +38,7 @@ def main() -> None:
         synth, result = Path(a.work) / name, Path(a.work) / f"{name}-eval.json"
         if not result.exists():
             subprocess.run(cli + ["sample", a.ckpt, "--ipc", str(a.ipc), "--sampler", sampler, "--spacing", spacing,
-                                  "--steps", steps, "--seed", seed, "--precision", "bf16",
+                                  "--steps", steps, "--seed", seed, "--precision", "auto",
                                   "--batch-size", str(10 * a.ipc), "--out", str(synth), "--overwrite"], check=True)
             subprocess.run(cli + ["evaluate", str(synth), "--real", a.real, "--epochs", str(a.epochs),
                                   "--generation-accuracy", "--out", str(result)], check=True)

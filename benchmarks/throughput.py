@@ -33,6 +33,7 @@ from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.evaluation.protocols import PROTOCOLS
 from minimaxdd.evaluation.train_test import train_classifier
 from minimaxdd.files import write_json
+from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast
 
 DC = PROTOCOLS["dc"]
@@ -134,12 +135,13 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads"
     print(machine)
+    ours = resolve_precision("auto", "cpu")     # what `evaluate` runs in by default on this machine
     for model, n in (("convnet3", a.images), ("resnet18", a.images // 8)) if a.only != "dc" else ():
         for prec in ("fp32", "bf16"):
             pair("throughput", n, model, 2, prec, prec)  # same precision: the loop alone
-        pair("throughput", n, model, 2, "bf16", "fp32")  # as each is run by default
+        pair("throughput", n, model, 2, ours, "fp32")  # as each is run by default
     for ipc in (10, 50) if a.only != "throughput" else ():
-        pair(f"dc evaluation, IPC {ipc}", ipc * 10, "convnet3", a.epochs, "bf16", "fp32")
+        pair(f"dc evaluation, IPC {ipc}", ipc * 10, "convnet3", a.epochs, ours, "fp32")
     for r in rows:
         if r["what"].startswith("dc"):
             r["ours_projected_1000_epochs_s"] = r["ours_s_per_epoch"] * DC.epochs

@@ -29,6 +29,8 @@ from minimaxdd.runtime import autocast
 SIGMA_DATA, P_MEAN, P_STD = 0.5, -1.2, 1.2   # EDM (Karras et al. 2022, Table 1)
 VARIANTS = {   # name -> (precision, channels_last, compile)
     "eager-fp32": ("fp32", False, False),
+    "eager-fp32-cl": ("fp32", True, False),
+    "compiled-fp32": ("fp32", False, True),
     "eager-bf16": ("bf16", False, False),
     "eager-bf16-cl": ("bf16", True, False),
     "compiled-bf16": ("bf16", False, True),

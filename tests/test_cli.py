@@ -11,7 +11,7 @@ import pytest
 
 from minimaxdd.cli import main
 
-FAST = ["--precision", "fp32", "--device", "cpu"]  # bf16 autocast is the default, and slow on CPUs
+FAST = ["--precision", "fp32", "--device", "cpu"]  # the same arithmetic on every machine (auto is the default)
 
 
 def test_select_then_evaluate(tmp_path, capsys):
@@ -33,6 +33,7 @@ def test_select_then_evaluate(tmp_path, capsys):
     assert res["model"] == "convnet3" and res["protocol"] == "dc" and res["ipc"] == 5 and res["seed"] == 4
     assert res["epochs"] == 10 and res["num_images"] == 50 and res["synth"] == str(d)
     assert res["config"]["precision"] == "fp32" and len(res["per_class"]) == 10
+    assert res["precision"] == "fp32" and res["precision_requested"] == "fp32" and "precision fp32" in out
     assert f"{100 * res['mean']:.2f}" in out and "per-class accuracy" in out and str(r) in out
 
 
@@ -79,3 +80,15 @@ def test_python_dash_m_help():
                        timeout=120)
     assert p.returncode == 0, p.stderr
     assert "select" in p.stdout and "evaluate" in p.stdout and p.stdout.startswith("usage: minimaxdd")
+
+
+def test_machine_reports_the_measurement_and_the_choice(tmp_path, monkeypatch, capsys):
+    from minimaxdd import precision as P
+    monkeypatch.setenv("MINIMAXDD_CACHE", str(tmp_path))
+    monkeypatch.setattr(P, "_decided", {})
+    assert main(["machine"]) == 0
+    out = capsys.readouterr().out
+    choice = json.loads((tmp_path / P.CACHE_FILE).read_text())["machines"][P.machine_key()]["choice"]
+    assert f"precision auto on the CPU: {choice}" in out and "bf16 autocast against fp32" in out
+    assert P.cpu_capability() in out and str(tmp_path) in out
+    assert main(["machine"]) == 0 and "from the cache" in capsys.readouterr().out

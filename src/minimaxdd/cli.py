@@ -47,6 +47,7 @@ from minimaxdd.pipeline.distill import distill
 from minimaxdd.pipeline.presets import describe, list_presets, load_preset
 from minimaxdd.pipeline.report import write_report
 from minimaxdd.pipeline.stages import STAGES
+from minimaxdd.precision import machine_report
 from minimaxdd.runtime import flush_denormals
 from minimaxdd.settings import build, default_of, field_types, type_name
 from minimaxdd.training.finetune import FinetuneConfig
@@ -272,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)write RUN/report.md from a distill run")
     p.add_argument("run", help="a distill run directory")
     sub.add_parser("presets", help="list the named presets")
+    p = sub.add_parser("machine", help="this machine's CPU, its measured bf16 speed and the precision `auto` picks")
+    p.add_argument("--remeasure", action="store_true", help="measure again instead of reading the cache")
     return ap
 
 
@@ -411,6 +414,11 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_machine(a: argparse.Namespace) -> int:
+    print(machine_report(a.remeasure))
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     print(f"wrote {write_report(a.run)}")
     return 0
@@ -420,7 +428,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "select": cmd_select, "evaluate": cmd_evaluate, "demo": cmd_demo, "datasets": cmd_datasets,
     "train": cmd_train, "sample": cmd_sample, "finetune": cmd_finetune, "presets": cmd_presets,
     "distill": cmd_distill, "report": cmd_report, "metrics": cmd_metrics, "ablation": cmd_ablation,
-    "sweep": cmd_sweep}
+    "sweep": cmd_sweep, "machine": cmd_machine}
 
 
 def _quiet_broken_pipe() -> int:

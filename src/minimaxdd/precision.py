@@ -1,11 +1,12 @@
-"""Precision chosen by what the machine can do: `resolve("auto", device)` -> "bf16" or "fp32".
+"""Precision chosen by what the machine can do: `resolve_precision("auto", device)` -> "bf16" or "fp32".
 
 On CUDA, bf16 where the device supports it. On a CPU, bf16 only where it is natively fast: many CPUs
 (AVX2 only: AMD Zen 3, most laptops) have no bf16 arithmetic, and torch then emulates it ~5-60x slower
 than fp32 (BENCHMARKS.md, "Precision chosen by the machine"). Whether a CPU is fast in bf16 is decided
-by measuring it, not by its name: a micro-benchmark (~50 ms) times a Linear and a 3x3 convolution of the
-sizes our U-Nets and classifiers use, under bf16 autocast and in fp32, and bf16 is chosen where it takes
-at most BF16_MAX_RATIO of fp32's time. The result is cached in the cache folder (precision.json), keyed by
+by what it does, not by its name: torch's CPU capability must allow native bf16 at all (on x86, AVX512),
+and a micro-benchmark (~0.1 s) times a Linear and a 3x3 convolution of the sizes our U-Nets and
+classifiers use, under bf16 autocast and in fp32; bf16 is chosen where it takes at most BF16_MAX_RATIO
+of fp32's time. The result is cached in the cache folder (precision.json), keyed by
 the CPU model, torch's version, torch's CPU capability and the ISA limits a user may set
 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), so a machine measures itself once per setting.
 
@@ -76,35 +77,42 @@ def _layers() -> list[tuple[nn.Module, torch.Tensor]]:
     return [(conv, torch.randn(8, 64, 8, 8, generator=g)), (lin, torch.randn(256, 256, generator=g))]
 
 
-def _time(fn: Callable[[], Any], reps: int) -> float:
-    """The fastest of `reps` calls of `fn`, in seconds, after one untimed call (kernel selection, JIT)."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def measure_cpu(reps: int = 3) -> dict:
-    """Seconds per forward of the layers of `_layers` in fp32 and under bf16 autocast on this CPU."""
+def measure_cpu(reps: int = 5) -> dict:
+    """Milliseconds per forward of the layers of `_layers` in fp32 and under bf16 autocast on this CPU: the
+    fastest of `reps` calls of each, interleaved so that a load from another process weighs on both alike."""
     layers = _layers()
 
-    def run(precision: str) -> Callable[[], None]:
-        def call() -> None:
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                for layer, x in layers:
-                    layer(x)
-        return call
+    def call(precision: str) -> None:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            for layer, x in layers:
+                layer(x)
 
-    fp32 = _time(run("fp32"), reps)
-    bf16 = _time(run("bf16"), reps)
+    best = {"fp32": float("inf"), "bf16": float("inf")}
+    for p in best:
+        call(p)                                   # kernel selection and JIT, untimed
+    for _ in range(reps):
+        for p in best:
+            t = time.perf_counter()
+            call(p)
+            best[p] = min(best[p], time.perf_counter() - t)
+    fp32, bf16 = best["fp32"], best["bf16"]
     return {"fp32_ms": round(fp32 * 1e3, 3), "bf16_ms": round(bf16 * 1e3, 3), "ratio": round(bf16 / fp32, 3)}
 
 
-def decide(measured: dict) -> str:
-    """bf16 where it took at most BF16_MAX_RATIO of fp32's time, else fp32."""
+def bf16_possible(capability: str, machine: str | None = None) -> bool:
+    """Whether the CPU can have native bf16 at all. On x86, bf16 arithmetic (AVX512-BF16, AMX) comes only with
+    AVX-512, so torch's capability must say AVX512; a CPU at AVX2 (or limited to it by ATEN_CPU_CAPABILITY)
+    emulates bf16, and a noisy measurement must not choose it. Other architectures: the measurement decides."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return capability.upper().startswith("AVX512")
+    return True
+
+
+def decide(measured: dict, capability: str | None = None) -> str:
+    """bf16 where the CPU can have it natively and it took at most BF16_MAX_RATIO of fp32's time, else fp32."""
+    if capability is not None and not bf16_possible(capability):
+        return "fp32"
     return "bf16" if measured["bf16_ms"] <= BF16_MAX_RATIO * measured["fp32_ms"] else "fp32"
 
 
@@ -120,19 +128,19 @@ def _read_cache() -> dict:
     return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {}
 
 
-def cpu_choice(measure: Callable[[], dict] = measure_cpu) -> dict:
+def cpu_choice(measure: Callable[[], dict] = measure_cpu, remeasure: bool = False) -> dict:
     """This CPU's measurement and choice: {choice, fp32_ms, bf16_ms, ratio, capability, cpu, measured}, from
-    this process's memory, else the cache folder, else measured now (and cached)."""
+    this process's memory, else the cache folder, else measured now (and cached); `remeasure`: measured now."""
     key = machine_key()
-    if key in _decided:
+    if key in _decided and not remeasure:
         return _decided[key]
-    cached = _read_cache().get("machines", {}).get(key)
+    cached = None if remeasure else _read_cache().get("machines", {}).get(key)
     if isinstance(cached, dict) and cached.get("choice") in RESOLVED:
         _decided[key] = {**cached, "cached": True}
         return _decided[key]
     rec = {**measure(), "cpu": cpu_model(), "capability": cpu_capability(), "torch": torch.__version__,
            "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    rec["choice"] = decide(rec)
+    rec["choice"] = decide(rec, rec["capability"])
     data = _read_cache()
     machines = {**data.get("machines", {}), key: rec}
     try:
@@ -183,10 +191,32 @@ def describe_precision(requested: str, used: str, device: torch.device | str) ->
 def precision_line(requested: str, used: str, device: torch.device | str) -> str:
     """One line for a stage's start: 'precision fp32 (auto: bf16 measured 9.1x slower than fp32 on this CPU)'."""
     if requested != "auto":
-        return f"precision {used} (as asked)"
+        return f"precision {used}"
     dev = torch.device(device)
     if dev.type == "cpu":
         c = cpu_choice()
         speed = f"{c['ratio']:.1f}x the time of fp32" if c["ratio"] >= 1 else f"{1 / c['ratio']:.1f}x faster than fp32"
         return f"precision {used} (auto: bf16 measured at {speed} on this CPU, {c['capability']})"
     return f"precision {used} (auto on {dev.type})"
+
+
+def machine_report(remeasure: bool = False) -> str:
+    """`minimaxdd machine`: the CPU, its bf16 measurement, what auto picks here, and how to check the AVX2 path."""
+    c = cpu_choice(remeasure=remeasure)
+    slow = f"{c['ratio']:.1f}x the time of fp32" if c["ratio"] >= 1 else f"{1 / c['ratio']:.1f}x faster than fp32"
+    lines = [f"CPU: {c['cpu']}; torch {torch.__version__}, CPU capability {c['capability']}, "
+             f"{torch.get_num_threads()} threads",
+             f"bf16 autocast against fp32 on a U-Net convolution and a Linear: {c['bf16_ms']:.2f} ms against "
+             f"{c['fp32_ms']:.2f} ms ({slow}; measured {c['measured']}"
+             + (", from the cache" if c.get("cached") else "") + ")",
+             f"precision auto on the CPU: {c['choice']} (bf16 where it takes at most {BF16_MAX_RATIO:g} of fp32's "
+             f"time); cache: {_cache_path()}"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            lines.append(f"cuda:{i}: {torch.cuda.get_device_name(i)}; precision auto: "
+                         f"{resolve_precision('auto', f'cuda:{i}')}")
+    isa = [v for v in ISA_VARIABLES if os.environ.get(v)]
+    lines.append(f"kernels limited by {', '.join(f'{v}={os.environ[v]}' for v in isa)}" if isa else
+                 "to see a CPU without native bf16 on this one: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "
+                 "minimaxdd machine")
+    return "\n".join(lines)

@@ -351,3 +351,43 @@ def test_extras_rows_beside_their_controls_never_as_ours(run_dir, tmp_path, caps
     assert {f.name for f in (run / "evaluate" / "stale").iterdir()} == {
         f"{m}-ipc{k}-convnet3.json" for m in names for k in (2, 3)}
     assert (run / "evaluate" / "minimax-ipc2-convnet3.json").exists()
+
+
+@pytest.mark.slow      # a copy of the module's run; nothing is trained (about 5 s)
+def test_stage_keys_hold_the_precision_used(run_dir, tmp_path, monkeypatch, capsys):
+    """Issue 27: `auto` is resolved before the stages are keyed. The run's own precision, given explicitly,
+    finds every stage done (a folder made before `auto`, which said its precision, resumes); the other
+    precision, or a machine where auto picks the other one, retrains the base instead of reusing it."""
+    import shutil
+
+    import minimaxdd.pipeline.config as config
+    import minimaxdd.pipeline.stages as stages
+    import minimaxdd.precision as P
+
+    base = json.loads((run_dir / "base" / "stage.json").read_text())
+    used = base["config"]["precision"]
+    other = {"fp32": "bf16", "bf16": "fp32"}[used]
+    assert used in ("fp32", "bf16")                                         # resolved, never "auto"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["base"]["train"]["precision"] == "auto" and cfg["precision_used"]["base.train"] == used
+    manifest = json.loads((run_dir / "base" / "manifest.json").read_text())
+    assert manifest["precision"] == used and manifest["config"]["precision"] == used
+
+    class Retrained(Exception):
+        pass
+
+    def no_training(*a, **k):
+        raise Retrained
+    monkeypatch.setattr(stages, "train", no_training)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["distill", *TINY, "--set", f"base.train.precision={used}", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "base: done" in out and f"precision: {used} in every stage" in out
+    with pytest.raises(Retrained):
+        main(["distill", *TINY, "--set", f"base.train.precision={other}", "--out", str(run)])
+    # the same folder on a machine where auto resolves to the other precision
+    monkeypatch.setattr(P, "resolve_precision", lambda p, device: other if p == "auto" else p)
+    monkeypatch.setattr(config, "resolve_precision", P.resolve_precision)
+    with pytest.raises(Retrained):
+        main(["distill", *TINY, "--out", str(run)])
