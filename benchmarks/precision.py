@@ -1,7 +1,7 @@
 """Precision chosen by the machine (issue 27): the CPU's GEMM rates, the `auto` decision, the unet-s training rate
 and the digits preset end to end, natively and with the kernels limited to AVX2 (a CPU without native bf16).
 
-    # GEMM rates, auto's decision and its cost, unet-s img/s in fp32 and bf16, under both kernel settings
+    # GEMM rates, auto's decision and its cost, unet-s / unet-xs img/s in fp32 and bf16, under both kernel settings
     python benchmarks/precision.py rates --out benchmarks/results/precision-rates.json
     # `make demo`'s job end to end (a fresh cache folder: the reference classifier and the measurement included)
     python benchmarks/precision.py demo --setting avx2 --precision auto --out benchmarks/results/demo-avx2-auto.json
@@ -33,22 +33,26 @@ sys.path.insert(0, sys.argv[1])
 from unet_speed import matmul_rate, train_flops, time_variant
 from minimaxdd import precision as P
 
-class A:   # unet_speed's arguments: the digits preset's base (unet-s, 1x8x8, 10 classes, batch 128)
-    model, size, channels, classes, batch, steps, warmup = "unet-s", 8, 1, 10, 128, int(sys.argv[2]), 2
-
 t = time.perf_counter()
 choice = P.resolve_precision("auto", "cpu")
 decide_s = time.perf_counter() - t
 gemm = {"fp32": matmul_rate(torch.float32, 1024, 2.0), "bf16": matmul_rate(torch.bfloat16, 512, 2.0)}
-fwd, train = train_flops(A)
-rates = {}
-for p in ("fp32", "bf16"):
-    ips, warm = time_variant(A, p, False, False)
-    rates[p] = {"images_per_s": ips, "share_of_gemm": ips * train / gemm[p], "share_of_fp32_gemm": ips * train / gemm["fp32"]}
+models = {}
+for spec in sys.argv[3].split(","):
+    name, batch = spec.split(":")
+
+    class A:   # unet_speed's arguments at the digits shape (1x8x8, 10 classes)
+        model, size, channels, classes, batch, steps, warmup = name, 8, 1, 10, int(batch), int(sys.argv[2]), 2
+    fwd, train = train_flops(A)
+    rates = {"batch": A.batch, "train_flops_per_image": train}
+    for p in ("fp32", "bf16"):
+        ips, warm = time_variant(A, p, False, False)
+        rates[p] = {"images_per_s": ips, "share_of_gemm": ips * train / gemm[p]}
+    models[name] = rates
 print(json.dumps({"cpu": P.cpu_model(), "capability": P.cpu_capability(), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "gemm_flop_per_s": gemm, "auto": choice, "decide_s": decide_s,
                   "measurement": {k: v for k, v in P.cpu_choice().items() if k in ("fp32_ms", "bf16_ms", "ratio")},
-                  "train_flops_per_image": train, "unet_s": rates}))
+                  "models": models}))
 """
 
 
@@ -65,15 +69,17 @@ def child_env(setting: str, cache: str | None = None) -> dict:
 def rates(a: argparse.Namespace) -> dict:
     out = {}
     for s in a.settings.split(","):
-        r = subprocess.run([sys.executable, "-c", CHILD_RATES, str(ROOT / "benchmarks"), str(a.steps)],
+        r = subprocess.run([sys.executable, "-c", CHILD_RATES, str(ROOT / "benchmarks"), str(a.steps), a.models],
                            env=child_env(s), capture_output=True, text=True, check=True)
-        out[s] = json.loads(r.stdout.strip().splitlines()[-1])
-        g, u = out[s]["gemm_flop_per_s"], out[s]["unet_s"]
-        print(f"{s}: {out[s]['cpu']} ({out[s]['capability']}, {out[s]['threads']} threads): GEMM fp32 "
-              f"{g['fp32'] / 1e9:.1f}, bf16 {g['bf16'] / 1e9:.1f} GFLOP/s; auto -> {out[s]['auto']} in "
-              f"{out[s]['decide_s']:.2f} s (bf16 {out[s]['measurement']['ratio']:.1f}x fp32's time); unet-s img/s fp32 "
-              f"{u['fp32']['images_per_s']:.0f} ({u['fp32']['share_of_gemm']:.0%} of the fp32 GEMM), bf16 "
-              f"{u['bf16']['images_per_s']:.1f} ({u['bf16']['share_of_gemm']:.0%} of the bf16 GEMM)", flush=True)
+        out[s] = m = json.loads(r.stdout.strip().splitlines()[-1])
+        g = m["gemm_flop_per_s"]
+        print(f"{s}: {m['cpu']} ({m['capability']}, {m['threads']} threads): GEMM fp32 {g['fp32'] / 1e9:.1f}, bf16 "
+              f"{g['bf16'] / 1e9:.1f} GFLOP/s; auto -> {m['auto']} in {m['decide_s']:.2f} s (bf16 "
+              f"{m['measurement']['ratio']:.1f}x fp32's time)", flush=True)
+        for name, u in m["models"].items():
+            print(f"  {name} batch {u['batch']}: fp32 {u['fp32']['images_per_s']:.0f} img/s "
+                  f"({u['fp32']['share_of_gemm']:.0%} of the fp32 GEMM), bf16 {u['bf16']['images_per_s']:.1f} img/s "
+                  f"({u['bf16']['share_of_gemm']:.0%} of the bf16 GEMM)", flush=True)
     return {"command": " ".join(sys.argv), "settings": out}
 
 
@@ -112,7 +118,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="what", required=True)
     p = sub.add_parser("rates")
     p.add_argument("--settings", default="native,avx2")
-    p.add_argument("--steps", type=int, default=10, help="timed unet-s training steps per precision")
+    p.add_argument("--steps", type=int, default=6, help="timed training steps per model and precision")
+    p.add_argument("--models", default="unet-s:128,unet-xs:64", help="MODEL:BATCH,... (the digits preset: unet-xs:64)")
     p.add_argument("--out")
     p = sub.add_parser("demo")
     p.add_argument("--setting", choices=tuple(SETTINGS), default="native")

@@ -145,6 +145,10 @@ def test_registry_entries_build_for_the_data_shape():
     assert isinstance(m, UNet) and (m.input_size, m.in_channels, m.num_classes) == (28, 1, 10)
     assert m.config.to_dict() == {**cfg, "attn_levels": [2], "dropout": 0.0, "learn_sigma": False}
     assert sum(p.numel() for p in m.parameters()) == 1_744_312
+    xs = denoiser_config("unet-xs", 8, 1, 10)           # the digits demo's: half the widths, one attention head
+    assert xs["channels"] == [16, 32, 32] and xs["heads"] == 1 and xs["embed_dim"] == 64
+    assert build_denoiser("unet-xs", 8, 1, 10)(torch.zeros(2, 1, 8, 8), torch.zeros(2),
+                                               torch.zeros(2, dtype=torch.long)).shape == (2, 1, 8, 8)
 
 
 def test_channels_last_matches_contiguous():

@@ -7,7 +7,7 @@ import torch
 
 from minimaxdd.cli import main
 from minimaxdd.errors import UserError
-from minimaxdd.pipeline.config import build_config, parse_set
+from minimaxdd.pipeline.config import build_config, parse_set, precisions
 
 TINY = ["--data", "digits", "--ipc", "2,3", "--device", "cpu",
         "--set", 'base.train={"model": "dit-n/2", "steps": 12, "batch": 32, "checkpoint_every": 6}',
@@ -139,12 +139,12 @@ def test_presets_list_and_resolve(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["data"] == "digits" and cfg["ipc"] == [10] and cfg["finetune"]["objective"] == "minimax"
     # the typed tree, every default filled in: the preset's values and the stage configs' defaults
-    assert cfg["base"]["train"]["model"] == "unet-s" and cfg["base"]["train"]["formulation"] == "edm"
+    assert cfg["base"]["train"]["model"] == "unet-xs" and cfg["base"]["train"]["formulation"] == "edm"
     assert cfg["base"]["train"]["lr"] == 0.001 and cfg["base"]["train"]["flip"] is False
     assert cfg["finetune"]["lambda_r"] == 0.002 and cfg["finetune"]["memory"] == 64 and cfg["finetune"]["ema"] == 0.997
     assert cfg["sample"]["sampler"] == "heun" and cfg["sample"]["spacing"] == "time"
-    assert cfg["choose"]["cfg"] == [1.0, 1.5, 2.0, 3.0] and cfg["choose"]["val_fraction"] == 0.1
-    assert cfg["evaluate"]["dm"]["iterations"] == 20000 and cfg["evaluate"]["epochs"] == 300
+    assert cfg["choose"]["cfg"] == [1.5, 2.0, 3.0] and cfg["choose"]["val_fraction"] == 0.1
+    assert cfg["evaluate"]["dm"]["iterations"] == 20000 and cfg["evaluate"]["epochs"] == 150
     # --seed 0 overrides a preset's seed (0 is a value, not "not given")
     assert main(["distill", "--preset", "digits", "--seed", "0", "--set", "seed=5", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["seed"] == 0
@@ -221,10 +221,13 @@ def test_every_shipped_preset_resolves():
         # the small-data preset is the recipe of `distill --data SPEC`: it names no dataset of its own
         cfg = build_config(load_distill_preset(name), {"data": "digits"} if name == "small-data" else {})
         assert cfg.data and cfg.ipc, name
-    small = [n for n in ("digits", "fashion-mnist", "cifar10-500pc", "small-data")]
-    for name in small:                            # the small-data presets use the U-Net under EDM
+    small = {"digits": "unet-xs", "fashion-mnist": "unet-s", "cifar10-500pc": "unet-s", "small-data": "unet-s"}
+    for name, model in small.items():             # the small-data presets use the U-Net under EDM
         train = build_config(load_distill_preset(name), {"data": "digits"}).base.train
-        assert (train.model, train.formulation) == ("unet-s", "edm"), name
+        assert (train.model, train.formulation) == (model, "edm"), name
+    for name in distill:                          # every preset lets the machine choose its precision
+        cfg = build_config(load_distill_preset(name), {"data": "digits"} if name == "small-data" else {})
+        assert set(precisions(cfg).values()) == {"auto"}, name
     woof = build_config(load_distill_preset("imagewoof"), {})
     assert woof.ipc == [10, 20, 50, 70, 100] and woof.evaluate.protocol == "idc"
     assert woof.sample.cfg == 4.0 and woof.sample.cfg_channels == 3   # the reference's sampling
