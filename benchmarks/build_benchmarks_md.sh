@@ -17,4 +17,5 @@ py=${PY:-.venv/bin/python}
   if [ -f benchmarks/BENCHMARKS.distill.md ]; then cat benchmarks/BENCHMARKS.distill.md; fi
   if [ -f benchmarks/BENCHMARKS.generator.md ]; then cat benchmarks/BENCHMARKS.generator.md; fi
   if [ -f benchmarks/BENCHMARKS.fullsize.md ]; then cat benchmarks/BENCHMARKS.fullsize.md; fi
+  if [ -f benchmarks/BENCHMARKS.precision.md ]; then cat benchmarks/BENCHMARKS.precision.md; fi
 } > BENCHMARKS.md
