@@ -91,4 +91,5 @@ def test_machine_reports_the_measurement_and_the_choice(tmp_path, monkeypatch, c
     choice = json.loads((tmp_path / P.CACHE_FILE).read_text())["machines"][P.machine_key()]["choice"]
     assert f"precision auto on the CPU: {choice}" in out and "bf16 autocast against fp32" in out
     assert P.cpu_capability() in out and str(tmp_path) in out
+    monkeypatch.setattr(P, "_decided", {})                      # another process: the cached measurement
     assert main(["machine"]) == 0 and "from the cache" in capsys.readouterr().out

@@ -38,7 +38,6 @@ def fake_machine(monkeypatch, measured, capability=None):
         calls.append(1)
         return dict(measured)
     monkeypatch.setattr(P, "measure_cpu", measure)
-    monkeypatch.setattr(P.cpu_choice, "__defaults__", (measure,))
     return calls
 
 
@@ -98,9 +97,12 @@ def test_forced_bf16_on_a_slow_cpu_runs_and_warns_once_with_the_ratio(fresh, mon
 def test_cuda_uses_the_device_report(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert P.resolve_precision("auto", "cuda") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert P.resolve_precision("auto", "cuda:0") == "fp32"
     assert P.resolve_precision("bf16", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(P, "_warned", set())
+    assert P.resolve_precision("auto", "cuda:0") == "fp32"
+    with pytest.warns(UserWarning, match="does not support bf16"):
+        assert P.resolve_precision("bf16", "cuda:0") == "bf16"
 
 
 def test_unknown_precision_and_unresolved_autocast_are_refused():

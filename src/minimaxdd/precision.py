@@ -128,9 +128,10 @@ def _read_cache() -> dict:
     return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {}
 
 
-def cpu_choice(measure: Callable[[], dict] = measure_cpu, remeasure: bool = False) -> dict:
+def cpu_choice(remeasure: bool = False) -> dict:
     """This CPU's measurement and choice: {choice, fp32_ms, bf16_ms, ratio, capability, cpu, measured}, from
-    this process's memory, else the cache folder, else measured now (and cached); `remeasure`: measured now."""
+    this process's memory, else the cache folder, else measured now by `measure_cpu` (and cached);
+    `remeasure`: measured now."""
     key = machine_key()
     if key in _decided and not remeasure:
         return _decided[key]
@@ -138,7 +139,7 @@ def cpu_choice(measure: Callable[[], dict] = measure_cpu, remeasure: bool = Fals
     if isinstance(cached, dict) and cached.get("choice") in RESOLVED:
         _decided[key] = {**cached, "cached": True}
         return _decided[key]
-    rec = {**measure(), "cpu": cpu_model(), "capability": cpu_capability(), "torch": torch.__version__,
+    rec = {**measure_cpu(), "cpu": cpu_model(), "capability": cpu_capability(), "torch": torch.__version__,
            "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     rec["choice"] = decide(rec, rec["capability"])
     data = _read_cache()
@@ -162,6 +163,10 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         native = torch.cuda.is_bf16_supported()
         if precision == "auto":
             return "bf16" if native else "fp32"
+        if precision == "bf16" and not native and str(dev) not in _warned:
+            _warned.add(str(dev))
+            warnings.warn(f"precision bf16 was asked for, but {dev} does not support bf16 natively; the run will be "
+                          f"slow or fail. Use precision auto (or fp32) on this GPU.", stacklevel=2)
         return precision
     if dev.type != "cpu":
         return "fp32" if precision == "auto" else precision
@@ -172,9 +177,11 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         return c["choice"]
     if c["choice"] != "bf16" and machine_key() not in _warned:
         _warned.add(machine_key())
+        why = (f"a bf16 layer took {c['ratio']:.1f}x the time of fp32 when measured" if c["ratio"] > 1 else
+               "bf16 arithmetic needs AVX-512 on x86, and bf16 is emulated below it")
         warnings.warn(f"precision bf16 was asked for, but this CPU ({c['cpu']}, torch capability {c['capability']}) "
-                      f"has no fast bf16: a bf16 layer took {c['ratio']:.1f}x the time of fp32 when measured; "
-                      f"the run will be slow. Use precision auto (or fp32) on this machine.", stacklevel=2)
+                      f"has no fast bf16: {why}; the run will be slow. Use precision auto (or fp32) on this machine.",
+                      stacklevel=2)
     return precision
 
 
