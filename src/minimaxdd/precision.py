@@ -21,7 +21,7 @@ import os
 import platform
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -6,7 +6,7 @@ from minimaxdd.evaluation.reference_classifier import ReferenceConfig, generatio
 
 @pytest.mark.slow      # trains the reference classifier twice: ~12 s on 2 CPU cores
 def test_generation_accuracy_scores_real_images_high_and_wrong_labels_low(digits):
-    cfg = ReferenceConfig(epochs=30)
+    cfg = ReferenceConfig()      # the default schedule: the session's cache serves it to every test that asks
     x, y = digits.x_test[:200], digits.y_test[:200]
     right = generation_accuracy(digits, x, y, cfg)
     wrong = generation_accuracy(digits, x, (y + 1) % 10, cfg)
