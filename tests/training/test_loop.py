@@ -316,3 +316,22 @@ def test_a_truncated_checkpoint_on_resume_is_named(tmp_path):
     with pytest.raises(UserError, match=r"ckpt-00000002\.safetensors is truncated or corrupt .*delete "
                                         r"ckpt-00000002\.safetensors and the files beside it"):
         train(TrainConfig(out=str(tmp_path / "a"), steps=4, resume=True, **kw))
+
+
+def test_precision_is_resolved_recorded_and_a_change_on_resume_is_said(tmp_path, capsys):
+    """auto resolves before training (config.json and manifest.json hold what ran); a run resumed in another
+    precision than its first part (another machine's auto) says so."""
+    import json
+
+    from minimaxdd.precision import resolve_precision
+    kw = dict(data="digits", model="dit-n/2", batch=8, device="cpu", checkpoint_every=2)
+    train(TrainConfig(out=str(tmp_path / "r"), steps=2, **kw))              # precision: auto (the default)
+    used = resolve_precision("auto", "cpu")
+    conf, man = (json.loads((tmp_path / "r" / f).read_text()) for f in ("config.json", "manifest.json"))
+    assert conf["train"]["precision"] == used and man["precision"] == used and man["precision_requested"] == "auto"
+    assert f"precision {used} (auto" in capsys.readouterr().out
+    other = {"fp32": "bf16", "bf16": "fp32"}[used]
+    conf["train"]["precision"] = other                                     # as if trained elsewhere so far
+    (tmp_path / "r" / "config.json").write_text(json.dumps(conf))
+    train(TrainConfig(out=str(tmp_path / "r"), steps=3, resume=True, **kw))
+    assert f"resuming a run trained so far in {other}; it continues in {used}" in capsys.readouterr().out

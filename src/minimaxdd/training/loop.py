@@ -640,6 +640,16 @@ def _loop(tr: _Trainer, targets: Targets, step: int, per_epoch: int, total: int,
             "epoch_means": meter.epoch_means}, wall
 
 
+def _say_precision_change(run: Path, used: str, desc: str) -> None:
+    """A resumed run that its earlier part trained in another precision (another machine's `auto`) says so."""
+    try:
+        before = json.loads((run / "config.json").read_text())["train"].get("precision")
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if before in ("fp32", "bf16") and before != used:
+        print(f"[{desc}] resuming a run trained so far in {before}; it continues in {used}", flush=True)
+
+
 def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: LoopConfig,
         params: list[nn.Parameter] | None = None, step_loss: StepLoss | None = None,
         state: dict[str, Stateful] | None = None, desc: str = "train",
@@ -666,6 +676,8 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Loop
         try:
             tr = _build(cfg, model, params, meta, state, device, cfg.batch // world)   # each rank its batch slice
             step = _resume(tr, resume_from) if resume_from is not None else 0
+            if dist.is_main() and resume_from is not None:
+                _say_precision_change(tr.run, cfg.precision, desc)
             if dist.is_main():
                 write_json(tr.run / "config.json", {"train": asdict(cfg), "model": meta.model, "codec": meta.codec,
                                                     "class_names": meta.class_names, "class_map": meta.class_map,
