@@ -207,12 +207,13 @@ def guided_denoiser(model: nn.Module, y: torch.Tensor, scale: float, precision: 
     null = torch.full_like(y, model.num_classes)                         # (N,) the null class
     p0 = next(model.parameters(), None)
     dtype = torch.float32 if p0 is None else p0.dtype
+    used = resolve_precision(precision, p0.device if p0 is not None else "cpu") if dtype == torch.float32 else "fp32"
 
     def net(x_in: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return model(x_in.to(dtype), c_noise, labels)
 
     def denoise_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        with autocast(x.device, resolve_precision(precision, x.device) if dtype == torch.float32 else "fp32"):
+        with autocast(x.device, used):
             if scale == 1.0:
                 return edm.denoise(net, x, sigma, y)
             D = edm.denoise(net, torch.cat([x, x]), sigma, torch.cat([y, null]))  # (2N, C, H, W)

@@ -62,9 +62,10 @@ def guided_fn(model: nn.Module, y: torch.Tensor, scale: float, cfg_channels: int
     null = torch.full_like(y, model.num_classes)       # (N,) the null class
     p0 = next(model.parameters(), None)
     dtype = torch.float32 if p0 is None else p0.dtype   # a model cast to bf16 runs without autocast
+    used = resolve_precision(precision, p0.device if p0 is not None else "cpu") if dtype == torch.float32 else "fp32"
 
     def net(x: torch.Tensor, mt: torch.Tensor) -> torch.Tensor:
-        with autocast(x.device, resolve_precision(precision, x.device) if dtype == torch.float32 else "fp32"):
+        with autocast(x.device, used):
             xin = x.to(dtype)
             if scale == 1.0:
                 return model(xin, mt, y).float()

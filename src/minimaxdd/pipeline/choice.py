@@ -24,7 +24,7 @@ from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
 from minimaxdd.evaluation import train_test
 from minimaxdd.evaluation.protocols import get_protocol
 from minimaxdd.pipeline.config import DistillConfig
-from minimaxdd.pipeline.stages import Stage, epochs_for, key_of, say
+from minimaxdd.pipeline.stages import Stage, epochs_for, key_of, precision_part, say
 from minimaxdd.runtime import generator
 from minimaxdd.settings import to_dict
 
@@ -83,10 +83,9 @@ def stage_choose(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
     cands = candidates(cfg)
     conf = {"choose": choice_conf(cfg), "candidates": cands}
     size = [cfg.evaluate.image_size] if cfg.evaluate.image_size else []     # absent when unset: older keys hold
-    # the classifiers' precision; absent for bf16, which every run before `auto` used, so those keys hold
-    prec = [("precision", cfg.evaluate.precision)] if cfg.evaluate.precision != "bf16" else []
     st = Stage(run, "choose", key_of(ft["key"], conf, to_dict(cfg.sample), cfg.evaluate.models[0],
-                                     cfg.evaluate.protocol, cfg.seed, *size, *prec), conf, force)
+                                     cfg.evaluate.protocol, cfg.seed, *size, *precision_part(cfg.evaluate.precision)),
+               conf, force)
     if st.done:
         say(f"choose: done ({st.record.get('by_ipc') or st.record['sample']}), skipped")
         return st.record

@@ -27,7 +27,7 @@ from minimaxdd.pipeline.stages import (
     stage_metrics,
     stage_sample,
 )
-from minimaxdd.precision import precision_line
+from minimaxdd.precision import auto_reason
 from minimaxdd.runtime import pick_device
 
 
@@ -44,13 +44,12 @@ def _distill(cfg: DistillConfig, run_dir: Path, from_stage: str | None) -> list[
     first = STAGES.index(from_stage) if from_stage else len(STAGES)
     force = {s: i >= first for i, s in enumerate(STAGES)}
     device = pick_device(cfg.device)
-    asked = precisions(cfg)
-    cfg = resolve_precisions(cfg, device)
+    given = cfg
+    cfg = resolve_precisions(given, device)
     used = precisions(cfg)
     # the config as given (what reruns it elsewhere), and the precisions this machine resolved it to
-    write_json(run_dir / "config.json", {**replace_precisions(cfg.to_dict(), asked), "device": str(device),
-                                         "precision_used": used})
-    say(precision_summary(asked, used, device))
+    write_json(run_dir / "config.json", {**given.to_dict(), "device": str(device), "precision_used": used})
+    say(precision_summary(precisions(given), used, device))
     t0 = time.time()
     done: dict[str, Any] = {}
     for name, run_stage in stage_steps(run_dir, cfg, device, force).items():
@@ -81,21 +80,9 @@ def stage_steps(run_dir: Path, cfg: DistillConfig, device: torch.device,
     }
 
 
-def replace_precisions(d: dict, by_path: dict[str, str]) -> dict:
-    """The config dict `d` with the precision at each dotted section path of `by_path` set to its value."""
-    for path, value in by_path.items():
-        section = d
-        for name in path.split("."):
-            section = section[name]
-        section["precision"] = value
-    return d
-
-
 def precision_summary(asked: dict[str, str], used: dict[str, str], device: torch.device) -> str:
-    """'precision: fp32 in every stage (auto: ...)' or one entry per section where they differ."""
+    """'precision: fp32 in every stage (auto: ...)', or one entry per section where they differ."""
     values = set(used.values())
-    how = next((precision_line(asked[k], used[k], device) for k in used if asked[k] == "auto"), None)
-    if len(values) == 1:
-        return f"precision: {values.pop()} in every stage" + (f" ({how.split('(', 1)[1]}" if how else "")
-    return "precision: " + ", ".join(f"{k} {v}" + (" (auto)" if asked[k] == "auto" else "")
-                                     for k, v in used.items()) + (f"; {how}" if how else "")
+    what = (f"{values.pop()} in every stage" if len(values) == 1 else
+            ", ".join(f"{k} {v}" + (" (auto)" if asked[k] == "auto" else "") for k, v in used.items()))
+    return f"precision: {what}" + (f" ({auto_reason(device)})" if "auto" in asked.values() else "")

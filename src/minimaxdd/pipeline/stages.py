@@ -63,6 +63,11 @@ def key_of(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def precision_part(precision: str) -> list:
+    """A precision as a stage key part: absent for bf16, which every run before `auto` used, so their keys hold."""
+    return [("precision", precision)] if precision != "bf16" else []
+
+
 def peak_memory_mb(device: torch.device) -> dict:
     out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
@@ -536,10 +541,9 @@ def stage_metrics(run: Path, cfg: DistillConfig, sample: dict, baselines: dict, 
     # accuracies of the run's own protocol; the optional rows (extras) are not diagnosed
     rows = [r for r in rows if r["protocol"] == cfg.evaluate.protocol and not r.get("optional")]
     sets = {r["method"]: r["set"] for r in rows if r["ipc"] == k and r["set"]}
-    # the reference classifier's precision (the features'); absent for bf16, as every earlier run's
-    prec = resolve_precision("auto", device)
+    # the reference classifier's precision (the features')
     key = key_of(sample["key"], baselines["key"], sorted(sets), cfg.seed,
-                 *([("precision", prec)] if prec != "bf16" else []))
+                 *precision_part(resolve_precision("auto", device)))
     out = run / "metrics.json"
     if out.exists() and not force and json.loads(out.read_text()).get("key") == key:
         say("metrics: done, skipped")

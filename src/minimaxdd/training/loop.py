@@ -45,6 +45,7 @@ from minimaxdd.files import (
 from minimaxdd.precision import precision_line, resolve_precision
 from minimaxdd.runtime import (
     PRECISIONS,
+    RESOLVED,
     agree_precision,
     autocast,
     flush_denormals,
@@ -646,7 +647,7 @@ def _say_precision_change(run: Path, used: str, desc: str) -> None:
         before = json.loads((run / "config.json").read_text())["train"].get("precision")
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if before in ("fp32", "bf16") and before != used:
+    if before in RESOLVED and before != used:
         print(f"[{desc}] resuming a run trained so far in {before}; it continues in {used}", flush=True)
 
 
