@@ -16,11 +16,13 @@ from minimaxdd import distributed as dist
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.codecs import Codec, build_codec
-from minimaxdd.diffusion.edm import EDM_DEFAULT_STEPS, EDM_SAMPLERS, denoise_from, generate_edm
-from minimaxdd.diffusion.samplers import (
-    DPM_SAMPLERS,
+from minimaxdd.diffusion.sampling import (
+    DEFAULT_SAMPLER,
+    GRIDS,
     SAMPLERS,
-    SPACINGS,
+    check_sampler,
+    default_steps,
+    denoise_from,
     generate,
     image_seed,
     sampling_network,
@@ -31,10 +33,7 @@ from minimaxdd.precision import describe_precision, precision_line, resolve_prec
 from minimaxdd.runtime import PRECISIONS, pick_device
 from minimaxdd.settings import run_field, setting
 
-SAMPLER_CHOICES = tuple(dict.fromkeys([*SAMPLERS, *EDM_SAMPLERS]))   # the CLI choices, both formulations
-DEFAULT_SAMPLER = {"ddpm": "ddpm", "edm": "heun"}
-# steps: the paper samples with 50 respaced DDPM steps (Gu et al. 2024, Sec. 4.1); EDM's samplers: edm.py
-DEFAULT_STEPS = {"ddpm": 50, **EDM_DEFAULT_STEPS}
+SAMPLER_CHOICES = tuple(SAMPLERS)   # the CLI choices; each names one algorithm for every formulation
 
 
 @dataclass(kw_only=True)
@@ -48,13 +47,14 @@ class SampleConfig:
     overwrite: bool = run_field(False, help="replace --out if it exists")
     sampler: str | None = setting(None, choices=SAMPLER_CHOICES,
                                   help="null: the checkpoint's formulation's default (ddpm: ancestral ddpm, the "
-                                       "paper's; edm: heun); ddpm, ddim, dpm-solver, sde-dpm-solver for ddpm models, "
-                                       "heun, euler, dpm-solver for edm models")
-    steps: int | None = setting(None, help="sampling steps; null: the sampler's default (ddpm: 50, the paper's; "
-                                           "heun: 18, EDM's; euler 35; dpm-solver 20)")
-    spacing: str = setting("time", choices=SPACINGS,
-                           help="time points of the DPM-Solvers: uniform in time or in log-SNR "
-                                "(better for small pixel-space models)")
+                                       "paper's; edm: heun); euler, heun, dpm-solver, sde-dpm-solver for any model; "
+                                       "ddpm and ddim for ddpm models")
+    steps: int | None = setting(None, help="sampling steps; null: the sampler's default (ddpm models: 50, the "
+                                           "paper's; edm models: heun 18, EDM's; euler 35; dpm-solvers 20)")
+    spacing: str = setting("time", choices=GRIDS,
+                           help="noise levels: time (each formulation's own steps: DDPM's training steps "
+                                "uniform in time, EDM's Eq. 5), logsnr (DDPM steps uniform in log-SNR, better "
+                                "for small pixel-space models), karras (EDM's Eq. 5 on any model)")
     cfg: float | None = setting(None, help="classifier-free guidance scale, 1 = none; null: the checkpoint's "
                                            "default (4.0 for models fine-tuned from the official DiT, as the "
                                            "reference samples), else 1")
@@ -110,16 +110,13 @@ def describe_settings(settings: dict[str, dict]) -> str:
 def resolve_sampler(cfg: SampleConfig, formulation: str) -> tuple[str, int]:
     """The sampler and step count a config means for a model of `formulation`, checked (UserError names the fix)."""
     sampler = cfg.sampler or DEFAULT_SAMPLER[formulation]
-    known = SAMPLERS if formulation == "ddpm" else EDM_SAMPLERS
-    if sampler not in known:
-        raise UserError(f"sampler {sampler!r} does not apply to models of the {formulation} formulation; choose one of "
-                        f"{', '.join(known)} (or leave --sampler out for {DEFAULT_SAMPLER[formulation]})")
-    steps = cfg.steps if cfg.steps is not None else DEFAULT_STEPS[sampler if formulation == "edm" else "ddpm"]
+    try:
+        check_sampler(sampler, formulation, cfg.spacing)
+    except ValueError as e:
+        raise UserError(f"{e} (or leave --sampler and --spacing out for {formulation}'s defaults)") from None
+    steps = cfg.steps if cfg.steps is not None else default_steps(sampler, formulation)
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
-    if cfg.spacing != "time" and (formulation != "ddpm" or sampler not in DPM_SAMPLERS):
-        raise UserError(f"--spacing {cfg.spacing} applies to {' and '.join(DPM_SAMPLERS)} of ddpm models only; "
-                        f"use one of them or drop --spacing ({sampler} has its own spacing)")
     if cfg.cfg_channels is not None and formulation != "ddpm":
         raise UserError("--cfg-channels (DiT's guidance quirk) applies to ddpm models only; drop it")
     return sampler, steps
@@ -131,8 +128,8 @@ def check_sample_config(cfg: SampleConfig) -> None:
         raise UserError(f"--ipc must be at least 1, got {cfg.ipc}")
     if cfg.sampler is not None and cfg.sampler not in SAMPLER_CHOICES:
         raise UserError(f"unknown sampler {cfg.sampler!r}; choose one of {', '.join(SAMPLER_CHOICES)}")
-    if cfg.spacing not in SPACINGS:
-        raise UserError(f"unknown spacing {cfg.spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if cfg.spacing not in GRIDS:
+        raise UserError(f"unknown spacing {cfg.spacing!r}; choose one of {', '.join(GRIDS)}")
     if cfg.budget_minutes is not None and cfg.budget_minutes <= 0:
         raise UserError(f"--budget-minutes must be positive, got {cfg.budget_minutes}")
 
@@ -145,12 +142,10 @@ def _generator(cfg: SampleConfig, formulation: str, clip: bool, device: torch.de
     if dist.is_main():
         print(f"[sample] {describe_settings(effective_settings(cfg, sources, formulation))}", file=sys.stderr,
               flush=True)
-    common = dict(sampler=sampler, steps=steps, cfg_scale=cfg.cfg, clip=clip, precision=cfg.precision,
-                  batch_size=cfg.batch_size, device=device, compile=cfg.compile)
-    if formulation == "ddpm":
-        gen = functools.partial(generate, **common, cfg_channels=cfg.cfg_channels, spacing=cfg.spacing)
-        return gen, f"{sampler} {steps} steps"
-    return functools.partial(generate_edm, **common), f"{sampler} {steps} steps (edm)"
+    gen = functools.partial(generate, formulation=formulation, sampler=sampler, steps=steps, spacing=cfg.spacing,
+                            cfg_scale=cfg.cfg, cfg_channels=cfg.cfg_channels, clip=clip, precision=cfg.precision,
+                            batch_size=cfg.batch_size, device=device, compile=cfg.compile)
+    return gen, f"{sampler} {steps} steps" + ("" if formulation == "ddpm" else f" ({formulation})")
 
 
 def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
@@ -204,7 +199,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
 
 def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tensor, sigma: float) -> torch.Tensor:
     """Real images uint8 (N, C, H, W) of dataset classes `labels` (N,), noised to `sigma` and denoised by the
-    checkpoint's EDM model with cfg's sampler, steps and guidance (`edm.denoise_from`); each image keeps its class
+    checkpoint's EDM model with cfg's sampler, steps and guidance (`sampling.denoise_from`); each image keeps its class
     and gets its own noise stream (cfg.seed, class, index); a VAE codec starts from the posterior mean (no draw
     from the global RNG: the same seed gives the same images). Returns uint8 images like the input."""
     check_sample_config(cfg)
@@ -228,9 +223,10 @@ def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tens
         seeds.append(image_seed(cfg.seed, c, seen.setdefault(c, 0)))
         seen[c] += 1
     start = (codec.moments(images)[0] if getattr(codec, "stochastic", False) else codec.encode(images)).to(device)
-    x = denoise_from(sampling_network(model, cfg.precision), start, net_labels, sigma,
-                     seeds, sampler=sampler, steps=steps, cfg_scale=cfg.cfg if cfg.cfg is not None else 1.0,
-                     precision=cfg.precision, batch_size=cfg.batch_size, device=device)
+    x = denoise_from(sampling_network(model, cfg.precision), start, net_labels, sigma, seeds,
+                     formulation=meta.formulation, sampler=sampler, steps=steps,
+                     cfg_scale=cfg.cfg if cfg.cfg is not None else 1.0, precision=cfg.precision,
+                     batch_size=cfg.batch_size, device=device)
     return codec.decode(x.clamp(-1, 1) if meta.codec == "pixel" else x)
 
 
