@@ -38,11 +38,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import minimaxdd.diffusion.dit as dit
+from minimaxdd.diffusion.denoisers import Guided, VPDenoiser
 from minimaxdd.diffusion.networks import build_denoiser, difffit_parameters
-from minimaxdd.diffusion.samplers import (
+from minimaxdd.diffusion.sampling import (
     frozen_weights,
     generate,
-    guided_fn,
     image_seed,
     sampling_network,
 )
@@ -97,7 +97,7 @@ def time_sampling_step(model, batch, precision, cfg=4.0, reps=3) -> float:
     C, S = model.in_channels, model.input_size
     d = Diffusion.respaced(50)
     y = torch.zeros(batch, dtype=torch.long)
-    net = guided_fn(model, y, cfg, None, precision)
+    net = Guided(VPDenoiser(model, precision), y, cfg).raw
     x = torch.randn(batch, C, S, S)   # the sampler's state stays fp32
     t = torch.full((batch,), 25, dtype=torch.long)
     with torch.no_grad():

@@ -23,7 +23,7 @@ import time
 import torch
 
 from minimaxdd.diffusion.networks import build_denoiser
-from minimaxdd.diffusion.samplers import generate, image_seed
+from minimaxdd.diffusion.sampling import generate, image_seed
 from minimaxdd.diffusion.schedule import Diffusion
 from minimaxdd.files import write_json
 from minimaxdd.training.finetune import select_trainable

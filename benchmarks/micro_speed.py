@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import minimaxdd.diffusion.dit as dit
 from diffusion_speed import time_train_step
 from minimaxdd.diffusion.networks import build_denoiser, difffit_parameters
-from minimaxdd.diffusion.samplers import (
+from minimaxdd.diffusion.sampling import (
     frozen_weights,
     generate,
     image_seed,

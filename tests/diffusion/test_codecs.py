@@ -61,3 +61,22 @@ def test_starting_from_real_images_through_a_vae_is_seeded_not_global(tmp_path):
     torch.manual_seed(2)
     b = from_real_images(cfg, images, labels, 1.0)
     assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+
+
+def test_codec_registry_and_pixel_round_trip():
+    from minimaxdd.diffusion.codecs import CODECS, PixelCodec, build_codec
+    from minimaxdd.errors import UserError
+
+    assert set(CODECS) == {"pixel", "vae"}
+    codec = build_codec("pixel", 3, 8)
+    assert isinstance(codec, PixelCodec) and codec.spec == "pixel" and codec.latent_size == 8
+    x = torch.arange(256, dtype=torch.uint8).view(4, 1, 8, 8).expand(4, 3, 8, 8).contiguous()
+    z = codec.encode(x)
+    assert z.min() == -1 and z.max() == 1 and torch.equal(codec.decode(z), x)   # every grey level survives
+    assert torch.equal(codec.decode(torch.full((1, 3, 8, 8), 5.0)), torch.full((1, 3, 8, 8), 255, dtype=torch.uint8))
+    with pytest.raises(UserError, match="unknown codec 'jpeg'"):
+        build_codec("jpeg", 3, 8)
+    with pytest.raises(UserError, match="takes no argument"):
+        build_codec("pixel:x", 3, 8)
+    with pytest.raises(UserError, match="vae:DIR"):
+        build_codec("vae", 3, 8)

@@ -8,7 +8,7 @@ from minimaxdd.cli import main
 from minimaxdd.data.synthetic import load_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
-from minimaxdd.diffusion.samplers import generate, image_seed
+from minimaxdd.diffusion.sampling import generate, image_seed
 from minimaxdd.errors import UserError
 from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.scratch import train_from_scratch
@@ -33,7 +33,7 @@ def test_sample_writes_a_synthetic_set(trained, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["config"]["sampler"] == "dpm-solver" and man["config"]["spacing"] == "logsnr"
     assert man["checkpoint_step"] == 2
-    with pytest.raises(UserError, match="--spacing logsnr applies to dpm-solver and sde-dpm-solver"):
+    with pytest.raises(UserError, match="spacing 'logsnr' does not apply to ddpm"):
         sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", sampler="ddpm", spacing="logsnr"))
     assert main(["sample", str(trained), "--ipc", "2", "--out", str(out), "--device", "cpu"]) == 2  # exists
     assert main(["sample", str(trained), "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2  # no --ipc
@@ -90,17 +90,21 @@ def test_an_edm_checkpoint_samples_with_edm_samplers_by_default(tmp_path, capsys
     _, info = sample_checkpoint(SampleConfig(ckpt=str(run), out="-", ipc=1, sampler="dpm-solver", device="cpu"))
     assert info["sampler"] == "dpm-solver 20 steps (edm)"
     for bad, needle in (({"sampler": "ddim"}, "does not apply to models of the edm formulation"),
-                        ({"spacing": "logsnr", "sampler": "dpm-solver"}, "of ddpm models only"),
+                        ({"spacing": "logsnr", "sampler": "dpm-solver"}, "places DDPM training steps"),
                         ({"cfg_channels": 3}, "applies to ddpm models only")):
         with pytest.raises(UserError, match=needle):
             sample_checkpoint(SampleConfig(ckpt=str(run), out="-", ipc=1, device="cpu", **bad))
 
 
-def test_a_ddpm_checkpoint_keeps_the_papers_sampler_and_refuses_edm_ones(trained):
+def test_a_ddpm_checkpoint_keeps_the_papers_sampler_and_takes_edms_too(trained):
     _, info = sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, steps=2, device="cpu"))
     assert info["sampler"] == "ddpm 2 steps"
-    with pytest.raises(UserError, match="sampler 'heun' does not apply to models of the ddpm formulation"):
-        sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, sampler="heun", device="cpu"))
+    # one sampler family: EDM's Heun on the paper's DDPM model, on EDM's grid rounded to its training levels
+    s, info = sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, sampler="heun", steps=4,
+                                             spacing="karras", device="cpu"))
+    assert info["sampler"] == "heun 4 steps" and s.images.shape == (10, 1, 8, 8)
+    with pytest.raises(UserError, match="spacing 'logsnr' does not apply to ddpm"):
+        sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, spacing="logsnr", device="cpu"))
 
 
 def test_a_checkpoint_carries_its_sampling_defaults_and_sample_says_where_each_setting_came_from(

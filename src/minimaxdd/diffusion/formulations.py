@@ -1,9 +1,12 @@
 """Diffusion formulations by name: how noise levels are drawn, what the loss is, which samplers apply.
 
     ddpm   the paper's: 1000 linear-beta steps, epsilon prediction, learned variance (DiT;
-           `diffusion.schedule`), sampled by `diffusion.samplers`
+           `diffusion.schedule`)
     edm    Karras et al. 2022: continuous sigma, preconditioned denoiser, lognormal sigma training
-           (`diffusion.edm`), sampled on EDM's sigma grid
+           (`diffusion.edm`)
+
+Both are sampled by the same samplers (`diffusion.sampling`) through one denoiser interface
+(`diffusion.denoisers`).
 
 A checkpoint records its formulation (`CheckpointMeta.formulation`); fine-tuning and sampling read it.
 """

@@ -1,7 +1,8 @@
 """Gaussian diffusion as DiT trains it: 1000 linear-beta steps, epsilon prediction, learned variance.
 
 The schedule (`Diffusion`) is separate from the networks (`minimaxdd.diffusion.networks`) and from
-the samplers (`minimaxdd.diffusion.samplers`).
+sampling (`minimaxdd.diffusion.denoisers` puts a model of this formulation behind the one denoiser
+interface; `minimaxdd.diffusion.sampling` samples it).
 Constants from Ho et al. 2020 (linear betas 1e-4..0.02, T=1000) and Nichol & Dhariwal 2021
 (learned-variance interpolation and its variational-bound term), both as DiT uses them.
 """
