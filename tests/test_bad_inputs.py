@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -483,16 +482,34 @@ def test_errors_and_bugs_from_a_real_process():
     assert p.returncode == 1 and "Traceback" in err and "ZeroDivisionError" in err
 
 
+# `minimaxdd ARGS` that stops after writing its first checkpoint, says so, and waits there to be killed: the kill
+# lands at a known point however fast the machine is
+_HOLD_AFTER_FIRST_CHECKPOINT = """
+import sys, time
+from minimaxdd.cli import main
+from minimaxdd.diffusion import checkpoints
+save = checkpoints.save
+def save_and_hold(*a, **k):
+    save(*a, **k)
+    print("checkpointed", flush=True)
+    time.sleep(600)
+checkpoints.save = save_and_hold
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow     # a real training process killed mid-run, then resumed (about 15 s)
 def test_kill_9_then_resume_continues_exactly_and_takes_over_the_stale_lock(tmp_path):
-    args = ["-m", "minimaxdd", "train", *TINY_TRAIN, "--steps", "40", "--checkpoint-every", "5"]
-    p = _python(*args, "--out", str(tmp_path / "a"))
-    deadline = time.time() + 120
-    while not ckpt.list_checkpoints(tmp_path / "a") and time.time() < deadline:
-        time.sleep(0.05)
+    p = _python("-c", _HOLD_AFTER_FIRST_CHECKPOINT, "train", *TINY_TRAIN, "--steps", "40", "--checkpoint-every", "5",
+                "--out", str(tmp_path / "a"))
+    said = None
+    while said not in ("checkpointed\n", ""):       # until the checkpoint of step 5 is written (or the run ends)
+        said = p.stdout.readline()
     p.send_signal(signal.SIGKILL)
-    p.communicate()
-    assert files.lock_path(tmp_path / "a").exists() and ckpt.list_checkpoints(tmp_path / "a")
+    out, err = p.communicate(timeout=60)
+    assert said == "checkpointed\n" and p.returncode == -signal.SIGKILL, out + err
+    assert files.lock_path(tmp_path / "a").exists()
+    assert [c.name for c in ckpt.list_checkpoints(tmp_path / "a")] == ["ckpt-00000005.safetensors"]
     with pytest.warns(UserWarning, match=f"taking over the stale lock .*pid {p.pid}.*no longer running"):
         assert main(["train", *TINY_TRAIN, "--steps", "40", "--checkpoint-every", "5", "--resume",
                      "--out", str(tmp_path / "a")]) == 0

@@ -116,10 +116,13 @@ def test_evaluate_is_seeded_and_leaves_global_rng_alone(digits):
     assert c.runs != a.runs
 
 
-def test_idc_protocol_runs(digits):
+def test_idc_protocol_trains_a_classifier(digits):
     x, y = _subset(digits, 10)
-    r = _evaluate(digits, x, y, protocol=get_protocol("idc"), epochs=3, repeats=1)
-    assert r.protocol == "idc" and r.epochs == 3 and r.protocol_config["augment"] == "idc"
+    r = _evaluate(digits, x, y, protocol=get_protocol("idc"), epochs=30, repeats=1)
+    assert r.protocol == "idc" and r.epochs == 30 and r.protocol_config["augment"] == "idc"
+    # 30 epochs of 100 images through IDC's crop, flip, colour jitter and lighting measured 0.51 (seed 1: 0.39);
+    # chance is 0.1, and 3 epochs stay there (0.10), so the bound fails for a net that does not learn
+    assert r.mean > 0.25
     assert len(r.runs) == 1 and r.mean == r.runs[0] and r.std == 0.0
     _assert_consistent(r, digits)
 

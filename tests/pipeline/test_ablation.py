@@ -82,7 +82,7 @@ def test_a_row_set_aside_twice_keeps_both_copies(tmp_path):
     d = tmp_path / "evaluate"
     d.mkdir()
     keep = d / "minimax-ipc10-convnet3.json"
-    for n, text in enumerate(['{"key": "a"}', '{"key": "b"}', '{"key": "b"}']):
+    for text in ['{"key": "a"}', '{"key": "b"}', '{"key": "b"}']:
         keep.write_text("{}")
         (d / "random-ipc50-convnet3.json").write_text(text)
         _set_aside_stale(d, {keep})

@@ -1,6 +1,7 @@
 """The distill pipeline end to end on digits with tiny settings: outputs, stage skipping and reruns."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -22,9 +23,16 @@ def mtimes(run, names):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """The module's distill run, shared and so read only: a test that reruns or changes it takes `own_run`."""
     run = tmp_path_factory.mktemp("distill") / "run"
     assert main(["distill", *TINY, "--out", str(run)]) == 0
     return run
+
+
+@pytest.fixture
+def own_run(run_dir, tmp_path):
+    """This test's copy of the module's run (file times kept), free to rerun, change or delete from."""
+    return shutil.copytree(run_dir, tmp_path / "run")
 
 
 @pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
@@ -62,40 +70,40 @@ def test_smaller_ipc_is_prefix_of_larger(run_dir):
 
 
 @pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
-def test_rerun_skips_and_changes_rerun_only_what_depends(run_dir, capsys):
+def test_rerun_skips_and_changes_rerun_only_what_depends(own_run, capsys):
     stage_files = ["base/stage.json", "finetune/stage.json", "sample/stage.json", "baselines/stage.json",
                    "evaluate/random-ipc2-convnet3.json", "evaluate/minimax-ipc2-convnet3.json"]
-    before = mtimes(run_dir, stage_files)
-    assert main(["distill", *TINY, "--out", str(run_dir)]) == 0
-    assert mtimes(run_dir, stage_files) == before
+    before = mtimes(own_run, stage_files)
+    assert main(["distill", *TINY, "--out", str(own_run)]) == 0
+    assert mtimes(own_run, stage_files) == before
     assert "base: done" in capsys.readouterr().out
     # another sampler step count: sampling and our rows rerun; base, finetune, baselines and theirs do not
-    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(run_dir)]) == 0
-    after = mtimes(run_dir, stage_files)
+    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(own_run)]) == 0
+    after = mtimes(own_run, stage_files)
     for f in ("base/stage.json", "finetune/stage.json", "baselines/stage.json", "evaluate/random-ipc2-convnet3.json"):
         assert after[f] == before[f], f
     for f in ("sample/stage.json", "evaluate/minimax-ipc2-convnet3.json"):
         assert after[f] != before[f], f
     # --from-stage forces that stage and later ones
-    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(run_dir), "--from-stage", "baselines"]) == 0
-    again = mtimes(run_dir, stage_files)
+    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(own_run), "--from-stage", "baselines"]) == 0
+    again = mtimes(own_run, stage_files)
     assert again["finetune/stage.json"] == after["finetune/stage.json"]
     assert again["baselines/stage.json"] != after["baselines/stage.json"]
 
 
 @pytest.mark.slow      # the whole pipeline (the module's run_dir: about 30 s)
-def test_interrupted_training_resumes(run_dir):
-    st = run_dir / "base" / "stage.json"
+def test_interrupted_training_resumes(own_run):
+    st = own_run / "base" / "stage.json"
     d = json.loads(st.read_text())
     d["done"] = False
     st.write_text(json.dumps(d))
-    final = run_dir / "base" / "ckpt-00000012.safetensors"
+    final = own_run / "base" / "ckpt-00000012.safetensors"
     final.unlink()
     final.with_suffix(".optim.pt").unlink()
-    assert (run_dir / "base" / "ckpt-00000006.safetensors").exists()
-    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(run_dir)]) == 0
+    assert (own_run / "base" / "ckpt-00000006.safetensors").exists()
+    assert main(["distill", *TINY, "--set", "sample.steps=4", "--out", str(own_run)]) == 0
     assert final.exists() and json.loads(st.read_text())["done"]
-    steps = [json.loads(l)["step"] for l in (run_dir / "base" / "log.jsonl").read_text().splitlines()]
+    steps = [json.loads(l)["step"] for l in (own_run / "base" / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == 12
 
 

@@ -54,8 +54,17 @@ def test_minimax_terms_and_reductions_on_a_2x2_case():
     assert close(representativeness_loss(PRED, MEM, "sample"), 0.7)             # mean(1 - 0, 1 - 0.6)
     assert close(diversity_loss(PRED, MEM, "matrix"), 1.0)                      # max
     assert close(diversity_loss(PRED, MEM, "sample"), 0.9)                      # mean(1, 0.8)
-    # the matrix form is the reference's single extreme; the sample form is never above it for rep's min
-    assert representativeness_loss(PRED[:1], MEM, "sample").item() == representativeness_loss(PRED[:1], MEM).item()
+
+
+def test_the_sample_reduction_is_below_the_matrix_one_for_several_predictions():
+    # the matrix form takes the one extreme over all pairs, the sample form averages each prediction's own
+    # extreme: below it whenever those differ (always, for random vectors), equal for a single prediction
+    g = torch.Generator().manual_seed(0)
+    for p in (2, 5, 16):
+        pred, mem = torch.randn(p, 3, generator=g), torch.randn(4, 3, generator=g)
+        for term in (representativeness_loss, diversity_loss):
+            assert term(pred, mem, "sample") < term(pred, mem, "matrix") == term(pred, mem), term.__name__
+            assert term(pred[:1], mem, "sample").item() == term(pred[:1], mem, "matrix").item(), term.__name__
 
 
 def test_mean_variants_on_a_2x2_case():
@@ -64,12 +73,14 @@ def test_mean_variants_on_a_2x2_case():
 
 
 def test_terms_refuse_empty_memories_mismatched_sizes_and_unknown_reductions():
-    with pytest.raises(ValueError, match="empty"):
-        diversity_loss(PRED, torch.zeros(0, 2))
-    with pytest.raises(ValueError, match="different sizes"):
-        representativeness_loss(PRED, torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="reduction"):
-        diversity_loss(PRED, MEM, "per-class")
+    for term in (representativeness_loss, diversity_loss, representativeness_mean_loss, diversity_mean_loss):
+        with pytest.raises(ValueError, match="empty"):
+            term(PRED, torch.zeros(0, 2))
+        with pytest.raises(ValueError, match="different sizes"):
+            term(PRED, torch.zeros(3, 3))
+    for term in (representativeness_loss, diversity_loss):     # the mean forms have no reduction to choose
+        with pytest.raises(ValueError, match="reduction"):
+            term(PRED, MEM, "per-class")
 
 
 def test_gradient_of_the_minimax_terms_follows_the_extreme_pair():

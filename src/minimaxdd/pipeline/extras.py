@@ -96,14 +96,15 @@ def stage_extras(run: Path, cfg: DistillConfig, ft: dict, chosen: dict | None, f
                 pools[name] = _pool(st.dir / name, b, x.pool * k)
             part = per_class_prefix(pools[name], x.pool * k)
             say(f"extras: keep {k} of {x.pool * k} samples per class by herding, and at random")
-            put(f"{ours}-pool{x.pool}-herding", k, lambda: keep_per_class(part, k, feats_of(part.images), cfg.seed))
-            put(f"{ours}-pool{x.pool}-random", k, lambda: keep_per_class(part, k, None, cfg.seed))
+            put(f"{ours}-pool{x.pool}-herding", k,
+                lambda part=part, k=k: keep_per_class(part, k, feats_of(part.images), cfg.seed))
+            put(f"{ours}-pool{x.pool}-random", k, lambda part=part, k=k: keep_per_class(part, k, None, cfg.seed))
     if x.prototypes is not None:
         for k in cfg.ipc:
             say(f"extras: {k} real medoids per class, and the same noised to sigma {x.prototypes:g} and denoised")
-            put("medoids", k, lambda: select(ds, "medoids", k, cfg.seed, device))
+            put("medoids", k, lambda k=k: select(ds, "medoids", k, cfg.seed, device))
             medoids = load_synthetic(sets[f"medoids:{k}"])
-            put(f"medoids-sigma{x.prototypes:g}", k, lambda: SyntheticSet(
+            put(f"medoids-sigma{x.prototypes:g}", k, lambda k=k, medoids=medoids: SyntheticSet(
                 from_real_images(base[k], medoids.images, medoids.labels, x.prototypes), medoids.labels,
                 medoids.class_names))
     return st.finish(device, sets=sets, methods=extra_methods(cfg))
