@@ -41,7 +41,7 @@ from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, re
 from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.files import write_json
 from minimaxdd.pipeline.extras import keep_per_class
-from minimaxdd.pipeline.stages import per_class_prefix
+from minimaxdd.pipeline.sampling import per_class_prefix
 from minimaxdd.runtime import flush_denormals
 
 

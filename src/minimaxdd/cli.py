@@ -36,6 +36,7 @@ from minimaxdd.pipeline.ablation import (
     run_ablation,
     run_sweep,
 )
+from minimaxdd.pipeline.bookkeeping import STAGES
 from minimaxdd.pipeline.config import (
     NO_FINETUNING,
     build_config,
@@ -46,7 +47,6 @@ from minimaxdd.pipeline.demo import demo
 from minimaxdd.pipeline.distill import distill
 from minimaxdd.pipeline.presets import describe, list_presets, load_preset
 from minimaxdd.pipeline.report import write_report
-from minimaxdd.pipeline.stages import STAGES
 from minimaxdd.precision import machine_report
 from minimaxdd.runtime import flush_denormals
 from minimaxdd.settings import build, default_of, field_types, type_name

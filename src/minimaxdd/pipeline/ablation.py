@@ -22,6 +22,9 @@ import torch
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.errors import UserError
 from minimaxdd.files import write_json
+from minimaxdd.pipeline.base import stage_base
+from minimaxdd.pipeline.baseline_sets import stage_baselines
+from minimaxdd.pipeline.bookkeeping import say
 from minimaxdd.pipeline.config import (
     NO_FINETUNING,
     DistillConfig,
@@ -31,14 +34,9 @@ from minimaxdd.pipeline.config import (
     method_name,
     resolve_precisions,
 )
-from minimaxdd.pipeline.stages import (
-    say,
-    stage_base,
-    stage_baselines,
-    stage_evaluate,
-    stage_finetune,
-    stage_sample,
-)
+from minimaxdd.pipeline.evaluation import stage_evaluate
+from minimaxdd.pipeline.finetuning import stage_finetune
+from minimaxdd.pipeline.sampling import stage_sample
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import default_of, field_types
 from minimaxdd.training.finetune import FinetuneConfig

@@ -264,3 +264,11 @@ def set_name(objective: str) -> str:
 def method_name(cfg: DistillConfig) -> str:
     """`set_name` of the run's fine-tuning objective."""
     return set_name(cfg.finetune.objective)
+
+
+def epochs_for(cfg: DistillConfig, ipc: int) -> int | None:
+    """evaluate.epochs at one IPC: null (the protocol's), an int, or {"10": 300, "50": 100} by IPC."""
+    spec = cfg.evaluate.epochs
+    if isinstance(spec, dict):
+        return spec.get(str(ipc))
+    return spec
