@@ -52,8 +52,8 @@ from minimaxdd.runtime import flush_denormals
 from minimaxdd.settings import build, default_of, field_types, type_name
 from minimaxdd.training.finetune import FinetuneConfig
 from minimaxdd.training.finetune import finetune as run_finetune
-from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.minimax import OBJECTIVES
+from minimaxdd.training.scratch import TrainConfig
 from minimaxdd.training.scratch import train_from_scratch as run_train
 
 # `distill --data SPEC` without a preset: the generic small-data recipe (U-Net, EDM; pipeline/presets)

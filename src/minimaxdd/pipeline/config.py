@@ -39,8 +39,8 @@ from minimaxdd.settings import (
     to_dict,
 )
 from minimaxdd.training.finetune import FinetuneConfig
-from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.minimax import OBJECTIVES
+from minimaxdd.training.scratch import TrainConfig
 
 NO_FINETUNING = "none"     # the objective that skips fine-tuning: the base model as is (the paper's "DiT" column)
 
