@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parse_finetune(sub)
     _parse_distill(sub)
     p = sub.add_parser("metrics", help="MMD, FID, precision / recall, density / coverage, representativeness and "
-                                       "diversity of synthetic sets against the real training set")
+                                       "spread of synthetic sets against the real training set")
     p.add_argument("synth", nargs="+", help="one or more synthetic sets (dir, ImageFolder, .pt, .npz)")
     p.add_argument("--real", required=True, help=_datasets_help())
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
