@@ -22,11 +22,12 @@ from typing import Any, Callable
 from safetensors import SafetensorError
 
 from minimaxdd import distributed as dist
-from minimaxdd.baselines.registry import METHODS, SelectConfig
+from minimaxdd.baselines.registry import BASELINES, SelectConfig
 from minimaxdd.baselines.registry import run_selection as run_select
 from minimaxdd.data.sources import DATASETS, dataset_names
 from minimaxdd.diffusion.generation import SampleConfig, run_sampling
 from minimaxdd.errors import UserError
+from minimaxdd.evaluation.classifiers import CLASSIFIERS
 from minimaxdd.evaluation.metrics import format_metrics, run_metrics
 from minimaxdd.evaluation.runner import EvaluateConfig, format_table, run_evaluation
 from minimaxdd.files import os_error_code, run_lock
@@ -133,7 +134,7 @@ def _datasets_help() -> str:
 
 def _parse_select(sub: Any) -> None:
     p = sub.add_parser("select", help="K images per class: random, herding, k-center, or DM-optimised")
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--method", required=True, choices=sorted(BASELINES))
     p.add_argument("--real", required=True, help=_datasets_help())
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="output directory (synthetic-set format)")
@@ -143,6 +144,9 @@ def _parse_select(sub: Any) -> None:
 def _parse_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="train classifiers on a synthetic set, test on the real test set")
     config_flags(p, EvaluateConfig, required=("real",), positional=("synth",))
+    # the flag's name before issue 28; --model names the denoiser in `train` and `finetune`
+    p.add_argument("--model", dest="model_deprecated", default=None, choices=list(CLASSIFIERS),
+                   help="deprecated: use --classifier")
 
 
 def _add_time_limit(p: argparse.ArgumentParser) -> None:
@@ -289,6 +293,13 @@ def cmd_select(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    if a.model_deprecated is not None:
+        if a.classifier is not None and a.classifier != a.model_deprecated:
+            raise UserError(f"--model {a.model_deprecated} (deprecated) and --classifier {a.classifier} disagree; "
+                            "give --classifier only")
+        print("warning: evaluate --model is deprecated (in train and finetune it names the denoiser); "
+              "use --classifier", file=sys.stderr, flush=True)
+        a.classifier = a.model_deprecated
     r = run_evaluation(build(EvaluateConfig, given(a, EvaluateConfig), allow_run=True))
     if not dist.is_main():
         return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from minimaxdd.baselines.registry import METHODS as SELECTIONS
+from minimaxdd.baselines.registry import BASELINES
 from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import load_synthetic
@@ -81,8 +81,8 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
     items = _eval_items(cfg, sample, baselines, extras)
     optional = set(extras["methods"]) - set(cfg.evaluate.baselines) if extras else set()
     # sets of generated images (ours, the extras built from samples) get a generation accuracy; the extras'
-    # real-image controls (medoids) are selections and get none
-    generated = {method_name(cfg)} | (optional - set(SELECTIONS))
+    # real-image controls (medoids) are baselines and get none
+    generated = {method_name(cfg)} | (optional - set(BASELINES))
     plan = {(model, protocol): _eval_todo(cfg, items, ds.fingerprint(), full, protocol)
             for model, protocol in itertools.product(ev.models, eval_protocols(cfg))}
     if set_aside_stale:
