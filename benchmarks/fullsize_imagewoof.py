@@ -42,9 +42,9 @@ from minimaxdd.data.imagenet import IMAGEWOOF
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.networks import build_from_config
 from minimaxdd.files import write_json
+from minimaxdd.pipeline.bookkeeping import STAGES
 from minimaxdd.pipeline.config import build_config, load_distill_preset, merge, parse_set, resolve_precisions
 from minimaxdd.pipeline.distill import stage_steps
-from minimaxdd.pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ROOT / "tests" / "fixtures" / "dit_xl2_256_keys.json"

@@ -1,6 +1,6 @@
 """Diagnostics of distilled sets beside their accuracies (issue 6's table): one feature pass over the
 real training set, then MMD, FID, precision / recall, density / coverage, representativeness and
-diversity of every set found in the given distill runs, at each IPC.
+spread of every set found in the given distill runs, at each IPC.
 
     python benchmarks/metrics_table.py --data npz:../shared/data/cifar10-500pc.npz --ipc 10,50 \\
         --run runs/cifar-distill [--run runs/cifar-simple] --out benchmarks/results/metrics-cifar10-500pc.json
@@ -21,7 +21,7 @@ from minimaxdd.evaluation import metrics
 from minimaxdd.files import write_json
 from minimaxdd.pipeline.config import set_name
 
-KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "diversity")
+KEYS = metrics.KEYS
 
 
 def collect(runs: list[Path], ipcs: list[int], model: str) -> list[dict]:
@@ -49,12 +49,12 @@ def collect(runs: list[Path], ipcs: list[int], model: str) -> list[dict]:
 
 def markdown(d: dict) -> str:
     out = [f"Features: {d['features']}. Real: `{d['real']}`.", "",
-           "| set | IPC | accuracy (%) | MMD | FID | precision | recall | density | coverage | represent. | diversity |",
+           "| set | IPC | accuracy (%) | MMD | FID | precision | recall | density | coverage | represent. | spread |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in sorted(d["sets"], key=lambda s: (s["ipc"], s["method"])):
         a = s["accuracy"]
         acc = "" if a is None else f"{100 * a['mean']:.2f} +- {100 * a['std']:.2f}"
-        vals = " | ".join(f"{s['metrics'][k]:.4g}" for k in KEYS)
+        vals = " | ".join(f"{metrics.metric(s['metrics'], k):.4g}" for k in KEYS)
         out.append(f"| {s['method']} | {s['ipc']} | {acc} | {vals} |")
     return "\n".join(out)
 

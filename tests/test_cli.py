@@ -45,6 +45,18 @@ def test_evaluate_full(tmp_path, capsys):
     assert " full " in capsys.readouterr().out
 
 
+def test_evaluate_names_its_classifier_and_still_takes_the_old_flag_with_a_warning(tmp_path, capsys):
+    run = ["evaluate", "--full", "--real", "digits", "--epochs", "1", "--repeats", "1", *FAST]
+    r = tmp_path / "a.json"
+    assert main([*run, "--classifier", "convnet4", "--out", str(r)]) == 0
+    assert json.loads(r.read_text())["model"] == "convnet4" and "deprecated" not in capsys.readouterr().err
+    assert main([*run, "--model", "convnet4", "--out", str(r)]) == 0      # the flag's name before issue 28
+    assert json.loads(r.read_text())["config"]["classifier"] == "convnet4"
+    assert "--model is deprecated" in capsys.readouterr().err
+    assert main([*run, "--model", "convnet4", "--classifier", "convnet3"]) == 2
+    assert "disagree" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["evaluate", "{tmp}/nope", "--real", "digits"], "does not exist"),
     (["evaluate", "--real", "digits"], "needs a synthetic set"),

@@ -22,11 +22,12 @@ from typing import Any, Callable
 from safetensors import SafetensorError
 
 from minimaxdd import distributed as dist
-from minimaxdd.baselines.registry import METHODS, SelectConfig
+from minimaxdd.baselines.registry import BASELINES, SelectConfig
 from minimaxdd.baselines.registry import run_selection as run_select
 from minimaxdd.data.sources import DATASETS, dataset_names
 from minimaxdd.diffusion.generation import SampleConfig, run_sampling
 from minimaxdd.errors import UserError
+from minimaxdd.evaluation.classifiers import CLASSIFIERS
 from minimaxdd.evaluation.metrics import format_metrics, run_metrics
 from minimaxdd.evaluation.runner import EvaluateConfig, format_table, run_evaluation
 from minimaxdd.files import os_error_code, run_lock
@@ -36,6 +37,7 @@ from minimaxdd.pipeline.ablation import (
     run_ablation,
     run_sweep,
 )
+from minimaxdd.pipeline.bookkeeping import STAGES
 from minimaxdd.pipeline.config import (
     NO_FINETUNING,
     build_config,
@@ -46,14 +48,13 @@ from minimaxdd.pipeline.demo import demo
 from minimaxdd.pipeline.distill import distill
 from minimaxdd.pipeline.presets import describe, list_presets, load_preset
 from minimaxdd.pipeline.report import write_report
-from minimaxdd.pipeline.stages import STAGES
 from minimaxdd.precision import machine_report
 from minimaxdd.runtime import flush_denormals
 from minimaxdd.settings import build, default_of, field_types, type_name
 from minimaxdd.training.finetune import FinetuneConfig
 from minimaxdd.training.finetune import finetune as run_finetune
-from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.minimax import OBJECTIVES
+from minimaxdd.training.scratch import TrainConfig
 from minimaxdd.training.scratch import train_from_scratch as run_train
 
 # `distill --data SPEC` without a preset: the generic small-data recipe (U-Net, EDM; pipeline/presets)
@@ -133,7 +134,7 @@ def _datasets_help() -> str:
 
 def _parse_select(sub: Any) -> None:
     p = sub.add_parser("select", help="K images per class: random, herding, k-center, or DM-optimised")
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--method", required=True, choices=sorted(BASELINES))
     p.add_argument("--real", required=True, help=_datasets_help())
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="output directory (synthetic-set format)")
@@ -143,6 +144,9 @@ def _parse_select(sub: Any) -> None:
 def _parse_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="train classifiers on a synthetic set, test on the real test set")
     config_flags(p, EvaluateConfig, required=("real",), positional=("synth",))
+    # the flag's name before issue 28; --model names the denoiser in `train` and `finetune`
+    p.add_argument("--model", dest="model_deprecated", default=None, choices=list(CLASSIFIERS),
+                   help="deprecated: use --classifier")
 
 
 def _add_time_limit(p: argparse.ArgumentParser) -> None:
@@ -261,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parse_finetune(sub)
     _parse_distill(sub)
     p = sub.add_parser("metrics", help="MMD, FID, precision / recall, density / coverage, representativeness and "
-                                       "diversity of synthetic sets against the real training set")
+                                       "spread of synthetic sets against the real training set")
     p.add_argument("synth", nargs="+", help="one or more synthetic sets (dir, ImageFolder, .pt, .npz)")
     p.add_argument("--real", required=True, help=_datasets_help())
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
@@ -289,6 +293,13 @@ def cmd_select(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    if a.model_deprecated is not None:
+        if a.classifier is not None and a.classifier != a.model_deprecated:
+            raise UserError(f"--model {a.model_deprecated} (deprecated) and --classifier {a.classifier} disagree; "
+                            "give --classifier only")
+        print("warning: evaluate --model is deprecated (in train and finetune it names the denoiser); "
+              "use --classifier", file=sys.stderr, flush=True)
+        a.classifier = a.model_deprecated
     r = run_evaluation(build(EvaluateConfig, given(a, EvaluateConfig), allow_run=True))
     if not dist.is_main():
         return 0

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from minimaxdd.data import image_folders
 from minimaxdd.data import imagenet as classes
 from minimaxdd.data import sources as data
 from minimaxdd.data.dataset import Dataset
@@ -326,7 +327,7 @@ def test_imagefolder_cache_hit_and_invalidation(tmp_path, monkeypatch):
     def boom(*args):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data, "_decode_image", boom)
+    monkeypatch.setattr(image_folders, "decode_image", boom)
     again = load_dataset(f"imagefolder:{root}", size=8)
     assert torch.equal(again.x_train, first.x_train) and again.class_names == first.class_names
     with pytest.raises(AssertionError):  # another size is another cache entry

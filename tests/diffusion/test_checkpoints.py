@@ -12,8 +12,7 @@ from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.networks import build_denoiser, difffit_parameters
 from minimaxdd.errors import UserError
 from minimaxdd.training.finetune import FinetuneConfig, finetune
-from minimaxdd.training.loop import TrainConfig
-from minimaxdd.training.scratch import train_from_scratch
+from minimaxdd.training.scratch import TrainConfig, train_from_scratch
 
 FT = dict(data="digits", steps=2, batch=8, precision="fp32", device="cpu", log_every=1)
 

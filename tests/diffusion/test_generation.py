@@ -10,8 +10,7 @@ from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
 from minimaxdd.diffusion.sampling import generate, image_seed
 from minimaxdd.errors import UserError
-from minimaxdd.training.loop import TrainConfig
-from minimaxdd.training.scratch import train_from_scratch
+from minimaxdd.training.scratch import TrainConfig, train_from_scratch
 
 TINY = dict(data="digits", model="dit-t/2", batch=16, checkpoint_every=2, log_every=1, precision="fp32", device="cpu")
 

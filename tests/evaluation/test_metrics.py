@@ -1,6 +1,7 @@
 """Diagnostics with known answers: a set against itself, real vs noise, a collapsed set."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,8 +67,8 @@ def test_collapsed_set_is_less_diverse_and_covers_less():
     first = torch.cat([(y == c).nonzero()[0] for c in range(3)])
     col_idx = first.repeat_interleave(10)
     bad = metrics.set_metrics(x, y, x[col_idx], y[col_idx], 3)
-    assert bad["diversity"] == pytest.approx(0.0, abs=1e-9)
-    assert good["diversity"] > 0.01
+    assert bad["spread"] == pytest.approx(0.0, abs=1e-9)
+    assert good["spread"] > 0.01
     assert good["coverage"] > bad["coverage"]
     assert good["representativeness"] > bad["representativeness"]
     assert len(good["per_class"]) == 3
@@ -214,3 +215,13 @@ def test_metrics_checks_every_input_before_training_the_reference(tmp_path, monk
     for sets, kw, needle in cases:
         with pytest.raises(UserError, match=needle):
             metrics.run_metrics(sets, "digits", device="cpu", **kw)
+
+
+def test_results_written_before_the_rename_still_show_their_spread():
+    # a committed run's metrics.json calls `spread` by its old name, `diversity`
+    old = json.loads((Path(__file__).parents[2] / "benchmarks/results/distill-digits-unet/metrics.json").read_text())
+    name, entry = next(iter(old["sets"].items()))
+    assert "spread" not in entry and metrics.metric(entry, "spread") == entry["diversity"]
+    row = next(line for line in metrics.format_metrics(old).splitlines() if line.startswith(f"| {name} |"))
+    assert row.split("|")[-2].strip() == f"{entry['diversity']:.4f}"
+    assert metrics.metric({"spread": 0.5, "diversity": 0.1}, "spread") == 0.5      # the new name wins

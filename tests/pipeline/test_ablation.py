@@ -77,7 +77,7 @@ def test_bad_seeds_are_refused_before_anything_runs(tmp_path, capsys):
 
 
 def test_a_row_set_aside_twice_keeps_both_copies(tmp_path):
-    from minimaxdd.pipeline.stages import _set_aside_stale
+    from minimaxdd.pipeline.evaluation import _set_aside_stale
 
     d = tmp_path / "evaluate"
     d.mkdir()

@@ -263,7 +263,7 @@ def test_phases_fine_tune_one_model_per_class_group(run_dir, tmp_path):
     import torch
 
     from minimaxdd.diffusion import checkpoints as ckpt
-    from minimaxdd.pipeline.stages import phase_groups
+    from minimaxdd.pipeline.finetuning import phase_groups
 
     assert phase_groups(100, 5)[1] == list(range(20, 40)) and phase_groups(10, 3) == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
     out = tmp_path / "phased"
@@ -371,8 +371,8 @@ def test_stage_keys_hold_the_precision_used(run_dir, tmp_path, monkeypatch, caps
     precision, or a machine where auto picks the other one, retrains the base instead of reusing it."""
     import shutil
 
+    import minimaxdd.pipeline.base as base_stage
     import minimaxdd.pipeline.config as config
-    import minimaxdd.pipeline.stages as stages
     import minimaxdd.precision as P
 
     base = json.loads((run_dir / "base" / "stage.json").read_text())
@@ -389,7 +389,7 @@ def test_stage_keys_hold_the_precision_used(run_dir, tmp_path, monkeypatch, caps
 
     def no_training(*a, **k):
         raise Retrained
-    monkeypatch.setattr(stages, "train", no_training)
+    monkeypatch.setattr(base_stage, "train", no_training)
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     assert main(["distill", *TINY, "--set", f"base.train.precision={used}", "--out", str(run)]) == 0

@@ -7,7 +7,7 @@ from minimaxdd.data.synthetic import SyntheticSet
 from minimaxdd.errors import UserError
 from minimaxdd.pipeline.config import build_config
 from minimaxdd.pipeline.extras import extra_methods, keep_per_class
-from minimaxdd.pipeline.stages import per_class_prefix
+from minimaxdd.pipeline.sampling import per_class_prefix
 
 
 def _pool(per_class=6, classes=3):

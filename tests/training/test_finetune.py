@@ -7,7 +7,7 @@ import torch
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.errors import UserError
 from minimaxdd.training.finetune import FinetuneConfig, check_config, finetune
-from minimaxdd.training.loop import TrainConfig
+from minimaxdd.training.scratch import TrainConfig
 from minimaxdd.training.scratch import train_from_scratch as train
 
 

@@ -13,9 +13,12 @@ from minimaxdd.diffusion.networks import build_denoiser
 from minimaxdd.errors import UserError
 from minimaxdd.runtime import PRECISIONS
 from minimaxdd.settings import default_of, is_run_field
+from minimaxdd.training.config import LoopConfig
+from minimaxdd.training.draws import make_targets
 from minimaxdd.training.finetune import FinetuneConfig
-from minimaxdd.training.loop import Batch, LoopConfig, TrainConfig, ema_decay, fit, make_targets, step_generator
+from minimaxdd.training.loop import Batch, fit
 from minimaxdd.training.minimax import OBJECTIVES, REDUCTIONS
+from minimaxdd.training.scratch import TrainConfig
 from minimaxdd.training.scratch import train_from_scratch as train
 
 REQUIRED = object()
@@ -57,37 +60,6 @@ def test_run_fields_and_choices():
     # a subclass's own default keeps the loop's help
     lr = (FinetuneConfig.__dataclass_fields__["lr"], LoopConfig.__dataclass_fields__["lr"])
     assert dict(lr[0].metadata) == dict(lr[1].metadata) and (lr[0].default, lr[1].default) == (1e-3, 1e-4)
-
-
-def test_ema_decay_schedule():
-    cfg = TrainConfig(data="digits", out="-")
-    assert ema_decay(cfg, 1) == 2 / 11 and ema_decay(cfg, 10**6) == 0.9999
-    assert ema_decay(dataclasses.replace(cfg, ema_warmup=False), 1) == 0.9999
-
-
-def test_step_generator_depends_only_on_seed_step_and_stream():
-    draw = lambda *a: torch.randint(0, 2**31, (4,), generator=step_generator(*a)).tolist()   # noqa: E731
-    assert draw(0, 5) == draw(0, 5)
-    assert len({str(draw(0, 5)), str(draw(1, 5)), str(draw(0, 6)), str(draw(0, 5, 1))}) == 4
-
-
-def test_fused_adamw_steps_like_the_plain_one():
-    from minimaxdd.training.loop import adamw
-
-    torch.manual_seed(0)
-    a = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
-    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    start = [p.detach().clone() for p in a]
-    fused, plain = adamw(a, lr=1e-2, weight_decay=0.1), torch.optim.AdamW(b, lr=1e-2, weight_decay=0.1)
-    assert fused.defaults["fused"] and not plain.defaults["fused"]
-    for _ in range(5):
-        for ps, opt in ((a, fused), (b, plain)):
-            opt.zero_grad()
-            sum((p ** 2).sum() for p in ps).backward()
-            opt.step()
-    for p, q, p0 in zip(a, b, start):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-        assert (p - p0).abs().min() > 1e-3          # every entry moved
 
 
 def _setup(digits):
@@ -147,33 +119,6 @@ def test_resume_refuses_a_missing_optimizer_state_unless_told(tmp_path):
 # the short-run recipe and the EDM formulation (issue 18)
 
 
-def test_power_ema_exponent_has_the_asked_relative_std():
-    from minimaxdd.training.loop import power_ema_exponent
-
-    for sigma_rel in (0.05, 0.10, 0.2):
-        g = power_ema_exponent(sigma_rel)
-        assert ((g + 1) / ((g + 2) ** 2 * (g + 3))) ** 0.5 == pytest.approx(sigma_rel, rel=1e-9)
-    assert power_ema_exponent(0.10) == pytest.approx(6.94, abs=0.01)     # EDM2's gamma for sigma_rel 0.10
-    with pytest.raises(UserError, match="ema_length must be in"):
-        power_ema_exponent(0.5)
-
-
-def test_power_ema_averages_the_whole_run_with_a_power_profile():
-    cfg = TrainConfig(data="digits", out="-", ema_length=0.1)
-    from minimaxdd.training.loop import power_ema_exponent
-
-    g = power_ema_exponent(0.1)
-    assert ema_decay(cfg, 1) == 0.0                                   # the first step: EMA = the weights
-    assert ema_decay(cfg, 100) == pytest.approx((1 - 1 / 100) ** (g + 1), rel=1e-12)
-    # applied to a sequence 1..T, the EMA is the power-weighted mean sum t^g * t / sum t^g
-    e, T = 0.0, 400
-    for t in range(1, T + 1):
-        d = ema_decay(cfg, t)
-        e = d * e + (1 - d) * t
-    w = torch.arange(1, T + 1, dtype=torch.float64) ** g
-    assert e == pytest.approx(float((w * torch.arange(1, T + 1)).sum() / w.sum()), rel=2e-2)
-
-
 def test_lr_warmup_ramps_linearly_over_its_fraction(tmp_path):
     kw = dict(data="digits", model="dit-n/2", batch=8, precision="fp32", device="cpu", log_every=1)
     seen = []
@@ -201,30 +146,6 @@ def test_edm_training_records_its_formulation_and_resumes_exactly(tmp_path):
     train(TrainConfig(out=str(tmp_path / "b"), steps=6, resume=True, **kw))
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_edm_draws_sigmas_where_ddpm_draws_timesteps(digits):
-    from minimaxdd.diffusion.edm import EDM
-    from minimaxdd.diffusion.schedule import Diffusion
-    from minimaxdd.training.loop import _draw
-
-    codec = build_codec("pixel", 1, 8)
-    targets = make_targets(codec, digits, list(range(10)))
-    cfg = TrainConfig(data="digits", out="-", batch=16, flip=False)
-    x0, _, _, _, t, noise, aug = _draw(targets, cfg, 0, len(targets) // 16, 10, Diffusion())
-    x0e, _, _, _, s, noise_e, _ = _draw(targets, cfg, 0, len(targets) // 16, 10, EDM())
-    assert t.dtype == torch.int64 and s.dtype == torch.float32 and (s > 0).all()
-    assert torch.equal(x0, x0e)                     # the same images; the level and the noise are drawn after
-    assert aug.shape == (16, 0)                     # no augmentation: no labels
-    # augmentation is drawn after everything else: the same levels and noise, augmented images with their labels
-    import dataclasses
-    x0a, _, _, _, sa, noise_a, auga = _draw(targets, dataclasses.replace(cfg, augment=1.0), 0, len(targets) // 16,
-                                            10, EDM())
-    assert torch.equal(sa, s) and torch.equal(noise_a, noise_e) and auga.shape == (16, 6)
-    assert not torch.equal(x0a, x0e) and (auga != 0).any(1).all()
-    g = step_generator(0, 0)
-    torch.rand(16, generator=g)                      # label dropout
-    assert torch.equal(s, (torch.randn(16, generator=g) * 1.2 - 1.2).exp())
 
 
 # ---------------------------------------------------------------------------------------------

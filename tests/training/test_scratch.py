@@ -7,8 +7,7 @@ import torch
 from minimaxdd.cli import main
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.errors import UserError
-from minimaxdd.training.loop import TrainConfig
-from minimaxdd.training.scratch import train_from_scratch
+from minimaxdd.training.scratch import TrainConfig, train_from_scratch
 
 TINY = dict(data="digits", model="uvit-t", batch=16, checkpoint_every=2, log_every=1, precision="fp32", device="cpu")
 

@@ -1,10 +1,12 @@
-"""The baselines by name (`BASELINES`, the keys are the CLI's `select --method` choices), and `select`.
+"""The baselines by name (`BASELINES`, one registry; its keys are the CLI's `select --method` choices and the
+distill config's `evaluate.baselines` choices), and `select`, which runs one.
 
-- `random`, `herding`, `kcenter`: coreset selections of K real training images per class
-  (`minimaxdd.baselines.coreset`).
-- `dm`: not a selection but the distribution-matching baseline
-  (`minimaxdd.baselines.distribution_matching`), which starts from a random selection and
-  optimises its pixels; it shares this command and the synthetic-set format.
+Two kinds of baseline share it, the command and the synthetic-set format:
+
+- `random`, `herding`, `kcenter`, `medoids`: coreset selections of K real training images per class
+  (`minimaxdd.baselines.coreset`);
+- `dm`: the distribution-matching baseline (`minimaxdd.baselines.distribution_matching`), not a selection:
+  it starts from a random selection and optimises its pixels.
 """
 from __future__ import annotations
 
@@ -64,16 +66,15 @@ def _dm(ds: Dataset, ipc: int, seed: int, device: str | torch.device, *, feature
 
 
 BASELINES: dict[str, Baseline] = {**{m: _coreset(m) for m in SELECTORS}, "dm": _dm}
-METHODS = tuple(BASELINES)
 
 
 def select(ds: Dataset, method: str, ipc: int, seed: int = 0, device: str | torch.device = "cpu",
            feature_epochs: int | None = None, dm: DMConfig | None = None,
            state_path: str | Path | None = None) -> SyntheticSet:
-    """K images per class by `method`, as a SyntheticSet: real training images for the
-    selection methods, optimised ones for `dm` (with `dm` its DMConfig)."""
+    """K images per class by the baseline `method`, as a SyntheticSet: real training images for the
+    coreset selections, optimised ones for `dm` (with `dm` its DMConfig)."""
     if method not in BASELINES:
-        raise UserError(f"unknown selection method {method!r}; choose one of {sorted(BASELINES)}")
+        raise UserError(f"unknown baseline {method!r}; choose one of {sorted(BASELINES)}")
     check_ipc(ds.y_train, ds.num_classes, ipc, ds.class_names)
     return BASELINES[method](ds, ipc, seed, device, feature_epochs=feature_epochs, dm=dm, state_path=state_path)
 

@@ -15,8 +15,10 @@ features X (N of them):
 - `density`, `coverage`: Naeem et al. 2020 (k = 5), from the real samples' k-NN balls only.
 - `representativeness`: mean cosine similarity of each real sample to its nearest synthetic
   sample of the same class (higher: every real sample has a synthetic one near it).
-- `diversity`: 1 - mean pairwise cosine similarity among a class's synthetic samples (higher:
-  more diverse; 0 for a set of one repeated image).
+- `spread`: 1 - mean pairwise cosine similarity among a class's synthetic samples (higher:
+  more spread out; 0 for a set of one repeated image). Results written before issue 28 call it
+  `diversity`, which `metric` still reads; it is not the fine-tuning's diversity term
+  (`training.minimax.diversity_loss`, L_d: a max cosine, where higher means less diverse).
   Both cosines are taken on features centred on the real class mean.
 
 Higher is better for all but `mmd` and `fid`. Features default to the cached reference classifier
@@ -46,8 +48,9 @@ from minimaxdd.runtime import pick_device
 PR_K = 3        # Kynkaanniemi et al. 2019 (their default k)
 DC_K = 5        # Naeem et al. 2020 (their recommended k)
 MAX_REAL_PER_CLASS = 2000   # ours: real features per class used for the k-NN and kernel estimates (bounds cost)
-KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "diversity")
+KEYS = ("mmd", "fid", "precision", "recall", "density", "coverage", "representativeness", "spread")
 LOWER_IS_BETTER = ("mmd", "fid")
+OLD_NAMES = {"spread": "diversity"}     # the name a key had in results files written before issue 28
 
 
 CHUNK = 2048                # ours: rows per block of a distance matrix: memory stays O(CHUNK x N), not O(N^2)
@@ -164,7 +167,7 @@ def representativeness(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(_cos(x, y).max(1).values.mean())
 
 
-def diversity(y: torch.Tensor) -> float:
+def spread(y: torch.Tensor) -> float:
     """1 - mean cosine similarity between distinct rows of y (M, D); 0 for fewer than two rows."""
     if len(y) < 2:
         return 0.0
@@ -182,7 +185,7 @@ def compare(x: torch.Tensor, y: torch.Tensor) -> dict:
     d, c = density_coverage(x, y)
     mu = x.mean(0, keepdim=True)
     return {"mmd": mmd2(x, y), "fid": frechet_distance(x, y), "precision": p, "recall": r, "density": d,
-            "coverage": c, "representativeness": representativeness(x - mu, y - mu), "diversity": diversity(y - mu)}
+            "coverage": c, "representativeness": representativeness(x - mu, y - mu), "spread": spread(y - mu)}
 
 
 def set_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor, syn_y: torch.Tensor,
@@ -190,7 +193,7 @@ def set_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor,
     """Per-class and overall metrics. Real features are subsampled to `max_real` per class (seeded).
 
     Overall: mmd, fid, precision, recall, density and coverage on all features pooled (class-blind);
-    representativeness and diversity are per-class quantities, averaged over classes.
+    representativeness and spread are per-class quantities, averaged over classes.
     """
     g = torch.Generator().manual_seed(seed)
     keep, per_class = [], []
@@ -206,7 +209,7 @@ def set_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor,
     xs = real_f[torch.cat(keep)]
     overall = compare(xs, syn_f)
     valid = [m for m in per_class if m is not None]
-    for k in ("representativeness", "diversity"):
+    for k in ("representativeness", "spread"):
         overall[k] = float(np.mean([m[k] for m in valid])) if valid else float("nan")
     return {**overall, "per_class": per_class}
 
@@ -308,8 +311,13 @@ def format_metrics(d: dict) -> str:
     for name, m in sets.items():
         acc = m.get("accuracy")
         acc = "" if acc is None else f"{100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}"
-        out.append(f"| {name} | {acc} | " + " | ".join(_fmt(m[k]) for k in KEYS) + " |")
+        out.append(f"| {name} | {acc} | " + " | ".join(_fmt(metric(m, k)) for k in KEYS) + " |")
     return "\n".join(out)
+
+
+def metric(entry: dict, key: str) -> float | None:
+    """entry[key], read under its old name from a results file written before the rename (OLD_NAMES)."""
+    return entry[key] if key in entry else entry.get(OLD_NAMES.get(key, key))
 
 
 def _fmt(v: float) -> str:

@@ -14,7 +14,9 @@ from minimaxdd.errors import UserError
 
 
 @dataclass(frozen=True)
-class Protocol:
+class EvalProtocol:
+    """An evaluation recipe: how classifiers are trained on a set (optimiser, batch, augmentation, epochs) before
+    they are tested on the real test set. Named EvalProtocol, not Protocol, so as not to read as typing.Protocol."""
     name: str
     lr: float                 # SGD learning rate per batch of `batch_size`
     momentum: float
@@ -84,27 +86,27 @@ SOFT_SUFFIX = "-soft"
 SOFT_TEMPERATURE = 20.0
 
 
-def soft_variant(p: Protocol, temperature: float = SOFT_TEMPERATURE) -> Protocol:
+def soft_variant(p: EvalProtocol, temperature: float = SOFT_TEMPERATURE) -> EvalProtocol:
     """`p` with the teacher's soft labels in place of the set's labels, named `<p.name>-soft`."""
     return replace(p, name=p.name + SOFT_SUFFIX, temperature=temperature)
 
 
-PROTOCOLS: dict[str, Protocol] = {
+PROTOCOLS: dict[str, EvalProtocol] = {
     # DC / DSA / DM evaluation (Zhao et al. ICLR 2021; Zhao & Bilen ICML 2021, WACV 2023;
     # the ECCV 2024 challenge's evaluate.py): SGD 0.01, momentum 0.9, wd 5e-4, batch 256,
     # 1000 epochs, lr x0.1 at half, DSA 'color_crop_cutout_flip_scale_rotate'.
-    "dc": Protocol("dc", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256, augment="dsa",
+    "dc": EvalProtocol("dc", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=256, augment="dsa",
                    cutmix_p=0.0, cutmix_beta=1.0, milestones=(0.5,), gamma=0.1, epochs=1000),
     # IDC / Minimax evaluation on ImageNet subsets (Kim et al. ICML 2022; Gu et al. CVPR 2024):
     # SGD 0.01, momentum 0.9, wd 5e-4, batch 64, epochs by IPC, lr x0.2 at 2/3 and 5/6,
     # RandomResizedCrop(scale 0.5-1) + flip + colour jitter 0.4 + PCA lighting 0.1, CutMix beta 1 on every batch.
-    "idc": Protocol("idc", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64, augment="idc",
+    "idc": EvalProtocol("idc", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64, augment="idc",
                     cutmix_p=1.0, cutmix_beta=1.0, milestones=(2 / 3, 5 / 6), gamma=0.2, epochs=None),
 }
 PROTOCOLS.update({p.name: p for p in (soft_variant(PROTOCOLS["dc"]), soft_variant(PROTOCOLS["idc"]))})
 
 
-def get_protocol(name: str) -> Protocol:
+def get_protocol(name: str) -> EvalProtocol:
     """PROTOCOLS[name]; an unknown name is a UserError listing the known ones."""
     if name not in PROTOCOLS:
         raise UserError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")

@@ -28,7 +28,8 @@ class EvaluateConfig:
     seed: int = run_field(0)
     size: int | None = run_field(None, help="image side the real dataset is decoded (folders) or resized to")
     device: str = run_field("auto")
-    model: str = setting("convnet3", choices=tuple(MODELS), help="the classifier trained on the set")
+    # `classifier`, not `model`: in `train` and `finetune`, --model names the denoiser
+    classifier: str = setting("convnet3", choices=tuple(MODELS), help="the classifier trained on the set")
     protocol: str = setting("dc", choices=tuple(PROTOCOLS),
                             help="training recipe and augmentation; *-soft: the same with a teacher's soft labels")
     repeats: int = setting(3, help="classifiers trained, each with its own seed")
@@ -64,16 +65,16 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     else:
         s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size)
         x, y = s.images, s.labels
-    teacher = (teacher_classifier(real, cfg.model, device, cfg.image_size, cfg.teacher_epochs, precision)
+    teacher = (teacher_classifier(real, cfg.classifier, device, cfg.image_size, cfg.teacher_epochs, precision)
                if protocol.soft else None)
-    res = evaluate_set(x, y, real.x_test, real.y_test, real.num_classes, cfg.model, protocol, cfg.repeats,
+    res = evaluate_set(x, y, real.x_test, real.y_test, real.num_classes, cfg.classifier, protocol, cfg.repeats,
                        cfg.epochs, cfg.seed, device, precision, stats=channel_stats(real.x_train),
                        compile=cfg.compile, image_size=cfg.image_size, teacher=teacher)
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
            "class_names": real.class_names, "config": asdict(cfg),
            **describe_precision(cfg.precision, precision, device)}
     if protocol.soft:
-        out["teacher"] = f"{cfg.model} trained on all {len(real.x_train)} real training images (cached)"
+        out["teacher"] = f"{cfg.classifier} trained on all {len(real.x_train)} real training images (cached)"
     if cfg.generation_accuracy and not cfg.full:
         out["generation"] = generation_accuracy(real, x, y, device=device)
     if cfg.out and dist.is_main():

@@ -22,12 +22,12 @@ from minimaxdd.data import augment
 from minimaxdd.data.dataset import channel_stats, normalise
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import build_model
-from minimaxdd.evaluation.protocols import PROTOCOLS, Protocol
+from minimaxdd.evaluation.protocols import PROTOCOLS, EvalProtocol
 from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast, generator, progress
 
 
-def _augment_fn(protocol: Protocol, stats: augment.Stats | None) -> augment.Augmentation:
+def _augment_fn(protocol: EvalProtocol, stats: augment.Stats | None) -> augment.Augmentation:
     """The batch augmentation the protocol names, from `minimaxdd.data.augment.AUGMENTATIONS`, for batches
     standardised with `stats` (the colour ops of `idc` act on pixels)."""
     if protocol.augment not in augment.AUGMENTATIONS:
@@ -56,7 +56,7 @@ class _Run:
     net: nn.Module
     opt: torch.optim.Optimizer
     aug: augment.Augmentation
-    protocol: Protocol
+    protocol: EvalProtocol
     g: torch.Generator
     device: torch.device
     precision: str
@@ -64,7 +64,7 @@ class _Run:
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_classes: int,
-                     protocol: Protocol, epochs: int, seed: int, device: torch.device,
+                     protocol: EvalProtocol, epochs: int, seed: int, device: torch.device,
                      precision: str = "auto", desc: str = "train", compile: bool = False,
                      stats: augment.Stats | None = None, teacher: nn.Module | None = None) -> nn.Module:
     """Train `model_name` from scratch on normalised images x (N, C, H, W) float on `device`
@@ -201,7 +201,7 @@ def resize_images(x: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
 
 
 def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                 num_classes: int, model: str = "convnet3", protocol: Protocol | None = None,
+                 num_classes: int, model: str = "convnet3", protocol: EvalProtocol | None = None,
                  repeats: int = 3, epochs: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
                  precision: str = "auto", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
                  compile: bool = False, image_size: int | None = None,

@@ -22,6 +22,9 @@ import torch
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.errors import UserError
 from minimaxdd.files import write_json
+from minimaxdd.pipeline.base import stage_base
+from minimaxdd.pipeline.baseline_sets import stage_baselines
+from minimaxdd.pipeline.bookkeeping import say
 from minimaxdd.pipeline.config import (
     NO_FINETUNING,
     DistillConfig,
@@ -31,14 +34,9 @@ from minimaxdd.pipeline.config import (
     method_name,
     resolve_precisions,
 )
-from minimaxdd.pipeline.stages import (
-    say,
-    stage_base,
-    stage_baselines,
-    stage_evaluate,
-    stage_finetune,
-    stage_sample,
-)
+from minimaxdd.pipeline.evaluation import stage_evaluate
+from minimaxdd.pipeline.finetuning import stage_finetune
+from minimaxdd.pipeline.sampling import stage_sample
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import default_of, field_types
 from minimaxdd.training.finetune import FinetuneConfig
@@ -87,7 +85,7 @@ def _config(base: str, data: str | None, ipcs: str | list[int], repeats: int, ov
     return resolve_precisions(dataclasses.replace(cfg, device=str(dev)), dev)   # stage keys hold the precision used
 
 
-def _seed_dirs(root: Path, cfg: DistillConfig, seeds: list[int] | None) -> list[tuple[Path, DistillConfig]]:
+def seed_dirs(root: Path, cfg: DistillConfig, seeds: list[int] | None) -> list[tuple[Path, DistillConfig]]:
     """(folder, config) per sampling seed: the config's own seed in ROOT itself (a one-seed study's layout),
     every other seed s in ROOT/seed-s/ with `seed` s (its sampling noise, selection and classifier seeds)."""
     return [(root if s == cfg.seed else root / f"seed-{s}", dataclasses.replace(cfg, seed=s))
@@ -123,7 +121,7 @@ def _variant(out: Path, name: str, cfg: DistillConfig, base: dict, device: torch
     t0 = time.time()
     ft = stage_finetune(sub, cfg, base, False, device)
     per_seed, sample = [], {}
-    for d, c in _seed_dirs(sub, cfg, seeds):
+    for d, c in seed_dirs(sub, cfg, seeds):
         d.mkdir(parents=True, exist_ok=True)
         sample = stage_sample(d, c, ft, False, device)
         per_seed.append((c.seed, stage_evaluate(d, c, sample, None, False, device, full=False)))
@@ -136,7 +134,7 @@ def _shared(out: Path, cfg: DistillConfig, device: torch.device, seeds: list[int
     """The base model (OUT/base/) and random real images at each selection seed (OUT[/seed-s]/baselines/)."""
     base = stage_base(out, cfg, False, device)
     per_seed = []
-    for d, c in _seed_dirs(out, cfg, seeds):
+    for d, c in seed_dirs(out, cfg, seeds):
         bl = stage_baselines(d, c, False, device)
         per_seed.append((c.seed, stage_evaluate(d, c, None, bl, False, device, full=False, write_results=False,
                                                 set_aside_stale=False)))

@@ -23,8 +23,8 @@ from minimaxdd.data.sources import load_dataset
 from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
 from minimaxdd.evaluation import train_test
 from minimaxdd.evaluation.protocols import get_protocol
-from minimaxdd.pipeline.config import DistillConfig
-from minimaxdd.pipeline.stages import Stage, epochs_for, key_of, precision_part, say
+from minimaxdd.pipeline.bookkeeping import StageRun, key_of, precision_part, say
+from minimaxdd.pipeline.config import DistillConfig, epochs_for
 from minimaxdd.runtime import generator
 from minimaxdd.settings import to_dict
 
@@ -83,13 +83,16 @@ def stage_choose(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
     cands = candidates(cfg)
     conf = {"choose": choice_conf(cfg), "candidates": cands}
     size = [cfg.evaluate.image_size] if cfg.evaluate.image_size else []     # absent when unset: older keys hold
-    st = Stage(run, "choose", key_of(ft["key"], conf, to_dict(cfg.sample), cfg.evaluate.models[0],
-                                     cfg.evaluate.protocol, cfg.seed, *size, *precision_part(cfg.evaluate.precision)),
-               conf, force)
-    if st.done:
-        say(f"choose: done ({st.record.get('by_ipc') or st.record['sample']}), skipped")
-        return st.record
-    st.begin(device)
+    st = StageRun(run, "choose", key_of(ft["key"], conf, to_dict(cfg.sample), cfg.evaluate.models[0],
+                                        cfg.evaluate.protocol, cfg.seed, *size,
+                                        *precision_part(cfg.evaluate.precision)),
+                  conf, force)
+    return st.run(device, lambda st: _choose(st, cfg, ft, cands, device),
+                  note=lambda r: f" ({r.get('by_ipc') or r['sample']})")
+
+
+def _choose(st: StageRun, cfg: DistillConfig, ft: dict, cands: list[dict], device: torch.device) -> dict:
+    """Each candidate sampled and scored at each IPC the choice is made at; the stage's record."""
     if len(cands) == 1:
         return st.finish(device, sample=cands[0], scores=None)
     say(f"choose: {len(cands)} candidates, sampled in {cfg.sample.precision}, scored by {cfg.evaluate.models[0]} "

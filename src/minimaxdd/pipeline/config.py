@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from minimaxdd.baselines.distribution_matching import DMConfig
-from minimaxdd.baselines.registry import METHODS
+from minimaxdd.baselines.registry import BASELINES
 from minimaxdd.diffusion.generation import SampleConfig
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
@@ -39,8 +39,8 @@ from minimaxdd.settings import (
     to_dict,
 )
 from minimaxdd.training.finetune import FinetuneConfig
-from minimaxdd.training.loop import TrainConfig
 from minimaxdd.training.minimax import OBJECTIVES
+from minimaxdd.training.scratch import TrainConfig
 
 NO_FINETUNING = "none"     # the objective that skips fine-tuning: the base model as is (the paper's "DiT" column)
 
@@ -69,7 +69,7 @@ class EvaluationConfig:
     epochs: int | dict[str, int] | None = setting(None, help="null: the protocol's; an int; or by IPC, "
                                                              "e.g. {\"10\": 300, \"50\": 100}")
     precision: str = setting(default_of(EvaluateConfig, "precision"), choices=PRECISIONS)
-    baselines: list[str] = setting(["random", "herding", "kcenter"], choices=tuple(METHODS),
+    baselines: list[str] = setting(["random", "herding", "kcenter"], choices=tuple(BASELINES),
                                    help="real-image baselines at each IPC")
     full_epochs: int | None = setting(50, help="epochs of the full-data row; null or 0: no full-data row")
     generation_accuracy: bool = setting(True, help="score our sets with the full-data reference classifier")
@@ -264,3 +264,11 @@ def set_name(objective: str) -> str:
 def method_name(cfg: DistillConfig) -> str:
     """`set_name` of the run's fine-tuning objective."""
     return set_name(cfg.finetune.objective)
+
+
+def epochs_for(cfg: DistillConfig, ipc: int) -> int | None:
+    """evaluate.epochs at one IPC: null (the protocol's), an int, or {"10": 300, "50": 100} by IPC."""
+    spec = cfg.evaluate.epochs
+    if isinstance(spec, dict):
+        return spec.get(str(ipc))
+    return spec

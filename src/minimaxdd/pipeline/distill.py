@@ -1,6 +1,7 @@
 """`minimaxdd distill`: from a dataset to a distilled set and an honest report, in stages.
 
-The stages and their bookkeeping are in `pipeline.stages`; the typed config in `pipeline.config`.
+The stages' shared bookkeeping is in `pipeline.bookkeeping`, each stage in a module of its own (base, finetuning,
+choice, sampling, extras, baseline_sets, evaluation, diagnostics, report); the typed config in `pipeline.config`.
 `--from-stage S` reruns S and every stage after it.
 """
 from __future__ import annotations
@@ -13,20 +14,17 @@ import torch
 
 from minimaxdd.errors import UserError
 from minimaxdd.files import run_lock, write_json
+from minimaxdd.pipeline.base import stage_base
+from minimaxdd.pipeline.baseline_sets import stage_baselines
+from minimaxdd.pipeline.bookkeeping import STAGES, say
 from minimaxdd.pipeline.choice import stage_choose
 from minimaxdd.pipeline.config import DistillConfig, precisions, resolve_precisions
+from minimaxdd.pipeline.diagnostics import stage_metrics
+from minimaxdd.pipeline.evaluation import stage_evaluate
 from minimaxdd.pipeline.extras import stage_extras
+from minimaxdd.pipeline.finetuning import stage_finetune
 from minimaxdd.pipeline.report import write_report
-from minimaxdd.pipeline.stages import (
-    STAGES,
-    say,
-    stage_base,
-    stage_baselines,
-    stage_evaluate,
-    stage_finetune,
-    stage_metrics,
-    stage_sample,
-)
+from minimaxdd.pipeline.sampling import stage_sample
 from minimaxdd.precision import auto_reason
 from minimaxdd.runtime import pick_device
 

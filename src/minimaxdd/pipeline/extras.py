@@ -29,8 +29,9 @@ from minimaxdd.data.synthetic import SyntheticSet, load_synthetic, write_synthet
 from minimaxdd.diffusion.generation import SampleConfig, from_real_images, sample_checkpoint
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
 from minimaxdd.files import manifest
+from minimaxdd.pipeline.bookkeeping import StageRun, key_of, say
 from minimaxdd.pipeline.config import DistillConfig, method_name
-from minimaxdd.pipeline.stages import Stage, key_of, per_class_prefix, say
+from minimaxdd.pipeline.sampling import per_class_prefix
 from minimaxdd.settings import to_dict
 
 
@@ -65,11 +66,12 @@ def stage_extras(run: Path, cfg: DistillConfig, ft: dict, chosen: dict | None, f
     conf = {"extras": to_dict(cfg.extras), "sample": to_dict(sample), "ipc": cfg.ipc}
     if any(v != sample for v in per.values()):                  # absent when one choice serves all: keys hold
         conf["sample_by_ipc"] = {str(k): to_dict(v) for k, v in per.items()}
-    st = Stage(run, "extras", key_of(ft["key"], conf, cfg.data, cfg.size, cfg.seed), conf, force)
-    if st.done:
-        say("extras: done, skipped")
-        return st.record
-    st.begin(device)
+    st = StageRun(run, "extras", key_of(ft["key"], conf, cfg.data, cfg.size, cfg.seed), conf, force)
+    return st.run(device, lambda st: _make_extras(st, cfg, ft, conf, per, device))
+
+
+def _make_extras(st: StageRun, cfg: DistillConfig, ft: dict, conf: dict, per: dict, device: torch.device) -> dict:
+    """Every optional row's set at every IPC in st.dir, each sampled with `per[ipc]`; the stage's record."""
     ds = load_dataset(cfg.data, size=cfg.size)
     ref = reference_classifier(ds, ReferenceConfig(seed=cfg.seed), device)
     stats = channel_stats(ds.x_train)

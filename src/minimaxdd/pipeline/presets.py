@@ -1,4 +1,5 @@
-"""Named presets: JSON files in `minimaxdd/presets/`, each `{"stage": ..., "description": ..., "config": {...}}`.
+"""Named presets: JSON files in `minimaxdd/pipeline/presets/` (beside this module), each
+`{"stage": ..., "description": ..., "config": {...}}`.
 
 A preset fills a stage's config; flags given on the command line override it.
 """

@@ -13,7 +13,7 @@ from minimaxdd.data.synthetic import load_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.metrics import format_metrics
 from minimaxdd.evaluation.protocols import SOFT_SUFFIX
-from minimaxdd.pipeline.stages import STAGES
+from minimaxdd.pipeline.bookkeeping import STAGES
 
 ORDER = ("random", "herding", "kcenter", "medoids", "dm", "full")
 OPTIONAL_NOTE = ("Each beside its control, from the `extras` stage: `*-poolK-herding` keeps IPC of K x IPC samples per "

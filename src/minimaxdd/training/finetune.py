@@ -26,7 +26,9 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import reading
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import run_field, setting
-from minimaxdd.training.loop import LoopConfig, fit, make_targets, redefault
+from minimaxdd.training.config import LoopConfig, redefault
+from minimaxdd.training.draws import make_targets
+from minimaxdd.training.loop import fit
 from minimaxdd.training.minimax import OBJECTIVES, REDUCTIONS, ClassMemory, MinimaxStep
 
 # Which parameters fine-tuning trains: Difffit's (Xie et al. 2023: biases, norms, the class embedding and

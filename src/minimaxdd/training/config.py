@@ -1,0 +1,59 @@
+"""The shared training loop's config (`LoopConfig`), which `train` and `finetune` extend with their own fields."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from minimaxdd.runtime import PRECISIONS
+from minimaxdd.settings import run_field, setting
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    """How the shared loop trains, and where it writes.
+
+    The defaults are DiT's recipe (Peebles & Xie 2023, Sec. 4): AdamW at a constant lr 1e-4 without
+    weight decay, EMA decay 0.9999, label dropout 0.1. A stage redeclares a field (`redefault`) only
+    where its source uses another value.
+    """
+    out: str = run_field(help="run directory: checkpoints, log.jsonl, config.json and manifest.json")
+    epochs: float | None = setting(None, help="length in passes over the training set")
+    steps: int | None = setting(None, help="length in optimiser steps (wins over epochs)")
+    time_limit: float | None = setting(None, help="seconds; stop (and checkpoint) when exceeded")
+    batch: int = setting(64, help="global batch: images per step over all processes")
+    lr: float = setting(1e-4, help="AdamW learning rate (constant)")
+    weight_decay: float = setting(0.0, help="AdamW weight decay")
+    beta1: float = setting(0.9, help="AdamW beta1")
+    beta2: float = setting(0.999, help="AdamW beta2")
+    ema: float = setting(0.9999, help="decay per step of the EMA of the weights (see ema_warmup)")
+    # short CPU runs still get a useful EMA
+    ema_warmup: bool = setting(True, help="ramp the EMA decay up as min(ema, (1+step)/(10+step))")
+    ema_length: float | None = setting(None, help="EDM2's power-function EMA with this relative std: the average spans "
+                                                  "about this fraction of the run so far (0.05-0.10 in EDM2); "
+                                                  "replaces ema and ema_warmup")
+    lr_warmup: float = setting(0.0, help="fraction of the planned steps over which the lr ramps up linearly from 0")
+    # U-ViT uses 0.15 (p_uncond, Bao et al. 2023)
+    class_dropout: float = setting(0.1, help="probability that a label is replaced by the null class, which "
+                                             "classifier-free guidance needs")
+    flip: bool = setting(True, help="random horizontal flips of the training images")
+    grad_clip: float | None = setting(None, help="clip the gradient norm to this; null: no clipping")
+    checkpoint_every: int = setting(1000, help="steps between checkpoints")
+    keep: int = setting(2, help="checkpoints kept besides the final one")
+    log_every: int = setting(50, help="steps between lines of log.jsonl")
+    precision: str = setting("auto", help="autocast precision of the network; auto: bf16 where this machine runs "
+                                          "it fast (CUDA with bf16, a CPU measured to), else fp32",
+                             choices=PRECISIONS)
+    compile: bool = setting(False, help="torch.compile the network: a one-off compile, then fused elementwise ops")
+    seed: int = run_field(0, help="seeds every draw: order, flips, label dropout, timesteps, noise")
+    device: str = run_field("auto", help="auto, cpu, cuda, cuda:1, ...")
+    resume: bool = run_field(False, help="continue the run in `out` from its latest checkpoint")
+    overwrite: bool = run_field(False, help="delete the run in `out` and start over")
+    fresh_state: bool = run_field(False, help="with resume: where the checkpoint's optimiser state or stage state "
+                                              "(the Minimax memories) is missing, start it afresh instead of "
+                                              "refusing; the run then differs from an uninterrupted one")
+
+
+def redefault(name: str, default: Any) -> Any:
+    """LoopConfig's field `name` with another default (same help, choices and kind), for a subclass."""
+    return dataclasses.field(default=default, metadata=LoopConfig.__dataclass_fields__[name].metadata)
