@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Regenerate BENCHMARKS.md (or the file given) from the prose parts and the result JSON files.
 set -euo pipefail
-out=$(realpath -m "${1:-$(dirname "$0")/../BENCHMARKS.md}")
+out=${1:-}
+case "$out" in "") ;; /*) ;; *) out="$PWD/$out" ;; esac   # a relative path is the caller's
 cd "$(dirname "$0")/.."
+out=${out:-$PWD/BENCHMARKS.md}
 py=${PY:-.venv/bin/python}
 {
   $py benchmarks/tables.py fill benchmarks/BENCHMARKS.head.md
