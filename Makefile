@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint tables clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test-fast: install
 lint: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests benchmarks
+
+# BENCHMARKS.md and README's current-results table, rebuilt from benchmarks/results/*.json (seconds: it renders
+# tables and runs no benchmark; tests/benchmarks/test_tables.py fails when the committed files differ)
+tables: install
+	PY=$(BIN)/python bash benchmarks/build_benchmarks_md.sh
+	$(BIN)/python benchmarks/tables.py readme
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Regenerate BENCHMARKS.md from the prose parts and the result JSON files.
+# Regenerate BENCHMARKS.md (or the file given) from the prose parts and the result JSON files.
 set -euo pipefail
+out=${1:-}
+case "$out" in "") ;; /*) ;; *) out="$PWD/$out" ;; esac   # a relative path is the caller's
 cd "$(dirname "$0")/.."
+out=${out:-$PWD/BENCHMARKS.md}
 py=${PY:-.venv/bin/python}
 {
-  cat benchmarks/BENCHMARKS.head.md
+  $py benchmarks/tables.py fill benchmarks/BENCHMARKS.head.md
   $py benchmarks/tables.py calibration
   cat benchmarks/BENCHMARKS.tail.md
   $py benchmarks/tables.py throughput
@@ -18,4 +21,4 @@ py=${PY:-.venv/bin/python}
   if [ -f benchmarks/BENCHMARKS.generator.md ]; then cat benchmarks/BENCHMARKS.generator.md; fi
   if [ -f benchmarks/BENCHMARKS.fullsize.md ]; then cat benchmarks/BENCHMARKS.fullsize.md; fi
   if [ -f benchmarks/BENCHMARKS.precision.md ]; then cat benchmarks/BENCHMARKS.precision.md; fi
-} > BENCHMARKS.md
+} > "$out"
