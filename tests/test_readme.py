@@ -74,8 +74,6 @@ def test_readme_python_imports_from_the_package_root_exist():
 
     names = [n for _, n in readme_imports(root=True)]
     assert {"distill", "evaluate_set", "minimax_loss", "sample_checkpoint"} <= set(names)
-    if not any(hasattr(minimaxdd, n) for n in names):
-        pytest.skip("the package-root API of issue 28 is not on this branch yet (remove this skip once it is)")
     assert [n for n in names if not hasattr(minimaxdd, n)] == []
 
 
