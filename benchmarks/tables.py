@@ -123,13 +123,30 @@ def _acc(results: Path, file: str, method: str, ipc: int | None) -> tuple[float,
 
 def _over_seeds(results: Path, seed0: tuple[str, str], seeds_file: str, method: str, ipc: int) -> tuple[float, float]:
     """Mean +- population std over sampling (or selection) seeds of each seed's mean over classifier repeats:
-    seed 0 is the distill run's row (file, method), the other seeds come from a benchmarks/seeds.py file."""
+    seed 0 is the distill run's row (file, method), the other seeds come from a file of `benchmarks/seeds.py`
+    before issue 28, which trained every seed's classifiers with the run's seed (0) where the pipeline's one
+    seed path (`_seed_rows`) trains seed s's with seed s; the table marks these cells (a)."""
     import numpy as np
 
     means = [_acc(results, seed0[0], seed0[1], ipc)[0]]
     row = next(r for r in _rows(results / seeds_file) if r["method"] == method and r["ipc"] == ipc)
     means += [100 * s["mean"] for s in row["per_seed"] if s["seed"] != 0]
     return float(np.mean(means)), float(np.std(means))
+
+
+def _seed_rows(results: Path, file: str, ipc: int) -> dict[str, tuple[float, float]]:
+    """{"ours", "random real"}: mean +- population std over seeds (in %) from a file of the pipeline's one
+    seed path (`minimaxdd sweep --seeds`, `ablation --seeds`, `benchmarks/seeds.py` from issue 28 on): a sweep
+    file's default point and its random row, or a seeds.py file's rows."""
+    d = json.loads((results / file).read_text())
+    if "points" in d:
+        default = next(p for p in d["points"] if p["dir"] == "default")
+        rows = {"ours": default["rows"], "random real": d["random"]}
+        pick = {k: next(r for r in v if r["ipc"] == ipc) for k, v in rows.items()}
+    else:
+        pick = {"ours": next(r for r in d["rows"] if r["method"] == "minimax" and r["ipc"] == ipc),
+                "random real": next(r for r in d["rows"] if r["method"] == "random" and r["ipc"] == ipc)}
+    return {k: (100 * r["mean"], 100 * r["std"]) for k, r in pick.items()}
 
 
 # The current results: per row, the file (under benchmarks/results/) of each cell. Baselines and the full-data
@@ -142,8 +159,7 @@ CURRENT = [
      "full": "precision-demo-avx2-auto.json", "seeds": None},
     {"name": "Fashion-MNIST, `--preset fashion-mnist`", "ipc": 10, "epochs": 300, "full_epochs": 1,
      "ours": f"{FM_UNET}/minimax-ipc10-convnet3.json", "base": FM, "full": FM,
-     "seeds": ((f"{FM_UNET}/minimax-ipc10-convnet3.json", "minimax"), (f"{FM_UNET}/random-ipc10-convnet3.json", "random"),
-               "seeds-fashion-mnist-ipc10.json")},
+     "seeds": "fm-lambda-sweep/sweep-lambda_d.json"},
     {"name": "Fashion-MNIST, `--preset fashion-mnist`", "ipc": 50, "epochs": 100, "full_epochs": 1,
      "ours": f"{FM_UNET}/minimax-ipc50-convnet3.json", "base": FM, "full": FM,
      "seeds": ((f"{FM_UNET}/minimax-ipc50-convnet3.json", "minimax"), (FM, "random"), "seeds-fashion-mnist-ipc50.json")},
@@ -171,10 +187,13 @@ def current(results: Path = RESULTS) -> str:
         cells = [f"**{f(*_acc(results, c['ours'], 'minimax', ipc))}**"]
         cells += [f(*_acc(results, c["base"], m, ipc)) for m in ("random", "herding", "kcenter")]
         cells.append(f"{f(*_acc(results, c['full'], 'full', None))} ({c['full_epochs']} ep.)")
-        if c["seeds"]:
+        if isinstance(c["seeds"], str):
+            rows = _seed_rows(results, c["seeds"], ipc)
+            cells.append(f"{f(*rows['ours'])} / {f(*rows['random real'])}")
+        elif c["seeds"]:
             ours0, real0, seeds = c["seeds"]
             cells.append(f"{f(*_over_seeds(results, ours0, seeds, 'generated', ipc))} / "
-                         f"{f(*_over_seeds(results, real0, seeds, 'random real', ipc))}")
+                         f"{f(*_over_seeds(results, real0, seeds, 'random real', ipc))} (a)")
         else:
             cells.append("not measured")
         out.append(f"| {c['name']} | {ipc} | {c['epochs']} | " + " | ".join(cells) + " |")

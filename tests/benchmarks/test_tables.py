@@ -67,4 +67,10 @@ def test_three_seed_cells_are_the_mean_and_population_std_of_the_seed_means():
     got = tables._over_seeds(tables.RESULTS, ("distill-fashion-mnist-unet/minimax-ipc10-convnet3.json", "minimax"),
                              "seeds-fashion-mnist-ipc10.json", "generated", 10)
     assert abs(got[0] - mean) < 1e-9 and abs(got[1] - std) < 1e-9
-    assert f"{mean:.2f} +- {std:.2f}" == "73.07 +- 1.12"      # the number BENCHMARKS' seed section reports
+    assert f"{mean:.2f} +- {std:.2f}" == "73.07 +- 1.12"      # the old seeds.py path's number
+    # ... which the table no longer shows for that row: it takes the pipeline's one seed path (the lambda_d sweep's
+    # default point: the same sets, classifier seeds per seed), and marks (a) the cells only the old path measured
+    rows = tables._seed_rows(tables.RESULTS, "fm-lambda-sweep/sweep-lambda_d.json", 10)
+    assert [f"{m:.2f} +- {s:.2f}" for m, s in rows.values()] == ["72.96 +- 1.06", "75.38 +- 1.46"]
+    fm10 = next(line for line in tables.current().splitlines() if "Fashion-MNIST" in line and "| 10 |" in line)
+    assert fm10.endswith("| 72.96 +- 1.06 / 75.38 +- 1.46 |") and "73.07" not in tables.current()

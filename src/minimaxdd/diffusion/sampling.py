@@ -267,8 +267,10 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, formul
 
     def one_batch(net: nn.Module, y: torch.Tensor, noise: PerImageNoise, on_step: Callable) -> torch.Tensor:
         den = as_denoiser(net, formulation, precision)
-        x = run(Guided(den, y, cfg_scale, cfg_channels, clip), noise, sigma_grid(den, sampler, steps, spacing),
-                on_step)
+        grid = sigma_grid(den, sampler, steps, spacing)
+        x = run(Guided(den, y, cfg_scale, cfg_channels, clip), noise, grid, on_step)
+        for _ in range(steps - (len(grid) - 1)):   # levels that rounding merged: keep the progress count honest
+            on_step()
         return x.clamp(-1, 1) if clip else x
 
     return sample_batches(model, labels, seeds, one_batch, steps=steps, precision=precision, batch_size=batch_size,
