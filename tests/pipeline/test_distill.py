@@ -119,8 +119,8 @@ def test_config_errors(tmp_path, capsys):
     # values are type-checked once, and the error names the key, the type and the allowed values
     with pytest.raises(UserError, match=r"base.train.steps: expected int \| null, got 'abc'"):
         build_config(None, {"data": "digits", **parse_set(["base.train.steps=abc"])})
-    with pytest.raises(UserError, match=r"sample.sampler: expected str \| null; allowed: ddpm, ddim, dpm-solver, "
-                                        r"sde-dpm-solver, heun, euler"):
+    with pytest.raises(UserError, match=r"sample.sampler: expected str \| null; allowed: ddpm, ddim, euler, heun, "
+                                        r"dpm-solver, sde-dpm-solver"):
         build_config(None, {"data": "digits", "sample": {"sampler": "lms"}})
     with pytest.raises(UserError, match=r"finetune.objective: expected str; allowed: none, simple, rep"):
         build_config(None, {"data": "digits", "finetune": {"objective": "minmax"}})
