@@ -156,7 +156,7 @@ FM, FM_UNET, CIFAR = "distill-fashion-mnist.json", "distill-fashion-mnist-unet",
 CURRENT = [
     {"name": "digits, `make demo`", "ipc": 10, "epochs": 150, "full_epochs": 30,
      "ours": "precision-demo-avx2-auto.json", "base": "precision-demo-avx2-auto.json",
-     "full": "precision-demo-avx2-auto.json", "seeds": None},
+     "full": "precision-demo-avx2-auto.json", "seeds": "seeds-digits-demo.json"},
     {"name": "Fashion-MNIST, `--preset fashion-mnist`", "ipc": 10, "epochs": 300, "full_epochs": 1,
      "ours": f"{FM_UNET}/minimax-ipc10-convnet3.json", "base": FM, "full": FM,
      "seeds": "fm-lambda-sweep/sweep-lambda_d.json"},

@@ -182,6 +182,7 @@ def test_denoise_from_solves_the_ode_from_the_noised_images():
 # ---- the paper's sampler, bit for bit
 
 
+@torch.no_grad()
 def _dit_pattern_ddpm(model, y, seeds, steps, scale, guided):
     """DDPM sampling as the paper's code runs it (DiT sample.py and diffusion/gaussian_diffusion.py, respaced as
     its respace.py does), written out here on its own: the schedule in float64 numpy, each coefficient looked
