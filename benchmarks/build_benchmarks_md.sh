@@ -22,4 +22,5 @@ py=${PY:-.venv/bin/python}
   if [ -f benchmarks/BENCHMARKS.fullsize.md ]; then cat benchmarks/BENCHMARKS.fullsize.md; fi
   if [ -f benchmarks/BENCHMARKS.precision.md ]; then cat benchmarks/BENCHMARKS.precision.md; fi
   if [ -f benchmarks/BENCHMARKS.redesign.md ]; then cat benchmarks/BENCHMARKS.redesign.md; fi
+  if [ -f benchmarks/BENCHMARKS.flips.md ]; then cat benchmarks/BENCHMARKS.flips.md; fi
 } > "$out"

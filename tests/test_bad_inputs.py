@@ -395,6 +395,12 @@ CASES = [
          (r"/root/x: permission denied; choose a path you may write",),
          patch=lambda m: m.setitem(cli.COMMANDS, "datasets", raises(PermissionError(errno.EACCES, "denied",
                                                                                     "/root/x")))),
+    # ---- issue 30, part A: security and lost data, SIGTERM, output paths (one helper's rows go here)
+    # ---- end of part A
+    # ---- issue 30, part B: tracebacks and accepted garbage (another helper's rows go here)
+    # ---- end of part B
+    # ---- issue 30, part C: decoding, resources, misleading messages (a third helper's rows go here)
+    # ---- end of part C
 ]
 
 
@@ -518,3 +524,15 @@ def test_kill_9_then_resume_continues_exactly_and_takes_over_the_stale_lock(tmp_
     a, b = (load_file(str(ckpt.resolve(tmp_path / r))) for r in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not files.lock_path(tmp_path / "a").exists()
+
+
+# ---- issue 30, part A helpers
+# ---- end of part A helpers
+
+
+# ---- issue 30, part B helpers
+# ---- end of part B helpers
+
+
+# ---- issue 30, part C helpers
+# ---- end of part C helpers

@@ -79,6 +79,25 @@ def _scalar(tp: Any) -> Any:
     return tp
 
 
+def _is_bool_or_choice(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and set(typing.get_args(tp)) == {bool, str}
+
+
+def _tri_state_flag(p: argparse.ArgumentParser, name: str, choices: tuple[str, ...], help_: str) -> None:
+    """--NAME (true), --NAME VALUE (true, false or one of `choices`) and --no-NAME (false)."""
+    words = {"true": True, "false": False, **{c: c for c in choices}}
+
+    def parse(text: str) -> bool | str:
+        if text.lower() not in words:
+            raise argparse.ArgumentTypeError(f"expected {', '.join(words)}, got {text!r}")
+        return words[text.lower()]
+
+    flag = "--" + name.replace("_", "-")
+    p.add_argument(flag, dest=name, nargs="?", const=True, default=None, type=parse, metavar="|".join(words),
+                   help=help_)
+    p.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false", help=f"{flag} false")
+
+
 def config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
                  required: tuple[str, ...] = (), positional: tuple[str, ...] = ()) -> None:
     """One flag per field of dataclass `cls` (default None: "not given"), typed, with choices and help."""
@@ -95,6 +114,9 @@ def config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = 
                 help_ = f"{help_} (default {default})".strip()
         except TypeError:
             pass
+        if _is_bool_or_choice(hints[f.name]):       # true, false or a named choice (flip: auto)
+            _tri_state_flag(p, f.name, tuple(f.metadata.get("choices") or ()), help_)
+            continue
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif tp in (int, float, str):

@@ -55,8 +55,10 @@ def test_flip_probability_one_and_zero():
 
 def test_augmentation_registry():
     # the names an evaluation protocol's `augment` field may take, and what they run
-    assert AUGMENTATIONS == {"dsa": augment.dsa, "rrc_flip": augment.rrc_flip, "idc": augment.idc,
-                             "none": augment.no_augmentation}
+    assert AUGMENTATIONS == {"dsa": augment.dsa, "dsa_noflip": augment.dsa_noflip, "rrc_flip": augment.rrc_flip,
+                             "idc": augment.idc, "none": augment.no_augmentation}
+    # the mirror test's classifier: every DSA op but the mirror (evaluation.symmetry)
+    assert augment.DSA_NO_FLIP == ("color", "crop", "cutout", "scale", "rotate")
     x = _batch()
     g = generator(0)
     assert AUGMENTATIONS["none"](x, g) is x and torch.equal(g.get_state(), generator(0).get_state())  # no draw

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from minimaxdd.cli import main
+from minimaxdd.data.dataset import validation_split
 from minimaxdd.evaluation import train_test
-from minimaxdd.pipeline.choice import candidates, validation_split
+from minimaxdd.pipeline.choice import candidates
 from minimaxdd.pipeline.config import build_config
 
 

@@ -259,8 +259,15 @@ def no_augmentation(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 # The batch augmentations an evaluation protocol trains with, by the name its `augment` field gives:
 # each maps (x (N, C, H, W), generator) -> a batch of the same shape.
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-AUGMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {"dsa": dsa, "rrc_flip": rrc_flip, "idc": idc,
-                                                         "none": no_augmentation}
+def dsa_noflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """DSA without its mirror op: for a classifier that must not learn that mirrored images share a label
+    (`evaluation.symmetry` tests whether they do)."""
+    return dsa(x, g, DSA_NO_FLIP)
+
+
+DSA_NO_FLIP = tuple(op for op in DSA_STRATEGY if op != "flip")
+AUGMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {"dsa": dsa, "dsa_noflip": dsa_noflip, "rrc_flip": rrc_flip,
+                                                         "idc": idc, "none": no_augmentation}
 # The ones that act on pixel values and so take the batch's normalisation as `stats=(mean, std)`.
 NEEDS_STATS = ("idc",)
 

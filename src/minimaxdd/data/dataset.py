@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from minimaxdd.errors import DatasetError
+from minimaxdd.runtime import generator
 
 # Smallest std `channel_stats` returns, in [0, 1] units (ours: about a quarter of one grey level, 1/255),
 # so that normalising a constant channel cannot divide by zero.
@@ -82,3 +83,16 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
                 f"classes={self.num_classes})")
+
+
+def validation_split(ds: Dataset, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train part, validation part) of ds's training set: `fraction` of each class, seeded."""
+    g = generator(seed)
+    train, val = [], []
+    for k in range(ds.num_classes):
+        idx = (ds.y_train == k).nonzero().squeeze(1)                      # (n_k,)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = max(1, round(fraction * len(idx)))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.cat(train), torch.cat(val)

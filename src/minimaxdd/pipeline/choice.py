@@ -18,30 +18,16 @@ from typing import Any
 
 import torch
 
-from minimaxdd.data.dataset import Dataset, channel_stats
+from minimaxdd.data.dataset import Dataset, channel_stats, validation_split
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
 from minimaxdd.evaluation import train_test
 from minimaxdd.evaluation.protocols import get_protocol
 from minimaxdd.pipeline.bookkeeping import StageRun, key_of, precision_part, say
 from minimaxdd.pipeline.config import DistillConfig, epochs_for
-from minimaxdd.runtime import generator
 from minimaxdd.settings import to_dict
 
 CANDIDATE_SEED_OFFSET = 7919   # ours: candidates sample with seed + this, never the final set's seed
-
-
-def validation_split(ds: Dataset, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train part, validation part) of ds's training set: `fraction` of each class, seeded."""
-    g = generator(seed)
-    train, val = [], []
-    for k in range(ds.num_classes):
-        idx = (ds.y_train == k).nonzero().squeeze(1)                      # (n_k,)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = max(1, round(fraction * len(idx)))
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return torch.cat(train), torch.cat(val)
 
 
 def candidates(cfg: DistillConfig) -> list[dict[str, Any]]:

@@ -158,6 +158,23 @@ def _choice_lines(run: Path) -> list[str]:
     return lines + [""]
 
 
+def _flip_lines(run: Path) -> list[str]:
+    """How `flip: auto` was decided for the base model's training, if it was."""
+    f = run / "base" / "stage.json"
+    m = (json.loads(f.read_text()) if f.exists() else {}).get("flip_auto")
+    if not m:
+        return []
+    return ["## Flips decided from the data", "",
+            f"The base model's training set `flip: auto`. A ConvNet-3 trained without mirrors on "
+            f"{m['train_images']} training images ({m['epochs']} epochs, {m['side']} px) classified "
+            f"{m['val_images']} held-out training images with {100 * m['accuracy']:.1f}% accuracy as they are and "
+            f"{100 * m['mirrored_accuracy']:.1f}% mirrored (chance {100 * m['chance']:.1f}%; "
+            f"{100 * m['turned_accuracy']:.1f}% turned a quarter). "
+            + ("It learned too little to tell" if m["keep"] is None else
+               f"The mirrored images kept {m['keep']:.2f} of its accuracy above chance (on at >= {m['threshold']:.2f})")
+            + f": flips **{'on' if m['flip'] else 'off'}**. The test set was not read.", ""]
+
+
 def write_report(run: str | Path) -> Path:
     """RUN/report.md (and its figures) from what the stages wrote."""
 
@@ -203,7 +220,7 @@ def write_report(run: str | Path) -> Path:
     for extra in ("tsne.png",):
         if (fig_dir / extra).exists():
             lines += [f"![{extra}](figures/{extra})", ""]
-    lines += _choice_lines(run)
+    lines += _flip_lines(run) + _choice_lines(run)
     metrics = run / "metrics.json"
     if metrics.exists():
         lines += ["## Diagnostics", "", format_metrics(json.loads(metrics.read_text())), ""]

@@ -5,8 +5,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from minimaxdd.evaluation.symmetry import MirrorTest, mirror_test
 from minimaxdd.runtime import PRECISIONS
 from minimaxdd.settings import run_field, setting
+
+FLIP_CHOICES = ("auto",)   # besides true and false
 
 
 @dataclass(kw_only=True)
@@ -36,7 +39,10 @@ class LoopConfig:
     # U-ViT uses 0.15 (p_uncond, Bao et al. 2023)
     class_dropout: float = setting(0.1, help="probability that a label is replaced by the null class, which "
                                              "classifier-free guidance needs")
-    flip: bool = setting(True, help="random horizontal flips of the training images")
+    flip: bool | str = setting(True, choices=FLIP_CHOICES,
+                               help="random horizontal flips of the training images: true, false, or auto (on "
+                                    "when a mirrored image keeps its label, measured on the training data: "
+                                    "evaluation.symmetry)")
     grad_clip: float | None = setting(None, help="clip the gradient norm to this; null: no clipping")
     checkpoint_every: int = setting(1000, help="steps between checkpoints")
     keep: int = setting(2, help="checkpoints kept besides the final one")
@@ -57,3 +63,21 @@ class LoopConfig:
 def redefault(name: str, default: Any) -> Any:
     """LoopConfig's field `name` with another default (same help, choices and kind), for a subclass."""
     return dataclasses.field(default=default, metadata=LoopConfig.__dataclass_fields__[name].metadata)
+
+
+def decide_flip(ds: Any, seed: int, device: Any, precision: str, say: Any = print) -> MirrorTest:
+    """flip "auto" decided from ds's training set (`evaluation.symmetry.mirror_test`), said through `say`."""
+    test = mirror_test(ds, seed=seed, device=device, precision=precision)
+    say(f"flip auto: {test.describe()}" + (" (cached)" if test.cached else f", measured in {test.time_s:.0f} s"))
+    return test
+
+
+def resolve_flip(cfg: Any, ds: Any, device: Any, say: Any = print) -> tuple[Any, dict | None]:
+    """`cfg` with flip "auto" decided from the data (`decide_flip` at cfg's seed and precision), and the
+    measurement (None when flip was given as true or false)."""
+    if isinstance(cfg.flip, bool):
+        return cfg, None
+    if cfg.flip != "auto":
+        raise ValueError(f"flip must be true, false or auto, got {cfg.flip!r}")
+    test = decide_flip(ds, cfg.seed, device, cfg.precision, say)
+    return dataclasses.replace(cfg, flip=test.flip), dataclasses.asdict(test)

@@ -10,6 +10,7 @@ sha256 (`diffusion.checkpoints`): a DiT-XL/2 fine-tune is ~14 MB per checkpoint 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import reading
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import run_field, setting
-from minimaxdd.training.config import LoopConfig, redefault
+from minimaxdd.training.config import LoopConfig, redefault, resolve_flip
 from minimaxdd.training.draws import make_targets
 from minimaxdd.training.loop import fit
 from minimaxdd.training.minimax import OBJECTIVES, REDUCTIONS, ClassMemory, MinimaxStep
@@ -194,6 +195,7 @@ def finetune(cfg: FinetuneConfig, defaults: dict | None = None) -> dict:
     ds = load_dataset(cfg.data, size=cfg.size or (meta0.image_size if meta0 else None))
     if cfg.classes is not None:
         ds = ds.subset_classes(list(cfg.classes))
+    cfg, mirror = resolve_flip(cfg, ds, device, say=lambda m: print(f"[finetune] {m}", file=sys.stderr, flush=True))
     codec = build_codec(codec_spec, ds.channels, ds.size, device)
     if (codec.latent_channels, codec.latent_size) != (model.in_channels, model.input_size):
         raise UserError(f"the data encode to {codec.latent_channels}x{codec.latent_size}x{codec.latent_size} but the "
@@ -204,7 +206,7 @@ def finetune(cfg: FinetuneConfig, defaults: dict | None = None) -> dict:
     meta = ckpt.CheckpointMeta(model=model.config.to_dict(), codec=codec.spec, class_names=list(ds.class_names),
                                class_map=class_map, image_size=ds.size, channels=ds.channels, data=cfg.data,
                                extra={"finetune": asdict(cfg), "base": cfg.ckpt,
-                                      "pixel": isinstance(codec, PixelCodec)},
+                                      "pixel": isinstance(codec, PixelCodec), "flip_auto": mirror},
                                formulation=meta0.formulation if meta0 is not None else "ddpm",  # official: DDPM
                                base=difffit_base(cfg, model),
                                defaults=merge_defaults(ckpt.base_defaults(cfg.ckpt), defaults, model.in_channels))

@@ -356,6 +356,8 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Loop
     (the Minimax memories), saved by every rank beside each checkpoint (`ckpt-N.state<rank>.pt`) and
     restored on resume, so a resumed run continues exactly. `meta` is written into every checkpoint.
     """
+    if not isinstance(cfg.flip, bool):
+        raise ValueError(f"flip {cfg.flip!r} must be decided before training (training.config.resolve_flip)")
     device = dist.setup(pick_device(cfg.device))
     flush_denormals()
     world = dist.world()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,7 +17,7 @@ from minimaxdd.diffusion.networks import build_denoiser
 from minimaxdd.errors import UserError
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import run_field, setting
-from minimaxdd.training.config import LoopConfig
+from minimaxdd.training.config import LoopConfig, resolve_flip
 from minimaxdd.training.draws import make_targets
 from minimaxdd.training.loop import fit
 
@@ -45,6 +46,9 @@ def train_from_scratch(cfg: TrainConfig) -> dict:
     """Train cfg.model from scratch on cfg.data; returns the loop's summary (see `training.loop.fit`)."""
     ds = load_dataset(cfg.data, size=cfg.size)
     device = pick_device(cfg.device)
+    cfg, mirror = resolve_flip(cfg, ds, device, say=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True))
+    if mirror is not None:
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "flip_auto": mirror})
     codec = build_codec(cfg.codec, ds.channels, ds.size, device)
     arch = cfg.model.split("-")[0]
     learn_sigma = cfg.learn_sigma if cfg.learn_sigma is not None else (arch == "dit" and cfg.formulation == "ddpm")
