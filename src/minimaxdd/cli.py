@@ -500,13 +500,34 @@ def _user_message(e: BaseException) -> str | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, a batch system's time limit), raised where the program is, as Ctrl-C's
+    KeyboardInterrupt is: the same clean-ups run (locks released, temporary files removed)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM raise Terminated; returns what puts the handler before back (on the main thread only: Python
+    sets handlers nowhere else)."""
+    try:
+        before = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run one command. A UserError, or an OS error a user can fix (a full disk, permissions), prints its
-    message without a traceback and exits with 2; Ctrl-C exits with 130; a closed output pipe exits quietly
-    with 141. Any other exception is a bug and shows its traceback (see minimaxdd.errors)."""
+    message without a traceback and exits with 2; Ctrl-C exits with 130 and SIGTERM with 143, both after the
+    clean-ups; a closed output pipe exits quietly with 141. Any other exception is a bug and shows its traceback
+    (see minimaxdd.errors)."""
     args = build_parser().parse_args(argv)
     flush_denormals()
     ok = False
+    restore_sigterm = _on_sigterm()
     try:
         rc = COMMANDS[args.command](args)
         sys.stdout.flush()                # a closed pipe fails here, inside the try, not at exit
@@ -514,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     except BrokenPipeError:
         return _quiet_broken_pipe()
+    except Terminated:
+        print(f"minimaxdd {args.command}: terminated (SIGTERM); nothing half-written was kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"minimaxdd {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
@@ -524,4 +548,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minimaxdd {args.command}: error: {msg}", file=sys.stderr)
         return 2
     finally:
+        restore_sigterm()
         dist.shutdown(sync=ok)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import pickle
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -84,6 +86,10 @@ _ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
 # what a failed write raises: OSError from Python and Pillow, RuntimeError from torch.save,
 # SafetensorError from safetensors' writer (both with the OS error in their text, when they say it)
 WRITE_FAILURES = (OSError, RuntimeError, SafetensorError)
+# ours: the names of temporary files and folders beside an output: short (any name a file system allows for the
+# output itself still works) and hidden; the rest of the name is mkstemp's random part
+TMP_PREFIX = ".mmdd-"
+NAME_MAX = 255      # bytes in one path component (Linux, macOS and Windows file systems)
 
 
 def _umask() -> int:
@@ -152,7 +158,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)     # O_EXCL: never an existing file
         os.close(fd)
     except OSError as e:
         raise_if_write_failure(path, e)
@@ -215,12 +221,12 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     An existing `out` is an error unless `overwrite`, in which case it is replaced only
     after the new one is fully written, so a failure never loses what was there.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))      # `--out .` has no name to put a temporary folder beside
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=TMP_PREFIX))
         _publish_mode(tmp, directory=True)
     except OSError as e:
         raise_if_write_failure(out, e)
@@ -241,7 +247,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     if not out.exists():
         os.replace(tmp, out)
         return
-    old = out.with_name(out.name + ".old-" + tmp.name.rsplit("-", 1)[-1])
+    old = tmp.with_name(tmp.name + "-old")
     os.replace(out, old)
     try:
         os.replace(tmp, out)
@@ -249,6 +255,94 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def beside(path: str | Path, suffix: str) -> Path:
+    """`path` with `suffix` added to its name (RUN.lock, SET.dm-state.pt). A name too long to take the suffix is
+    shortened to its start and a hash of the whole, so every legal output name has its companions."""
+    path = Path(path)
+    if len(os.fsencode(path.name + suffix)) <= NAME_MAX:
+        return path.with_name(path.name + suffix)
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    start = os.fsencode(path.name)[:64].decode(errors="ignore")
+    return path.with_name(f"{start}-{digest}{suffix}")
+
+
+# ----------------------------------------------------------------------------- outputs and inputs
+
+def json_dict(path: Path) -> dict | None:
+    """The JSON object in file `path`, or None when it is missing, unreadable or not an object."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def written_by_us(folder: Path) -> bool:
+    """Whether `folder` is empty or holds the manifest.json (`manifest`) of an artifact this tool wrote."""
+    if not any(folder.iterdir()):
+        return True
+    m = json_dict(folder / "manifest.json")
+    return m is not None and {"command", "config"} <= m.keys()
+
+
+def input_paths(*specs: str | Path | None) -> list[Path]:
+    """The files and folders a command reads, from its inputs: a path (a checkpoint, a synthetic set) or a dataset
+    spec NAME:ARG whose ARG is a path (imagefolder:D, npz:F); names without one (digits) read no path of the user's."""
+    found = []
+    for spec in specs:
+        if spec is None:
+            continue
+        for candidate in (str(spec), str(spec).partition(":")[2]):
+            if candidate and os.path.lexists(candidate):
+                found.append(Path(candidate))
+                break
+    return found
+
+
+def refuse_overlap(out: str | Path, inputs: list[Path]) -> None:
+    """A UserError when `out` is, contains or lies inside one of `inputs`: a command never writes over, deletes
+    or adds to what it reads."""
+    o = Path(out).resolve()
+    for given in inputs:
+        i = given.resolve()
+        how = "is" if o == i else "contains" if o in i.parents else "is inside" if i in o.parents else None
+        if how is not None:
+            raise UserError(f"--out {out} {how} the input {given}: writing there would write over or delete the "
+                            f"command's own input; choose an --out outside {given}")
+
+
+def check_set_out(out: str | Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Before the work: the folder `out` a command writes a set into (atomically, replacing it whole) is not one
+    of its inputs, not the current folder, and, when it exists, `overwrite` is given and it is an output of ours."""
+    refuse_overlap(out, inputs)
+    path = Path(out)
+    if path.resolve() == Path.cwd().resolve() or path.resolve() in Path.cwd().resolve().parents:
+        raise UserError(f"--out {out} is the folder this command runs in, which a new set cannot replace; "
+                        f"name a new folder, e.g. --out {path / 'set'}")
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if not path.is_dir() or path.is_symlink() or not written_by_us(path):
+        raise UserError(f"{out} exists and is not a folder minimaxdd wrote (it has no manifest.json of ours); "
+                        "--overwrite replaces only this tool's own output: move it away or choose another --out")
+
+
+def check_file_out(out: str | Path | None, inputs: list[Path]) -> None:
+    """Before the work: a JSON result `out` (evaluate, metrics) is a file name, not a folder or an input, and
+    an existing file there is a JSON object (a result of ours), not something else the user keeps."""
+    if not out:
+        return
+    refuse_overlap(out, inputs)
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"--out {out} is a folder; --out names the JSON file to write, "
+                        f"e.g. --out {path / 'result.json'}")
+    if path.is_symlink() or (path.exists() and json_dict(path) is None):
+        raise UserError(f"--out {out} exists and is not a JSON result of minimaxdd; move it away or choose "
+                        "another --out")
 
 
 # ----------------------------------------------------------------------------- run locks
@@ -264,8 +358,7 @@ LOCK_PATIENCE_S = 0.2
 
 def lock_path(run: str | Path) -> Path:
     """RUN.lock, beside the run directory (inside it, it would outlive an atomic replacement of RUN)."""
-    run = Path(run).resolve()
-    return run.with_name(run.name + ".lock")
+    return beside(Path(run).resolve(), ".lock")
 
 
 @contextmanager
@@ -298,12 +391,13 @@ def run_lock(run: str | Path, enabled: bool = True) -> Iterator[None]:
         os.close(fd)
 
 
-def _holder(path: Path) -> dict:
-    """What a lock file says of its holder ({} while it is being written or when it is gone)."""
+def _holder(fd: int) -> dict:
+    """What the open lock file `fd` says of its holder ({} while it is being written, or when it says nothing)."""
     try:
-        return json.loads(path.read_text() or "{}")
+        obj = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
     except (OSError, ValueError):
         return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _running(pid: Any) -> bool | None:
@@ -338,13 +432,13 @@ def _refuse_if_held_elsewhere(run: Path, inside: Path) -> None:
     if not path.exists():
         return
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)    # a link or a FIFO is no lock of ours
     except OSError:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _in_use(run, path, _holder(path), inside) from None
+        raise _in_use(run, path, _holder(fd), inside) from None
     except OSError:
         pass                                  # a file system without flock: _acquire says so
     finally:
@@ -360,12 +454,13 @@ def _acquire(run: Path) -> int:
         raise_if_write_failure(path, e)
         raise
     for _ in range(LOCK_ATTEMPTS):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock_file(path, run)
         try:
             _flock_patiently(fd)
         except BlockingIOError:
+            holder = _holder(fd)
             os.close(fd)
-            raise _in_use(run, path, _holder(path)) from None
+            raise _in_use(run, path, holder) from None
         except OSError as e:
             warnings.warn(f"cannot lock {path} ({e}); make sure no other run writes into {run}", stacklevel=5)
         try:
@@ -377,11 +472,35 @@ def _acquire(run: Path) -> int:
         os.close(fd)   # the holder removed the file between our open and flock: lock the new one
     else:
         raise UserError(f"cannot lock {path}: it keeps being replaced; is another run starting in {run}?")
-    _say_if_stale(path, _holder(path))
+    _say_if_stale(path, _holder(fd))
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
           "command": " ".join(sys.argv)}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(me).encode(), 0)
+    return fd
+
+
+def _open_lock_file(path: Path, run: Path) -> int:
+    """Open (or create) RUN.lock for writing without following a link (O_NOFOLLOW), and refuse a file that is not
+    a lock of ours: another file's link (symbolic or hard), a FIFO or device, or a file that holds something else.
+    Its truncation and the description written into it then touch nothing but our own lock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:           # O_NOFOLLOW on a symbolic link
+            raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}), where the lock file of {run} goes; "
+                            f"minimaxdd will not write through it: remove the link (rm {path}) or choose another "
+                            "--out") from None
+        raise_if_write_failure(path, e)
+        raise
+    st = os.fstat(fd)
+    why = ("is not a regular file" if not stat.S_ISREG(st.st_mode) else
+           f"is a hard link to another file ({st.st_nlink} names)" if st.st_nlink > 1 else
+           "holds something other than a minimaxdd lock" if st.st_size and "pid" not in _holder(fd) else None)
+    if why is not None:
+        os.close(fd)
+        raise UserError(f"{path}, where the lock file of {run} goes, {why}; minimaxdd will not overwrite it: move "
+                        "it away or choose another --out")
     return fd
 
 

@@ -23,7 +23,7 @@ from minimaxdd.data.dataset import Dataset
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.errors import UserError
-from minimaxdd.files import manifest, run_lock
+from minimaxdd.files import beside, check_set_out, input_paths, manifest, run_lock
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import run_field, setting
 
@@ -86,13 +86,12 @@ def run_selection(cfg: SelectConfig) -> SyntheticSet:
                                    ("batch_real", cfg.batch_real)) if v is not None}
     if overrides and cfg.method != "dm":
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in overrides)} apply to --method dm only")
-    ds = load_dataset(cfg.real, size=cfg.size)
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:  # fail before the work, not after it
-        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    check_set_out(out, cfg.overwrite, input_paths(cfg.real))     # fail before the work, not after it
+    ds = load_dataset(cfg.real, size=cfg.size)
     with run_lock(out):                     # covers the DM state file beside it too
         s = select(ds, cfg.method, cfg.ipc, cfg.seed, pick_device(cfg.device), cfg.feature_epochs,
-                   dm=DMConfig(**overrides), state_path=out.with_name(out.name + ".dm-state.pt"))
+                   dm=DMConfig(**overrides), state_path=beside(out, ".dm-state.pt"))
         write_synthetic(out, s, manifest(asdict(cfg), cfg.seed, time.time() - t0, producer=f"select/{cfg.method}",
                                          ipc=cfg.ipc, num_images=len(s.labels)), overwrite=cfg.overwrite)
     return s

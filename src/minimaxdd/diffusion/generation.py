@@ -28,7 +28,7 @@ from minimaxdd.diffusion.sampling import (
     sampling_network,
 )
 from minimaxdd.errors import UserError
-from minimaxdd.files import manifest, reading, run_lock
+from minimaxdd.files import check_set_out, input_paths, manifest, reading, run_lock
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
 from minimaxdd.settings import run_field, setting
@@ -267,8 +267,8 @@ def run_sampling(cfg: SampleConfig) -> tuple[Path, dict]:
     """`minimaxdd sample`: sample, then write the set (rank 0) with its manifest."""
     t0 = time.time()
     out = Path(cfg.out)
-    if dist.is_main() and out.exists() and not cfg.overwrite:   # fail before the work, not after it
-        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if dist.is_main():                     # fail before the work, not after it
+        check_set_out(out, cfg.overwrite, input_paths(cfg.ckpt))
     with run_lock(out, enabled=dist.is_main()):
         s, info = sample_checkpoint(cfg)
         if not dist.is_main():

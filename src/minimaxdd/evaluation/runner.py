@@ -13,7 +13,7 @@ from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS, get_protocol
 from minimaxdd.evaluation.reference_classifier import generation_accuracy, teacher_classifier
 from minimaxdd.evaluation.train_test import evaluate_set
-from minimaxdd.files import write_json
+from minimaxdd.files import check_file_out, input_paths, write_json
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
 from minimaxdd.settings import run_field, setting
@@ -55,6 +55,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     protocol = get_protocol(cfg.protocol)
     if cfg.synth is None and not cfg.full:
         raise UserError("evaluate needs a synthetic set (SYNTH) or --full")
+    check_file_out(cfg.out, input_paths(cfg.synth, cfg.real))     # before the training, not after it
     device = dist.setup(pick_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
     if dist.is_main():

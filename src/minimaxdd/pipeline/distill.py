@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from minimaxdd.errors import UserError
-from minimaxdd.files import run_lock, write_json
+from minimaxdd.files import input_paths, json_dict, refuse_overlap, run_lock, write_json
 from minimaxdd.pipeline.base import stage_base
 from minimaxdd.pipeline.baseline_sets import stage_baselines
 from minimaxdd.pipeline.bookkeeping import STAGES, say
@@ -33,8 +33,21 @@ def distill(cfg: DistillConfig, out: str | Path, from_stage: str | None = None) 
     """Run (or resume) every stage of a distillation into `out`, holding its lock; returns the result rows."""
     if from_stage is not None and from_stage not in STAGES:
         raise UserError(f"--from-stage must be one of {', '.join(STAGES)}, got {from_stage!r}")
+    refuse_overlap(out, input_paths(cfg.data))
+    if Path(out).is_dir() and not _a_distill_run(Path(out)):
+        raise UserError(f"{out} is not empty and is not a distill run (no config.json and stage folders of ours); "
+                        "a run writes only into its own folder: choose another --out or move its files away")
     with run_lock(out):      # one lock for the run: the stages inside it take none of their own
         return _distill(cfg, Path(out), from_stage)
+
+
+def _a_distill_run(run: Path) -> bool:
+    """Whether folder `run` is empty or a distill run: its config.json (a distill config) or a stage folder with
+    its stage.json."""
+    if not any(run.iterdir()):
+        return True
+    config = json_dict(run / "config.json") or {}
+    return {"data", "base", "finetune"} <= config.keys() or any((run / s / "stage.json").is_file() for s in STAGES)
 
 
 def _distill(cfg: DistillConfig, run_dir: Path, from_stage: str | None) -> list[dict]:

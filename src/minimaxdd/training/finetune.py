@@ -24,7 +24,7 @@ from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.codecs import PixelCodec, build_codec
 from minimaxdd.diffusion.networks import difffit_parameters
 from minimaxdd.errors import UserError
-from minimaxdd.files import reading
+from minimaxdd.files import input_paths, reading, refuse_overlap
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import run_field, setting
 from minimaxdd.training.config import LoopConfig, redefault, resolve_flip
@@ -187,6 +187,7 @@ def finetune(cfg: FinetuneConfig, defaults: dict | None = None) -> dict:
     carry theirs; the official DiT's are guidance 4 on 3 channels and idc); flags at sampling time win."""
 
     check_config(cfg)
+    refuse_overlap(cfg.out, input_paths(cfg.ckpt, cfg.data))
     device = pick_device(cfg.device)
     model, meta0 = load_base(cfg.ckpt, cfg.codec)
     codec_spec = meta0.codec if meta0 is not None else cfg.codec

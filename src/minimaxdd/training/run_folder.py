@@ -8,6 +8,7 @@ from pathlib import Path
 from minimaxdd import distributed as dist
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.errors import UserError
+from minimaxdd.files import json_dict, written_by_us
 from minimaxdd.runtime import RESOLVED
 from minimaxdd.training.config import LoopConfig
 
@@ -34,6 +35,10 @@ def prepare_run(cfg: LoopConfig) -> Path | None:
             raise UserError(f"--resume: {run} has no checkpoint to resume from; drop --resume to start")
         return existing[-1]
     if run.exists() and any(run.iterdir()):
+        if not existing and not _a_run(run):
+            raise UserError(f"{run} is not empty and is not a training run minimaxdd wrote (no checkpoint, config.json "
+                            "or manifest.json of ours), and a run writes only over its own files: move its files "
+                            "away or choose another --out")
         if not cfg.overwrite and not existing:
             raise UserError(f"{run} is not empty and holds no checkpoint to resume from; pass --overwrite to start "
                             "a run there, or choose another --out")
@@ -45,6 +50,13 @@ def prepare_run(cfg: LoopConfig) -> Path | None:
         (run / "log.jsonl").unlink(missing_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _a_run(run: Path) -> bool:
+    """Whether folder `run` is a run of ours without a checkpoint: its manifest.json or config.json, or the
+    stage.json of a distill run's stage (written before the stage trains)."""
+    return (written_by_us(run) or "train" in (json_dict(run / "config.json") or {})
+            or "key" in (json_dict(run / "stage.json") or {}))
 
 
 def discard_unstarted(run: Path, created: bool) -> None:

@@ -15,6 +15,7 @@ from minimaxdd.diffusion.codecs import Codec, PixelCodec, build_codec
 from minimaxdd.diffusion.formulations import FORMULATIONS
 from minimaxdd.diffusion.networks import build_denoiser
 from minimaxdd.errors import UserError
+from minimaxdd.files import input_paths, refuse_overlap
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import run_field, setting
 from minimaxdd.training.config import LoopConfig, resolve_flip
@@ -44,6 +45,7 @@ class TrainConfig(LoopConfig):
 
 def train_from_scratch(cfg: TrainConfig) -> dict:
     """Train cfg.model from scratch on cfg.data; returns the loop's summary (see `training.loop.fit`)."""
+    refuse_overlap(cfg.out, input_paths(cfg.data))
     ds = load_dataset(cfg.data, size=cfg.size)
     device = pick_device(cfg.device)
     cfg, mirror = resolve_flip(cfg, ds, device, say=lambda m: print(f"[train] {m}", file=sys.stderr, flush=True))
