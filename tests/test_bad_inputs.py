@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,7 +31,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from minimaxdd import cli, files
-from minimaxdd.baselines import distribution_matching
+from minimaxdd.baselines import distribution_matching, registry
 from minimaxdd.cli import main
 from minimaxdd.diffusion import checkpoints as ckpt
 
@@ -84,10 +85,11 @@ def folder(ctx: Ctx, classes=("a", "b"), bad: bytes | None = None, bad_name: str
 
 
 def existing(ctx: Ctx, name: str = "out") -> Path:
-    """An output that was there before the command: the case checks that it keeps its bytes."""
+    """An output of ours that was there before the command: the case checks that it keeps its bytes."""
     d = ctx.tmp / name
     d.mkdir()
     (d / "data.pt").write_bytes(b"the previous run's set")
+    (d / "manifest.json").write_text(json.dumps({"command": "minimaxdd select", "config": {}}))
     return d
 
 
@@ -396,6 +398,69 @@ CASES = [
          patch=lambda m: m.setitem(cli.COMMANDS, "datasets", raises(PermissionError(errno.EACCES, "denied",
                                                                                     "/root/x")))),
     # ---- issue 30, part A: security and lost data, SIGTERM, output paths (one helper's rows go here)
+    Case("lock-is-a-symlink", lambda c: [*SELECT, "--real", "digits", "--out", str(lock_is(c, "symlink"))],
+         (r"o\.lock is a symbolic link \(to .*victim\.txt\), where the lock file of .*/o goes",
+          r"remove the link \(rm .*o\.lock\) or choose another --out")),
+    Case("lock-is-a-dangling-symlink", lambda c: [*SELECT, "--real", "digits", "--out", str(lock_is(c, "dangling"))],
+         (r"o\.lock is a symbolic link \(to .*created-by-us\)", r"remove the link")),
+    Case("lock-is-a-hard-link", lambda c: [*SELECT, "--real", "digits", "--out", str(lock_is(c, "hardlink"))],
+         (r"o\.lock, where the lock file of .*/o goes, is a hard link to another file \(2 names\)",
+          r"will not overwrite it: move it away or choose another --out")),
+    Case("lock-is-someone-elses-file", lambda c: [*SELECT, "--real", "digits", "--out", str(lock_is(c, "foreign"))],
+         (r"o\.lock, where the lock file .* goes, holds something other than a minimaxdd lock", r"move it away")),
+    Case("lock-is-a-fifo", lambda c: [*SELECT, "--real", "digits", "--out", str(lock_is(c, "fifo"))],
+         (r"o\.lock, where the lock file .* goes, is not a regular file", r"move it away")),
+    Case("select-out-is-the-input", lambda c: [*SELECT, "--real", folder(c), "--out", f"{c.tmp}/f", "--overwrite"],
+         (r"--out .*/f is the input .*/f: writing there would write over or delete the command's own input",
+          r"choose an --out outside .*/f")),
+    Case("select-out-inside-the-input", lambda c: [*SELECT, "--real", folder(c), "--out", f"{c.tmp}/f/train/sel"],
+         (r"--out .*/f/train/sel is inside the input .*/f:", r"choose an --out outside")),
+    Case("select-out-contains-the-input", lambda c: [*SELECT, "--real", npz_in(c, "data"), "--out", f"{c.tmp}/data",
+                                                     "--overwrite"],
+         (r"--out .*/data contains the input .*/data/d\.npz", r"choose an --out outside")),
+    Case("select-overwrite-a-foreign-folder", lambda c: [*SELECT, "--real", "digits", "--out", str(photos(c)),
+                                                         "--overwrite"],
+         (r"photos exists and is not a folder minimaxdd wrote \(it has no manifest\.json of ours\)",
+          r"--overwrite replaces only this tool's own output: move it away or choose another --out")),
+    Case("select-out-is-a-foreign-file", lambda c: [*SELECT, "--real", "digits", "--out", str(notes(c)), "--overwrite"],
+         (r"notes\.txt exists and is not a folder minimaxdd wrote", r"move it away or choose another --out")),
+    Case("select-out-dot", lambda c: [*SELECT, "--real", "digits", "--out", ".", "--overwrite", *in_a_folder(c)],
+         (r"--out \. is the folder this command runs in, which a new set cannot replace", r"--out set")),
+    Case("select-a-255-character-name", lambda c: [*SELECT, "--real", "digits", "--out", f"{c.tmp}/{'n' * 255}"],
+         rc=0, leaves=True, check=lambda c, o, e: _only_the_set_named_255(c, o, e)),
+    Case("sample-out-is-the-checkpoint-run", lambda c: ["sample", str(copy_base(c)), "--ipc", "1", "--out",
+                                                        f"{c.tmp}/run", "--overwrite"],
+         (r"--out .*/run is the input .*/run", r"choose an --out outside")),
+    Case("sample-out-dot", lambda c: ["sample", str(c.base), "--ipc", "1", "--out", ".", *in_a_folder(c)],
+         (r"--out \. is the folder this command runs in", r"name a new folder")),
+    Case("train-out-inside-the-data", lambda c: ["train", *TINY_TRAIN[2:], "--data", folder(c), "--steps", "2",
+                                                 "--out", f"{c.tmp}/f/run"],
+         (r"--out .*/f/run is inside the input .*/f:", r"choose an --out outside")),
+    Case("train-overwrite-a-foreign-folder", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--out", str(photos(c)),
+                                                        "--overwrite"],
+         (r"photos is not empty and is not a training run minimaxdd wrote",
+          r"move its files away or choose another --out")),
+    Case("finetune-out-is-the-base", lambda c: ["finetune", "--ckpt", str(copy_base(c)), "--data", "digits",
+                                                "--steps", "1", *FAST, "--out", f"{c.tmp}/run", "--overwrite"],
+         (r"--out .*/run is the input .*/run", r"choose an --out outside")),
+    Case("distill-out-is-the-data", lambda c: ["distill", "--data", folder(c), "--out", f"{c.tmp}/f"],
+         (r"--out .*/f is the input .*/f", r"choose an --out outside")),
+    Case("distill-into-a-foreign-folder", lambda c: ["distill", "--data", "digits", "--out", str(photos(c))],
+         (r"photos is not empty and is not a distill run", r"choose another --out or move its files away")),
+    Case("evaluate-out-is-the-set", lambda c: ["evaluate", str(rgb_set(c)), "--real", "digits", "--out",
+                                               f"{c.tmp}/rgb.pt"],
+         (r"--out .*rgb\.pt is the input .*rgb\.pt", r"choose an --out outside")),
+    Case("evaluate-out-is-a-folder", lambda c: ["evaluate", str(rgb_set(c)), "--real", "digits", "--out",
+                                                str(existing(c))],
+         (r"--out .*/out is a folder; --out names the JSON file to write, e\.g\. --out .*/out/result\.json",)),
+    Case("evaluate-out-is-a-foreign-file", lambda c: ["evaluate", str(rgb_set(c)), "--real", "digits", "--out",
+                                                      str(notes(c))],
+         (r"--out .*notes\.txt exists and is not a JSON result of minimaxdd", r"move it away or choose another")),
+    Case("sigterm", lambda c: ["datasets"], (r"minimaxdd datasets: terminated \(SIGTERM\); nothing half-written",),
+         rc=143, patch=lambda m: m.setitem(cli.COMMANDS, "datasets", sigterm)),
+    Case("sigterm-releases-the-lock", lambda c: [*SELECT, "--real", "digits", "--out", f"{c.tmp}/o"],
+         (r"minimaxdd select: terminated \(SIGTERM\)",), rc=143,
+         patch=lambda m: m.setattr(registry, "select", sigterm)),
     # ---- end of part A
     # ---- issue 30, part B: tracebacks and accepted garbage (another helper's rows go here)
     # ---- end of part B
@@ -527,6 +592,66 @@ def test_kill_9_then_resume_continues_exactly_and_takes_over_the_stale_lock(tmp_
 
 
 # ---- issue 30, part A helpers
+def lock_is(ctx: Ctx, kind: str) -> Path:
+    """Output `o` whose lock file's place, o.lock, is taken: a link to a file of the user's (symbolic, dangling,
+    hard), a file of the user's, or a FIFO (opening it to read would block)."""
+    victim, lock = ctx.tmp / "victim.txt", ctx.tmp / "o.lock"
+    victim.write_text("the user's notes")
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "dangling":
+        lock.symlink_to(ctx.tmp / "created-by-us")
+    elif kind == "hardlink":
+        os.link(victim, lock)
+    elif kind == "foreign":
+        lock.write_text("deadbolt, front door")
+    else:
+        os.mkfifo(lock)
+    return ctx.tmp / "o"
+
+
+def npz_in(ctx: Ctx, sub: str) -> str:
+    (ctx.tmp / sub).mkdir()
+    return npz(ctx, f"{sub}/d.npz")
+
+
+def photos(ctx: Ctx) -> Path:
+    """A folder of the user's (not ours: no manifest), with a file in it."""
+    d = ctx.tmp / "photos"
+    d.mkdir()
+    (d / "cat.jpg").write_bytes(b"a photo of a cat")
+    (d / "config.json").write_text('{"camera": "x"}')
+    return d
+
+
+def notes(ctx: Ctx) -> Path:
+    f = ctx.tmp / "notes.txt"
+    f.write_text("a file of the user's")
+    return f
+
+
+def in_a_folder(ctx: Ctx) -> list[str]:
+    """Run the case in ctx.tmp/here (which holds a file of the user's); back to where it was after the case."""
+    here = ctx.tmp / "here"
+    here.mkdir()
+    (here / "keep.txt").write_text("keep me")
+    was = os.getcwd()
+    os.chdir(here)
+    ctx.cleanups.append(lambda: os.chdir(was))
+    return []
+
+
+def _only_the_set_named_255(ctx: Ctx, out: str, err: str) -> None:
+    name = "n" * 255
+    assert [p.name for p in ctx.tmp.iterdir()] == [name]         # no temporary folder, lock or state file left
+    assert (ctx.tmp / name / "manifest.json").is_file() and len(list((ctx.tmp / name / "images").rglob("*.png"))) == 10
+
+
+def sigterm(*a, **kw):
+    """A stand-in that is sent SIGTERM (`kill PID`) while it runs."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    pytest.fail("SIGTERM did not stop the command")
 # ---- end of part A helpers
 
 
