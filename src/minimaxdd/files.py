@@ -158,7 +158,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)     # O_EXCL: never an existing file
+        # O_EXCL: never an existing file; the suffix because torch.save refuses a name that is all extension
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".tmp")
         os.close(fd)
     except OSError as e:
         raise_if_write_failure(path, e)

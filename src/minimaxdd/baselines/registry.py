@@ -86,9 +86,9 @@ def run_selection(cfg: SelectConfig) -> SyntheticSet:
                                    ("batch_real", cfg.batch_real)) if v is not None}
     if overrides and cfg.method != "dm":
         raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in overrides)} apply to --method dm only")
+    ds = load_dataset(cfg.real, size=cfg.size)                      # what is wrong with the input first
     out = Path(cfg.out)
     check_set_out(out, cfg.overwrite, input_paths(cfg.real))     # fail before the work, not after it
-    ds = load_dataset(cfg.real, size=cfg.size)
     with run_lock(out):                     # covers the DM state file beside it too
         s = select(ds, cfg.method, cfg.ipc, cfg.seed, pick_device(cfg.device), cfg.feature_epochs,
                    dm=DMConfig(**overrides), state_path=beside(out, ".dm-state.pt"))
