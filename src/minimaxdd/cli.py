@@ -30,7 +30,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS
 from minimaxdd.evaluation.metrics import format_metrics, run_metrics
 from minimaxdd.evaluation.runner import EvaluateConfig, format_table, run_evaluation
-from minimaxdd.files import os_error_code, run_lock
+from minimaxdd.files import input_paths, os_error_code, refuse_overlap, run_lock
 from minimaxdd.pipeline.ablation import (
     SWEEP_PARAMS,
     ablation_markdown,
@@ -428,6 +428,7 @@ def cmd_metrics(a: argparse.Namespace) -> int:
 
 
 def cmd_ablation(a: argparse.Namespace) -> int:
+    refuse_overlap(a.out, input_paths(a.base, a.data))
     with run_lock(a.out):        # the variants' stages inside OUT take no locks of their own
         res = run_ablation(a.base, a.data, a.ipc, [o.strip() for o in a.objectives.split(",") if o.strip()], a.out,
                            a.repeats, parse_set(a.set), a.device, a.preset, a.seeds)
@@ -437,6 +438,7 @@ def cmd_ablation(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
+    refuse_overlap(a.out, input_paths(a.base, a.data))
     with run_lock(a.out):
         res = run_sweep(a.base, a.data, a.ipc, a.param, a.values.split(","), a.out, a.objective, a.repeats,
                         parse_set(a.set), a.device, a.preset, a.seeds)

@@ -302,16 +302,16 @@ def input_paths(*specs: str | Path | None) -> list[Path]:
     return found
 
 
-def refuse_overlap(out: str | Path, inputs: list[Path]) -> None:
-    """A UserError when `out` is, contains or lies inside one of `inputs`: a command never writes over, deletes
-    or adds to what it reads."""
+def refuse_overlap(out: str | Path, inputs: list[Path], flag: str = "--out") -> None:
+    """A UserError when `out` (given as `flag`) is, contains or lies inside one of `inputs`: a command never writes
+    over, deletes or adds to what it reads."""
     o = Path(out).resolve()
     for given in inputs:
         i = given.resolve()
         how = "is" if o == i else "contains" if o in i.parents else "is inside" if i in o.parents else None
         if how is not None:
-            raise UserError(f"--out {out} {how} the input {given}: writing there would write over or delete the "
-                            f"command's own input; choose an --out outside {given}")
+            raise UserError(f"{flag} {out} {how} the input {given}: writing there would write over or delete the "
+                            f"command's own input; put {flag} outside {given}")
 
 
 def check_set_out(out: str | Path, overwrite: bool, inputs: list[Path]) -> None:

@@ -42,7 +42,7 @@ from minimaxdd.data.synthetic import conform, load_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import EMBED_SIDE
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
-from minimaxdd.files import write_json
+from minimaxdd.files import input_paths, refuse_overlap, write_json
 from minimaxdd.runtime import pick_device
 
 PR_K = 3        # Kynkaanniemi et al. 2019 (their default k)
@@ -345,6 +345,8 @@ def _check_inputs(synth: list[str], features: str, out: str | None, tsne: str | 
     for what, path in (("--out", out), ("--tsne", tsne)):
         if path is not None and Path(path).is_dir():
             raise UserError(f"{what} {path} is a directory; give a file name")
+        if path is not None:
+            refuse_overlap(path, input_paths(*synth), what)
     if tsne is not None and Path(tsne).suffix.lower() not in PLOT_SUFFIXES:
         raise UserError(f"--tsne {tsne}: the figure is written as {', '.join(PLOT_SUFFIXES)}; use one of these")
 
