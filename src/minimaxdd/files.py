@@ -183,6 +183,12 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` atomically, through a new temporary file: never through a link or into a file already there."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """torch.save to `path` via a temporary file and a rename: a reader never sees half a file."""
     with atomic_file(path) as tmp:

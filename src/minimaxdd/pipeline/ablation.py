@@ -21,7 +21,7 @@ import torch
 
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.errors import UserError
-from minimaxdd.files import write_json
+from minimaxdd.files import write_json, write_text
 from minimaxdd.pipeline.base import stage_base
 from minimaxdd.pipeline.baseline_sets import stage_baselines
 from minimaxdd.pipeline.bookkeeping import say
@@ -172,7 +172,7 @@ def run_ablation(base: str, data: str | None, ipcs: str | list[int], objectives:
     result = {"base": base, "data": cfg.data, "ipc": cfg.ipc, "seeds": seeds or [cfg.seed], "config": cfg.to_dict(),
               "variants": table, "random": random_rows}
     write_json(out / "ablation.json", result)
-    (out / "ablation.md").write_text(ablation_markdown(result))
+    write_text(out / "ablation.md", ablation_markdown(result))
     return result
 
 
@@ -248,7 +248,7 @@ def run_sweep(base: str, data: str, ipcs: str | list[int], param: str, values: l
            "seeds": seeds or [cfg.seed], "config": cfg.to_dict(), "points": points, "random": random_rows}
     res["plot"] = str(sweep_plot(res, out / f"sweep-{param}.png"))
     write_json(out / f"sweep-{param}.json", res)
-    (out / f"sweep-{param}.md").write_text(sweep_markdown(res))
+    write_text(out / f"sweep-{param}.md", sweep_markdown(res))
     return res
 
 

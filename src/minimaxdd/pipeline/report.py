@@ -13,6 +13,7 @@ from minimaxdd.data.synthetic import load_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.metrics import format_metrics
 from minimaxdd.evaluation.protocols import SOFT_SUFFIX
+from minimaxdd.files import write_text
 from minimaxdd.pipeline.bookkeeping import STAGES
 
 ORDER = ("random", "herding", "kcenter", "medoids", "dm", "full")
@@ -227,7 +228,5 @@ def write_report(run: str | Path) -> Path:
     lines += ["## Stages", "", _stage_table(run), "",
               "## Config", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     path = run / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text(path, "\n".join(lines))
     return path
