@@ -2,8 +2,9 @@
 
 Exit codes of `minimaxdd` (cli.main): 0 done; 2 a UserError (bad input, a run directory in use, a
 diverged run, a full disk, a truncated file: the message names the problem and the fix); 130
-interrupted (Ctrl-C); 143 terminated (SIGTERM), after the same clean-ups; 141 its output was a closed pipe (`minimaxdd presets | head -1`), as for a
-process killed by SIGPIPE. Anything else is a bug and shows its traceback.
+interrupted (Ctrl-C); 143 terminated (SIGTERM), after the same clean-ups; 141 its output was a closed
+pipe (`minimaxdd presets | head -1`), as for a process killed by SIGPIPE. Anything else is a bug and
+shows its traceback.
 """
 
 
