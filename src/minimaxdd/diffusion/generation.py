@@ -31,7 +31,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import manifest, reading, run_lock
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
-from minimaxdd.settings import run_field, setting
+from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, POSITIVE, run_field, setting
 
 SAMPLER_CHOICES = tuple(SAMPLERS)   # the CLI choices; each names one algorithm for every formulation
 
@@ -49,23 +49,27 @@ class SampleConfig:
                                   help="null: the checkpoint's formulation's default (ddpm: ancestral ddpm, the "
                                        "paper's; edm: heun); euler, heun, dpm-solver, sde-dpm-solver for any model; "
                                        "ddpm and ddim for ddpm models")
-    steps: int | None = setting(None, help="sampling steps; null: the sampler's default (ddpm models: 50, the "
+    steps: int | None = setting(None, bounds=AT_LEAST_1,
+                                help="sampling steps; null: the sampler's default (ddpm models: 50, the "
                                            "paper's; edm models: heun 18, EDM's; euler 35; dpm-solvers 20)")
     spacing: str = setting("time", choices=GRIDS,
                            help="noise levels: time (each formulation's own steps: DDPM's training steps "
                                 "uniform in time, EDM's Eq. 5), logsnr (DDPM steps uniform in log-SNR, better "
                                 "for small pixel-space models), karras (EDM's Eq. 5 on any model)")
-    cfg: float | None = setting(None, help="classifier-free guidance scale, 1 = none; null: the checkpoint's "
+    cfg: float | None = setting(None, bounds=NON_NEGATIVE,
+                                help="classifier-free guidance scale, 1 = none; null: the checkpoint's "
                                            "default (4.0 for models fine-tuned from the official DiT, as the "
                                            "reference samples), else 1")
-    cfg_channels: int | None = setting(None, help="guide only the first K channels (DiT's quirk: 3); null: the "
+    cfg_channels: int | None = setting(None, bounds=AT_LEAST_1,
+                                       help="guide only the first K channels (DiT's quirk: 3); null: the "
                                                   "checkpoint's default, else all")
-    batch_size: int = setting(64, help="images per network call")
+    batch_size: int = setting(64, bounds=AT_LEAST_1, help="images per network call")
     weights: str = setting("ema", choices=("ema", "model"), help="EMA or raw weights")
     precision: str = setting("auto", choices=PRECISIONS, help="bf16: a bf16 copy of the network; auto: bf16 where "
                                                               "this machine runs it fast, else fp32")
     compile: bool = setting(False, help="torch.compile the network (pays off for large sets)")
-    budget_minutes: float | None = setting(None, help="generate class-balanced rounds until this budget ends and "
+    budget_minutes: float | None = setting(None, bounds=POSITIVE,
+                                           help="generate class-balanced rounds until this budget ends and "
                                                       "keep what finished (the challenge's generative track: 10)")
 
 
