@@ -28,6 +28,8 @@ class EvaluateConfig:
     seed: int = run_field(0)
     size: int | None = run_field(None, help="image side the real dataset is decoded (folders) or resized to")
     device: str = run_field("auto")
+    allow_missing_classes: bool = run_field(False, help="evaluate a set that lacks some classes (warned; their "
+                                                        "test images count as errors) instead of refusing it")
     # `classifier`, not `model`: in `train` and `finetune`, --model names the denoiser
     classifier: str = setting("convnet3", choices=tuple(MODELS), help="the classifier trained on the set")
     protocol: str = setting("dc", choices=tuple(PROTOCOLS),
@@ -66,7 +68,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     if cfg.full:
         x, y = real.x_train, real.y_train
     else:
-        s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size)
+        s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size,
+                    allow_missing=cfg.allow_missing_classes)
         x, y = s.images, s.labels
     teacher = (teacher_classifier(real, cfg.classifier, device, cfg.image_size, cfg.teacher_epochs, precision)
                if protocol.soft else None)
