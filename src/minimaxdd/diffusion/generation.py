@@ -31,9 +31,12 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import manifest, reading, run_lock
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
-from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, POSITIVE, run_field, setting
+from minimaxdd.settings import AT_LEAST_1, POSITIVE, Bounds, run_field, setting
 
 SAMPLER_CHOICES = tuple(SAMPLERS)   # the CLI choices; each names one algorithm for every formulation
+# Guidance scales in use are 1-10 (DiT: 1.5 and 4; U-ViT: 0.4-3 as w + 1); far above, the guided prediction is
+# the class difference times a huge number, and a float32 overflows from about 3e38: refused above 100.
+GUIDANCE_SCALES = Bounds(0, 100)
 
 
 @dataclass(kw_only=True)
@@ -56,7 +59,7 @@ class SampleConfig:
                            help="noise levels: time (each formulation's own steps: DDPM's training steps "
                                 "uniform in time, EDM's Eq. 5), logsnr (DDPM steps uniform in log-SNR, better "
                                 "for small pixel-space models), karras (EDM's Eq. 5 on any model)")
-    cfg: float | None = setting(None, bounds=NON_NEGATIVE,
+    cfg: float | None = setting(None, bounds=GUIDANCE_SCALES,
                                 help="classifier-free guidance scale, 1 = none; null: the checkpoint's "
                                            "default (4.0 for models fine-tuned from the official DiT, as the "
                                            "reference samples), else 1")
@@ -178,6 +181,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     gen, what = _generator(cfg, meta.formulation, meta.codec == "pixel", device, sources)
     with reading(file, fix):
         model, meta = ckpt.load(file, cfg.weights, device)
+    check_finite_weights(model, file, cfg.weights)
     codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
     t0 = time.time()
     budget = None
@@ -186,7 +190,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
         net_labels = torch.as_tensor(meta.class_map)[ds_labels]
         # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
         seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
-        images = codec.decode(gen(model, net_labels, seeds, desc=f"sample {what}"))
+        images = codec.decode(finite_samples(gen(model, net_labels, seeds, desc=f"sample {what}"), cfg, file))
     else:
         images, ds_labels, budget = _budgeted(model, codec, labels, meta.class_map, cfg, gen, device)
     t_sample = time.time() - t0
@@ -220,6 +224,7 @@ def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tens
     sampler, steps = resolve_sampler(cfg, meta.formulation)
     with reading(file, fix):
         model, meta = ckpt.load(file, cfg.weights, device)
+    check_finite_weights(model, file, cfg.weights)
     codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
     net_labels = torch.as_tensor(meta.class_map)[labels]                          # (N,) the network's classes
     seeds, seen = [], {}
@@ -231,7 +236,31 @@ def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tens
                      formulation=meta.formulation, sampler=sampler, steps=steps,
                      cfg_scale=cfg.cfg if cfg.cfg is not None else 1.0, precision=cfg.precision,
                      batch_size=cfg.batch_size, device=device)
+    x = finite_samples(x, cfg, file)
     return codec.decode(x.clamp(-1, 1) if meta.codec == "pixel" else x)
+
+
+def check_finite_weights(model: nn.Module, file: Path, weights: str) -> None:
+    """Refuse a network whose weights hold NaN or inf (a diverged run's checkpoint): it samples garbage."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UserError(f"the {weights} weights in {file} hold non-finite values (NaN or inf) in {len(bad)} tensors "
+                        f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the training that wrote it "
+                        "diverged. Sample an earlier checkpoint of the run, or retrain with a lower --lr or "
+                        "--grad-clip 1.0")
+
+
+def finite_samples(x: torch.Tensor, cfg: SampleConfig, file: str | Path) -> torch.Tensor:
+    """`x`, the sampler's float output, if every value is finite; else a UserError naming the likely cause
+    (the weights were checked on loading, so the guidance scale or the sampler), before anything is decoded."""
+    if torch.isfinite(x).all():
+        return x
+    share = 1 - torch.isfinite(x).float().mean().item()
+    cause = (f"the guidance scale --cfg {cfg.cfg:g} amplifies the class difference past float range: lower it "
+             "(1-10 is usual)" if cfg.cfg not in (None, NO_GUIDANCE) else
+             "the sampler diverged: try more --steps, another --sampler, or --precision fp32")
+    raise UserError(f"sampling {file} gave non-finite values ({100 * share:.1f}% NaN or inf), which would be "
+                    f"written as black images; nothing was written. Likely cause: {cause}")
 
 
 def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list[int], cfg: SampleConfig,
@@ -256,7 +285,8 @@ def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list
         net_labels = torch.as_tensor(class_map)[ds_labels]
         seeds = [image_seed(cfg.seed, c, done + i % n) for i, c in enumerate(net_labels.tolist())]
         t1 = time.time()
-        images.append(codec.decode(gen(model, net_labels, seeds, desc=f"round {done // per_round + 1}")))
+        x = finite_samples(gen(model, net_labels, seeds, desc=f"round {done // per_round + 1}"), cfg, cfg.ckpt)
+        images.append(codec.decode(x))
         out_labels.append(ds_labels)
         last = (time.time() - t1) * per_round / n
         done += n

@@ -22,7 +22,7 @@ from typing import Any
 
 from minimaxdd.baselines.distribution_matching import DMConfig
 from minimaxdd.baselines.registry import BASELINES
-from minimaxdd.diffusion.generation import SampleConfig
+from minimaxdd.diffusion.generation import GUIDANCE_SCALES, SampleConfig
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS
@@ -95,7 +95,7 @@ class EvaluationConfig:
 
 @dataclass(kw_only=True)
 class ChoiceConfig:
-    cfg: list[float] = setting([], bounds=NON_NEGATIVE,
+    cfg: list[float] = setting([], bounds=GUIDANCE_SCALES,
                               help="guidance scales to choose among on a validation split of the training "
                                    "set (the `choose` stage); empty: sample.cfg as it is")
     steps: list[int] = setting([], bounds=AT_LEAST_1,
