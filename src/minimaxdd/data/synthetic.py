@@ -11,6 +11,7 @@ data.pt and an `.npz` with images/labels (or x_train/y_train) and optional class
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,4 +240,4 @@ def _check_every_class(labels: torch.Tensor, class_names: list[str], allow_missi
     if not allow_missing:
         raise UserError(f"{what}. Sample or select every class, or pass --allow-missing-classes to evaluate "
                         "it anyway")
-    warnings.warn(what + " (--allow-missing-classes)", stacklevel=3)
+    print(f"warning: {what} (--allow-missing-classes)", file=sys.stderr, flush=True)
