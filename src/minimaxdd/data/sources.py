@@ -100,8 +100,8 @@ def _validate(ds: Dataset) -> None:
     if twice:          # a set's images/<class>/ folders, and every report, tell classes apart by name
         raise DatasetError(f"{ds.name}: class names {twice} occur more than once; give each class its own name")
     if ds.channels not in CHANNELS:      # what would be written as PNGs, and what every network takes
-        raise DatasetError(f"{ds.name}: the images have {ds.channels} channels; minimaxdd handles 1 (grey) or 3 "
-                           "(RGB): convert them (e.g. drop an alpha channel) and save the dataset again")
+        raise DatasetError(f"{ds.name}: the images have {ds.channels} channels; minimaxdd handles 1 (grey), 3 "
+                           "(RGB) or 4 (RGBA): convert them (e.g. to RGB) and save the dataset again")
     if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
         raise DatasetError(f"{ds.name}: train images are {tuple(ds.x_train.shape[1:])} but test images are "
                            f"{tuple(ds.x_test.shape[1:])}; both splits need the same C, H, W")

@@ -47,9 +47,9 @@ class SyntheticSet:
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise UserError(f"synthetic labels span {int(self.labels.min())}..{int(self.labels.max())} but there are "
                             f"{len(self.class_names)} class names; fix the labels or the class list")
-        if self.images.shape[1] not in CHANNELS:     # a PNG holds grey or RGB; what else would a channel mean?
-            raise UserError(f"synthetic images have {self.images.shape[1]} channels; minimaxdd handles 1 (grey) or "
-                            "3 (RGB): convert the images")
+        if self.images.shape[1] not in CHANNELS:     # what a PNG holds
+            raise UserError(f"synthetic images have {self.images.shape[1]} channels; minimaxdd handles 1 (grey), "
+                            "3 (RGB) or 4 (RGBA): convert the images")
         twice = sorted({n for n in self.class_names if list(self.class_names).count(n) > 1})
         if twice:
             raise UserError(f"class names {twice} occur more than once; each class needs its own name (its images' "
