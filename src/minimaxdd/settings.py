@@ -203,12 +203,22 @@ def check_bounds(key: str, value: Any, f: dataclasses.Field, flag: bool = False)
     items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
     for v in items:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not bounds.holds(v):
-            what = f.metadata.get("help", "").split(";")[0]
-            if what.count("(") != what.count(")") or what.startswith("null"):
-                what = ""           # the help's first clause is not a description of its own
+            what = _first_clause(f.metadata.get("help", ""))
             name = f"{key} (--{f.name.replace('_', '-')})" if flag else key
             raise UserError(f"{name} must be {bounds}, got {v!r}" + (f": {what}" if what else "")
                             + f"; give it a value {bounds}")
+
+
+def _first_clause(help: str) -> str:
+    """A setting's help up to its first "; " outside parentheses: what the setting is ("" when that is
+    only what null means)."""
+    depth = 0
+    for i, c in enumerate(help):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == ";" and depth == 0:
+            help = help[:i]
+            break
+    return "" if help.startswith("null") else help
 
 
 def to_dict(obj: Any) -> Any:

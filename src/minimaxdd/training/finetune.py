@@ -63,7 +63,8 @@ class FinetuneConfig(LoopConfig):
     codec: str | None = setting(None, help="the codec of official or diffusers weights, e.g. vae:DIR "
                                            "(our checkpoints carry theirs)")
     class_map: list[int] | None = setting(None, help="network class index of each dataset class; null: from the "
-                                                     "base's class names, ImageNet indices, or the identity")
+                                                     "base's class names, ImageNet indices, or the identity",
+                                          bounds=NON_NEGATIVE)
     synsets: str | None = setting(None, help="LOC_synset_mapping.txt, to map WordNet-id classes to ImageNet indices")
     size: int | None = run_field(None, help="image side; null: the base's")
     classes: list[int] | None = run_field(None, help="fine-tune on these dataset labels only (one phase of a "
