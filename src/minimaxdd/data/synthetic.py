@@ -240,4 +240,4 @@ def _check_every_class(labels: torch.Tensor, class_names: list[str], allow_missi
     if not allow_missing:
         raise UserError(f"{what}. Sample or select every class, or pass --allow-missing-classes to evaluate "
                         "it anyway")
-    print(f"warning: {what} (--allow-missing-classes)", file=sys.stderr, flush=True)
+    print(f"warning: {what}", file=sys.stderr, flush=True)
