@@ -17,9 +17,10 @@ from minimaxdd.settings import AT_LEAST_1, POSITIVE, PROBABILITY, Bounds, build,
 from minimaxdd.training.finetune import FinetuneConfig
 from minimaxdd.training.scratch import TrainConfig
 
-# Numeric settings without bounds metadata, each checked where its limit is known (the loop checks the batch
-# against the number of training images, with its own message: test_bad_inputs' train-batch-0), or free.
-UNBOUNDED = {"batch", "seed"}
+# Numeric settings without bounds metadata, each checked where its limit is known, with a message of its own
+# (the loop checks the batch against the number of training images: test_bad_inputs' train-batch-0; the distill
+# config checks extras.pool is 0 or at least 2 and extras.prototypes positive: test_extras), or free (seed).
+UNBOUNDED = {"batch", "seed", "pool", "prototypes"}
 
 
 def _numeric(tp: typing.Any) -> bool:

@@ -33,7 +33,6 @@ from minimaxdd.runtime import PRECISIONS
 from minimaxdd.settings import (
     AT_LEAST_1,
     NON_NEGATIVE,
-    POSITIVE,
     Bounds,
     build,
     default_of,
@@ -120,13 +119,12 @@ class ExtrasConfig:
     pool: int = setting(0, help="K: 'generate many, keep few': K x IPC samples per class from the fine-tuned model "
                                 "(the first IPC of which are the method's set), IPC of them kept by herding in the "
                                 "reference classifier's feature space (row <method>-poolK-herding) and, as its "
-                                "control, IPC of the same pool at random (<method>-poolK-random); 0: no such rows",
-                        bounds=NON_NEGATIVE)
+                                "control, IPC of the same pool at random (<method>-poolK-random); 0: no such rows")
     prototypes: float | None = setting(None, help="sigma: 'start from real prototypes' (D4M, SDEdit): IPC real class "
                                                   "medoids (k-means in the reference feature space) noised to this "
                                                   "sigma and denoised by the fine-tuned EDM model (row "
                                                   "medoids-sigmaS), beside the medoids themselves (row medoids); "
-                                                  "null: no such rows", bounds=POSITIVE)
+                                                  "null: no such rows")
 
 
 @dataclass(kw_only=True)
