@@ -475,6 +475,79 @@ CASES = [
          (r"--out .*/run/sweep is inside the input .*/run", r"put --out outside")),
     # ---- end of part A
     # ---- issue 30, part B: tracebacks and accepted garbage (another helper's rows go here)
+    Case("train-log-every-0", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--log-every", "0",
+                                         "--out", f"{c.tmp}/r"],
+         (r"train\.log_every \(--log-every\) must be at least 1, got 0: steps between lines of log\.jsonl",
+          r"give it a value at least 1")),
+    Case("train-checkpoint-every-0", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--checkpoint-every", "0",
+                                                "--out", f"{c.tmp}/r"],
+         (r"train\.checkpoint_every \(--checkpoint-every\) must be at least 1, got 0", r"give it a value")),
+    Case("train-negative-lr", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--lr=-1e-4", "--out", f"{c.tmp}/r"],
+         (r"train\.lr \(--lr\) must be greater than 0, got -0\.0001", r"give it a value greater than 0")),
+    Case("train-class-dropout-1", lambda c: ["train", *TINY_TRAIN, "--steps", "2", "--class-dropout", "1",
+                                             "--out", f"{c.tmp}/r"],
+         (r"class_dropout \(--class-dropout\) must be in \[0, 1\), got 1\.0", r"give it a value in \[0, 1\)")),
+    Case("distill-set-out-of-bounds", lambda c: ["distill", "--data", "digits", "--set", "choose.val_fraction=1.5",
+                                                 "--out", f"{c.tmp}/run"],
+         (r"choose\.val_fraction must be in \(0, 1\), got 1\.5", r"give it a value in \(0, 1\)")),
+    Case("distill-set-nan", lambda c: ["distill", "--data", "digits", "--set", "base.train.lr=NaN",
+                                       "--out", f"{c.tmp}/run"],
+         (r"base\.train\.lr: expected a finite number, got nan", r"give a finite value")),
+    Case("evaluate-empty-set", lambda c: ["evaluate", str(synthetic_pt(c, n=0)), "--real", "digits"],
+         (r"set\.pt holds no images", r"needs at least one image per class")),
+    Case("select-five-channel-npz", lambda c: [*SELECT, "--real", npz(c, x_train=np.zeros((8, 5, 4, 4), np.uint8),
+                                                                      x_test=np.zeros((8, 5, 4, 4), np.uint8)),
+                                               "--out", f"{c.tmp}/o"],
+         (r"the images have 5 channels; minimaxdd handles 1 \(grey\), 3 \(RGB\) or 4 \(RGBA\)",
+          r"convert them")),
+    Case("evaluate-epochs-0", lambda c: ["evaluate", str(synthetic_pt(c)), "--real", "digits", "--epochs", "0"],
+         (r"epochs \(--epochs\) must be at least 1, got 0", r"give it a value at least 1")),
+    Case("evaluate-epochs-negative", lambda c: ["evaluate", str(synthetic_pt(c)), "--real", "digits",
+                                                "--epochs", "-3"],
+         (r"epochs \(--epochs\) must be at least 1, got -3",)),
+    Case("sample-nan-weights", lambda c: ["sample", str(nan_checkpoint(c)), "--ipc", "1", "--steps", "2",
+                                          "--device", "cpu", "--out", f"{c.tmp}/o"],
+         (r"the ema weights in .*nan\.safetensors hold non-finite values \(NaN or inf\) in \d+ tensors",
+          r"the training that wrote it diverged\. Sample an earlier checkpoint")),
+    Case("sample-cfg-nan", lambda c: ["sample", str(c.base), "--ipc", "1", "--cfg", "nan", "--out", f"{c.tmp}/o"],
+         (r"cfg: expected a finite number, got nan", r"give a finite value")),
+    Case("sample-cfg-1e300", lambda c: ["sample", str(c.base), "--ipc", "1", "--cfg", "1e300",
+                                        "--out", f"{c.tmp}/o"],
+         (r"cfg \(--cfg\) must be in \[0, 100\], got 1e\+300: classifier-free guidance scale",
+          r"give it a value in \[0, 100\]")),
+    Case("sample-non-finite-output", lambda c: ["sample", str(c.base), "--ipc", "1", "--steps", "2", "--cfg", "7",
+                                                "--device", "cpu", "--out", f"{c.tmp}/o"],
+         (r"sampling .* gave non-finite values \(100\.0% NaN or inf\), which would be written as black images; "
+          r"nothing was written", r"the guidance scale --cfg 7 amplifies .*: lower it"),
+         patch=lambda m: m.setattr("minimaxdd.diffusion.generation.generate",
+                                   lambda *a, **k: torch.full((10, 1, 8, 8), float("nan")))),
+    Case("evaluate-missing-class", lambda c: ["evaluate", str(synthetic_pt(c, n=9)), "--real", "digits"],
+         (r"the synthetic set has no images of 1 of the 10 classes: \['9'\]",
+          r"Sample or select every class, or pass --allow-missing-classes")),
+    Case("evaluate-missing-class-allowed", lambda c: ["evaluate", str(synthetic_pt(c, n=9)), "--real", "digits",
+                                                      "--epochs", "1", "--repeats", "1", "--device", "cpu",
+                                                      "--precision", "fp32", "--allow-missing-classes"],
+         (r"warning: the synthetic set has no images of 1 of the 10 classes: \['9'\]; .* count as errors",),
+         rc=0),
+    Case("evaluate-float-labels-npz", lambda c: ["evaluate", str(float_label_set(c)), "--real", "digits"],
+         (r"the labels in .*fl\.npz are float64", r"save labels as integers 0\.\.K-1")),
+    Case("select-duplicate-class-names", lambda c: [*SELECT, "--real", npz(c, class_names=np.array(["a", "a"])),
+                                                    "--out", f"{c.tmp}/o"],
+         (r"class names \['a'\] occur more than once", r"give each class its own name")),
+    Case("evaluate-duplicate-class-names", lambda c: ["evaluate", str(synthetic_pt(c, names=["a", "a", *"23456789"])),
+                                                      "--real", "digits"],
+         (r"class names \['a'\] occur more than once", r"rename them")),
+    Case("sample-metadata-claims-a-huge-network", lambda c: ["sample", str(huge_claim(c)), "--ipc", "1",
+                                                             "--out", f"{c.tmp}/o"],
+         (r"huge\.safetensors \(ema\): its model config does not fit its tensors \(it describes a network of "
+          r"[\d,]+ parameters but the file holds 2\)", r"re-download it, or re-run the training")),
+    Case("sample-metadata-out-of-bounds", lambda c: ["sample", str(huge_claim(c, hidden_size=10**9)), "--ipc", "1",
+                                                     "--out", f"{c.tmp}/o"],
+         (r"its model config is out of sane bounds \(hidden_size=1000000000;", r"re-download it")),
+    Case("sample-ipc-huge", lambda c: ["sample", str(c.base), "--ipc", "100000000", "--device", "cpu",
+                                       "--out", f"{c.tmp}/o"],
+         (r"--ipc 100000000 asks for 1,000,000,000 images \(100,000,000 for each of 10 classes\), about [\d,]+ GiB",
+          r"lower --ipc \(at most [\d,]+ for this checkpoint\), or give --budget-minutes")),
     # ---- end of part B
     # ---- issue 30, part C: decoding, resources, misleading messages (a third helper's rows go here)
     # ---- end of part C
@@ -668,6 +741,47 @@ def sigterm(*a, **kw):
 
 
 # ---- issue 30, part B helpers
+
+
+def synthetic_pt(ctx: Ctx, n: int = 10, names: list[str] | None = None) -> Path:
+    """A synthetic set of `n` grey 8x8 images labelled 0..n-1 (ten digit classes unless `names`)."""
+    f = ctx.tmp / "set.pt"
+    torch.save({"images": torch.zeros(n, 1, 8, 8, dtype=torch.uint8), "labels": torch.arange(n),
+                "class_names": names or [str(i) for i in range(10)]}, f)
+    return f
+
+
+def float_label_set(ctx: Ctx) -> Path:
+    np.savez(ctx.tmp / "fl.npz", images=np.zeros((10, 1, 8, 8), np.uint8), labels=np.arange(10) + 0.7)
+    return ctx.tmp / "fl.npz"
+
+
+def nan_checkpoint(ctx: Ctx) -> Path:
+    """The base run's checkpoint, its metadata intact, every float tensor NaN (a diverged run's)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = ckpt.list_checkpoints(ctx.base)[-1]
+    tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+               for k, v in load_file(str(src)).items()}
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    save_file(tensors, str(ctx.tmp / "nan.safetensors"), metadata=meta)
+    return ctx.tmp / "nan.safetensors"
+
+
+def huge_claim(ctx: Ctx, **model) -> Path:
+    """A 1.4 KB safetensors with our metadata claiming a DiT of hidden size 8192 and depth 28 (34 G parameters)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(ckpt.list_checkpoints(ctx.base)[-1]), framework="pt") as f:
+        meta = json.loads(f.metadata()["minimaxdd"])
+    meta["model"].update({"hidden_size": 8192, "depth": 28, "num_heads": 16, **model})
+    save_file({"ema.w": torch.zeros(2)}, str(ctx.tmp / "huge.safetensors"), metadata={"minimaxdd": json.dumps(meta)})
+    return ctx.tmp / "huge.safetensors"
+
+
 # ---- end of part B helpers
 
 

@@ -13,25 +13,57 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any, Union
 
 from minimaxdd.errors import UserError
 
 
-def run_field(default: Any = dataclasses.MISSING, *, help: str = "") -> Any:
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a setting may take, by its meaning: lo <= v (lo < v when `lo_open`), v <= hi (v < hi when
+    `hi_open`). None (a null setting) is always allowed; in a list, each item is checked."""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'greater than' if self.lo_open else 'at least'} {self.lo:g}"
+        if self.lo is None:
+            return f"{'less than' if self.hi_open else 'at most'} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+POSITIVE = Bounds(0, lo_open=True)          # lengths, rates, scales: 0 means nothing would happen
+AT_LEAST_1 = Bounds(1)                      # counts and intervals of steps, images, epochs
+NON_NEGATIVE = Bounds(0)                    # weights of a term, counts where 0 means none
+PROBABILITY = Bounds(0, 1)                  # probabilities and fractions
+
+
+def run_field(default: Any = dataclasses.MISSING, *, help: str = "", bounds: Bounds | None = None) -> Any:
     """A field that says where or on what a stage runs, not how: the CLI or `distill` fills it."""
-    return dataclasses.field(default=default, metadata={"run": True, "help": help})
+    return dataclasses.field(default=default, metadata={"run": True, "help": help, "bounds": bounds})
 
 
-def setting(default: Any, *, help: str = "", choices: tuple[str, ...] | None = None) -> Any:
-    """A setting with its help text (and, for a closed set of names, the allowed values)."""
+def setting(default: Any, *, help: str = "", choices: tuple[str, ...] | None = None,
+            bounds: Bounds | None = None) -> Any:
+    """A setting with its help text (and, for a closed set of names, the allowed values; for a number, the
+    `Bounds` its meaning allows, which `build` enforces)."""
+    meta = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(value),
-                                 metadata={"help": help, "choices": choices})
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def is_run_field(f: dataclasses.Field) -> bool:
@@ -72,6 +104,8 @@ def coerce(key: str, value: Any, tp: Any, choices: tuple[str, ...] | None = None
     """`value` checked against type `tp` (JSON-like values; ints are accepted where floats are expected).
 
     Raises UserError naming `key`, the expected type and the allowed values."""
+    if isinstance(value, float) and not math.isfinite(value):   # nan or inf never means a rate, a scale, a length
+        raise UserError(f"{key}: expected a finite number, got {value!r}; give a finite value")
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
@@ -154,7 +188,37 @@ def build(cls: type, values: dict[str, Any], where: str = "", allow_run: bool = 
                         f"known under {where or 'the top level'}: {', '.join(sorted(known))}{hint}")
     kw = {name: coerce(prefix + name, v, hints[name], known[name].metadata.get("choices"))
           for name, v in values.items()}
+    for name, v in kw.items():
+        check_bounds(prefix + name, v, known[name], flag=allow_run)
     return cls(**kw)
+
+
+def check_bounds(key: str, value: Any, f: dataclasses.Field, flag: bool = False) -> None:
+    """Raise UserError if number `value` (or a number in list, tuple or dict `value`) of field `f` is outside
+    the field's `Bounds`; the message names the key (and, with `flag`, its command-line flag), what the
+    setting means and the allowed range."""
+    bounds = f.metadata.get("bounds")
+    if bounds is None:
+        return
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not bounds.holds(v):
+            what = _first_clause(f.metadata.get("help", ""))
+            name = f"{key} (--{f.name.replace('_', '-')})" if flag else key
+            raise UserError(f"{name} must be {bounds}, got {v!r}" + (f": {what}" if what else "")
+                            + f"; give it a value {bounds}")
+
+
+def _first_clause(help: str) -> str:
+    """A setting's help up to its first "; " outside parentheses: what the setting is ("" when that is
+    only what null means)."""
+    depth = 0
+    for i, c in enumerate(help):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == ";" and depth == 0:
+            help = help[:i]
+            break
+    return "" if help.startswith("null") else help
 
 
 def to_dict(obj: Any) -> Any:

@@ -26,19 +26,20 @@ from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.files import save_atomic
 from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast, generator, progress
+from minimaxdd.settings import AT_LEAST_1, POSITIVE, Bounds, setting
 
 
 @dataclass(frozen=True)
 class DMConfig:
     # Defaults of the DM code (VICO-UoE/DatasetCondensation, main_DM.py): 20000 iterations,
     # image lr 1.0, SGD momentum 0.5, 256 real images per class, ConvNet-3, DSA, real init.
-    iterations: int = 20000
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 256
+    iterations: int = setting(20000, bounds=AT_LEAST_1)
+    lr_img: float = setting(1.0, bounds=POSITIVE)
+    momentum: float = setting(0.5, bounds=Bounds(0, 1, hi_open=True))
+    batch_real: int = setting(256, bounds=AT_LEAST_1)
     model: str = "convnet3"
     precision: str = "auto"       # ours: bf16 autocast where the machine runs it fast (the DM code runs fp32)
-    checkpoint_every: int = 200   # ours: iterations between resumable state saves
+    checkpoint_every: int = setting(200, bounds=AT_LEAST_1)   # ours: iterations between resumable state saves
 
 
 def _seed(g: torch.Generator) -> int:

@@ -25,7 +25,7 @@ from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.files import beside, check_set_out, input_paths, manifest, run_lock
 from minimaxdd.runtime import pick_device
-from minimaxdd.settings import run_field, setting
+from minimaxdd.settings import AT_LEAST_1, POSITIVE, run_field, setting
 
 
 @dataclass(kw_only=True)
@@ -40,11 +40,12 @@ class SelectConfig:
     size: int | None = run_field(None, help="image side (default: the dataset's)")
     device: str = run_field("auto", help="auto, cpu, cuda, cuda:1, ...")
     overwrite: bool = run_field(False, help="replace --out if it exists")
-    feature_epochs: int | None = setting(None, help="herding / k-center: epochs of the cached reference classifier "
+    feature_epochs: int | None = setting(None, bounds=AT_LEAST_1,
+                                         help="herding / k-center: epochs of the cached reference classifier "
                                                     "(default: its own)")
-    iterations: int | None = setting(None, help=f"dm: iterations (default {DMConfig.iterations})")
-    lr_img: float | None = setting(None, help=f"dm: image learning rate (default {DMConfig.lr_img})")
-    batch_real: int | None = setting(None, help=f"dm: real images per class per iteration "
+    iterations: int | None = setting(None, bounds=AT_LEAST_1, help=f"dm: iterations (default {DMConfig.iterations})")
+    lr_img: float | None = setting(None, bounds=POSITIVE, help=f"dm: image learning rate (default {DMConfig.lr_img})")
+    batch_real: int | None = setting(None, bounds=AT_LEAST_1, help=f"dm: real images per class per iteration "
                                                 f"(default {DMConfig.batch_real})")
 
 

@@ -12,6 +12,9 @@ from minimaxdd.runtime import generator
 # Smallest std `channel_stats` returns, in [0, 1] units (ours: about a quarter of one grey level, 1/255),
 # so that normalising a constant channel cannot divide by zero.
 STD_FLOOR = 1e-3
+# Channels of the images a dataset or a synthetic set may hold: what a set's PNGs store (grey, RGB, RGBA; four
+# channels also serve as a latent-shaped dataset for a pixel-codec fine-tune of DiT).
+CHANNELS = (1, 3, 4)
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from minimaxdd.data import imagenet
-from minimaxdd.data.dataset import Dataset
+from minimaxdd.data.dataset import CHANNELS, Dataset
 from minimaxdd.data.image_folders import IMAGE_EXTENSIONS, load_folder, load_items
 from minimaxdd.errors import DatasetError
 
@@ -96,6 +96,12 @@ def _validate(ds: Dataset) -> None:
         if lo < 0 or hi >= k:
             raise DatasetError(f"{ds.name}: {split} labels span {lo}..{hi} but there are {k} class names; "
                                f"fix the labels or class_names so every label is in 0..{k - 1}")
+    twice = sorted({n for n in ds.class_names if ds.class_names.count(n) > 1})
+    if twice:          # a set's images/<class>/ folders, and every report, tell classes apart by name
+        raise DatasetError(f"{ds.name}: class names {twice} occur more than once; give each class its own name")
+    if ds.channels not in CHANNELS:      # what would be written as PNGs, and what every network takes
+        raise DatasetError(f"{ds.name}: the images have {ds.channels} channels; minimaxdd handles 1 (grey), 3 "
+                           "(RGB) or 4 (RGBA): convert them (e.g. to RGB) and save the dataset again")
     if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
         raise DatasetError(f"{ds.name}: train images are {tuple(ds.x_train.shape[1:])} but test images are "
                            f"{tuple(ds.x_test.shape[1:])}; both splits need the same C, H, W")

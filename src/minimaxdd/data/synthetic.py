@@ -11,6 +11,7 @@ data.pt and an `.npz` with images/labels (or x_train/y_train) and optional class
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from minimaxdd.data.dataset import CHANNELS
 from minimaxdd.errors import UserError
 from minimaxdd.files import atomic_dir, write_json
 
@@ -45,19 +47,31 @@ class SyntheticSet:
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise UserError(f"synthetic labels span {int(self.labels.min())}..{int(self.labels.max())} but there are "
                             f"{len(self.class_names)} class names; fix the labels or the class list")
-
+        if self.images.shape[1] not in CHANNELS:     # what a PNG holds
+            raise UserError(f"synthetic images have {self.images.shape[1]} channels; minimaxdd handles 1 (grey), "
+                            "3 (RGB) or 4 (RGBA): convert the images")
+        twice = sorted({n for n in self.class_names if list(self.class_names).count(n) > 1})
+        if twice:
+            raise UserError(f"class names {twice} occur more than once; each class needs its own name (its images' "
+                            "folder is named after it): rename them")
 
 def _folder_name(name: str) -> str:
     """A class name made safe as one path component."""
     return re.sub(r"[^\w.+-]+", "_", name).strip("._") or "class"
 
 
+def folder_names(class_names: list[str]) -> list[str]:
+    """The images/ folder of each class: its name made path-safe, numbered when two names sanitise alike."""
+    folders = [_folder_name(n) for n in class_names]
+    if len(set(folders)) != len(folders):
+        folders = [f"{k:03d}_{f}" for k, f in enumerate(folders)]
+    return folders
+
+
 def write_synthetic(out: str | Path, s: SyntheticSet, manifest: dict, overwrite: bool = False) -> Path:
     """Write `s` to `out` in the synthetic-set format, atomically (all or nothing)."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        folders = [_folder_name(n) for n in s.class_names]
-        if len(set(folders)) != len(folders):  # two names that sanitise alike
-            folders = [f"{k:03d}_{f}" for k, f in enumerate(folders)]
+        folders = folder_names(s.class_names)
         counters = [0] * len(s.class_names)
         for img, lab in zip(s.images, s.labels.tolist()):
             d = tmp / "images" / folders[lab]
@@ -80,7 +94,7 @@ def _from_pt(path: Path) -> SyntheticSet:
     if not isinstance(d, dict) or "images" not in d or "labels" not in d:
         raise UserError(f"{path} must hold a dict with keys images, labels[, class_names]; "
                         f"found {sorted(d) if isinstance(d, dict) else type(d).__name__}")
-    labels = torch.as_tensor(d["labels"]).long()
+    labels = _int_labels(torch.as_tensor(d["labels"]), path)
     names = list(d.get("class_names") or _default_names(labels, path))
     return SyntheticSet(_to_uint8(torch.as_tensor(d["images"]), path), labels, names)
 
@@ -108,13 +122,21 @@ def _read_npz(path: Path) -> SyntheticSet:
         yk = "labels" if "labels" in keys else "y_train" if "y_train" in keys else None
         if xk is None or yk is None:
             raise UserError(f"{path} needs keys images and labels (or x_train and y_train); it has {sorted(keys)}")
-        x, y = torch.from_numpy(z[xk]), torch.from_numpy(z[yk]).long()
+        x, y = torch.from_numpy(z[xk]), _int_labels(torch.from_numpy(z[yk]), path)
         names = [str(n) for n in z["class_names"]] if "class_names" in keys else _default_names(y, path)
     if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.permute(0, 3, 1, 2)  # channels last -> first
     elif x.ndim == 3:
         x = x[:, None]
     return SyntheticSet(_to_uint8(x.contiguous(), path), y, names)
+
+
+def _int_labels(y: torch.Tensor, path: Path) -> torch.Tensor:
+    """Labels as int64; floats (or anything else) are refused, not truncated, as the dataset loaders do."""
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise UserError(f"the labels in {path} are {str(y.dtype).removeprefix('torch.')}; save labels as integers "
+                        "0..K-1")
+    return y.long()
 
 
 def _to_uint8(x: torch.Tensor, path: Path) -> torch.Tensor:
@@ -160,24 +182,29 @@ def load_synthetic(path: str | Path) -> SyntheticSet:
                         f"`sample`, an ImageFolder, a .pt or an .npz")
     if p.is_dir():
         if (p / "data.pt").exists():
-            return _from_pt(p / "data.pt")
+            return load_synthetic(p / "data.pt")
         return _from_folder(p / "images" if (p / "images").is_dir() else p)
-    if p.suffix == ".pt":
-        return _from_pt(p)
-    if p.suffix == ".npz":
-        return _from_npz(p)
-    raise UserError(f"{p} is neither a directory, a .pt nor an .npz file")
+    if p.suffix not in (".pt", ".npz"):
+        raise UserError(f"{p} is neither a directory, a .pt nor an .npz file")
+    s = _from_pt(p) if p.suffix == ".pt" else _from_npz(p)
+    if not len(s.labels):
+        raise UserError(f"{p} holds no images; a synthetic set needs at least one image per class")
+    return s
 
 
-def conform(s: SyntheticSet, class_names: list[str], channels: int, size: int) -> SyntheticSet:
+def conform(s: SyntheticSet, class_names: list[str], channels: int, size: int,
+            allow_missing: bool = False) -> SyntheticSet:
     """Check a synthetic set against the real dataset it claims to distil.
 
     Class count and names must agree (an ImageFolder's folder names may be the sanitised
     names); channels must agree; a different size is resized to the real size, with a warning.
+    A class without images is refused (its test images could only count as errors, and the accuracy
+    would compare with no published number) unless `allow_missing`, which warns instead.
     """
-    # Accept the real names or their folder-safe forms, in any order (an ImageFolder lists its
-    # classes sorted), and relabel by name.
-    alias = {**{_folder_name(n): n for n in class_names}, **{n: n for n in class_names}}
+    # Accept the real names or their folder-safe forms (`folder_names`), in any order (an ImageFolder
+    # lists its classes sorted), and relabel by name.
+    alias = {**{_folder_name(n): n for n in class_names}, **dict(zip(folder_names(class_names), class_names)),
+             **{n: n for n in class_names}}
     theirs = [alias.get(n, n) for n in s.class_names]
     labels = s.labels
     if theirs != list(class_names) and sorted(theirs) == sorted(class_names):
@@ -189,6 +216,7 @@ def conform(s: SyntheticSet, class_names: list[str], channels: int, size: int) -
                         f"  synthetic ({len(s.class_names)}): {list(s.class_names)}\n"
                         f"  real      ({len(class_names)}): {list(class_names)}\n"
                         f"distil from the same dataset, or rename the class folders to the real names")
+    _check_every_class(labels, class_names, allow_missing)
     c, h, w = s.images.shape[1:]
     if c != channels:
         raise UserError(f"the synthetic images have {c} channels and the real ones {channels}; "
@@ -200,3 +228,16 @@ def conform(s: SyntheticSet, class_names: list[str], channels: int, size: int) -
         images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         images = images.round().clamp(0, 255).to(torch.uint8)
     return SyntheticSet(images, labels, list(class_names))
+
+
+def _check_every_class(labels: torch.Tensor, class_names: list[str], allow_missing: bool) -> None:
+    """Refuse (or, with `allow_missing`, warn about) classes of the real dataset without a synthetic image."""
+    missing = [n for n, k in zip(class_names, torch.bincount(labels, minlength=len(class_names)).tolist()) if not k]
+    if not missing:
+        return
+    what = (f"the synthetic set has no images of {len(missing)} of the {len(class_names)} classes: {missing}; "
+            "a classifier trained on it never predicts them, so their test images all count as errors")
+    if not allow_missing:
+        raise UserError(f"{what}. Sample or select every class, or pass --allow-missing-classes to evaluate "
+                        "it anyway")
+    print(f"warning: {what}", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +222,49 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     return CheckpointMeta.from_json(md["minimaxdd"], str(path))
 
 
+# Sane bounds on a model config read from a file, checked before anything is built: every integer in it
+# (widths, depths, sides, classes) at most 2^16, DiT-XL/2's largest is 1152; a DiT's sin-cos position table,
+# computed in full even on the meta device, at most 2^28 numbers (1 GiB; DiT-XL/2 at 512 px: 1024 x 1152).
+MAX_CONFIG_INT = 1 << 16
+MAX_POSITION_TABLE = 1 << 28
+# A network may have at most this many more parameters than the file stores for it (Difffit's gammas, one
+# at initialisation, may be left out; ours: a generous margin).
+SPARE_PARAMETERS = 1 << 20
+
+
+def _header_shapes(path: Path, prefix: str) -> dict[str, tuple[int, ...]]:
+    """The shapes of the tensors named `prefix`* in a safetensors file, from its header (nothing loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k[len(prefix):]: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(prefix)}
+
+
+def check_fits(config: dict, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Refuse a model config (a checkpoint's metadata) that is out of sane bounds or describes another network
+    than the tensors `shapes` (name -> shape, from the file's header) hold, before the network is built: the
+    network is laid out on the meta device, which allocates nothing."""
+    fix = "the file is damaged or its metadata was edited: re-download it, or re-run the training that wrote it"
+    ints = [(k, v) for k, v in config.items() for v in (v if isinstance(v, list) else [v])
+            if isinstance(v, int) and not isinstance(v, bool)]
+    bad = [f"{k}={v}" for k, v in ints if not 0 <= v <= MAX_CONFIG_INT]
+    tokens = (config.get("input_size", 0) // max(1, config.get("patch_size", 1))) ** 2
+    if not bad and tokens * config.get("hidden_size", 0) > MAX_POSITION_TABLE:
+        bad = [f"input_size={config['input_size']}, patch_size={config.get('patch_size')}, "
+               f"hidden_size={config['hidden_size']}"]
+    if bad:
+        raise UserError(f"{source}: its model config is out of sane bounds ({', '.join(bad)}; integers up to "
+                        f"{MAX_CONFIG_INT}); {fix}")
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in build_from_config(config).state_dict().items()}
+    wrong = [f"{k}: file {shapes[k]} vs config {own[k]}" for k in own if k in shapes and shapes[k] != own[k]]
+    claimed, stored = (sum(math.prod(s) for s in d.values()) for d in (own, shapes))
+    if wrong or claimed > stored + SPARE_PARAMETERS:
+        what = (f"shapes differ: {'; '.join(wrong[:3])}" if wrong else
+                f"it describes a network of {claimed:,} parameters but the file holds {stored:,}")
+        raise UserError(f"{source}: its model config does not fit its tensors ({what}); {fix}")
+
+
 def _overlay(model: nn.Module, state: dict[str, torch.Tensor], trained: list[str], source: str) -> None:
     """Put a Difffit checkpoint's tensors on top of the base weights in `model`: exactly the trained names,
     each of the model's shape."""
@@ -272,6 +316,8 @@ def load(path: str | Path, weights: str = "ema",
 
     path = resolve(path)
     meta = read_meta(path)
+    if meta.base is None:       # before the tensors are read: a header that claims a huge network costs nothing
+        check_fits(meta.model, _header_shapes(path, f"{weights}."), f"{path} ({weights})")
     tensors = load_file(str(path))
     prefix = f"{weights}."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

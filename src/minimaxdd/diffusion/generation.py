@@ -31,9 +31,16 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import check_set_out, input_paths, manifest, reading, run_lock
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
-from minimaxdd.settings import run_field, setting
+from minimaxdd.settings import AT_LEAST_1, POSITIVE, Bounds, run_field, setting
 
 SAMPLER_CHOICES = tuple(SAMPLERS)   # the CLI choices; each names one algorithm for every formulation
+# Guidance scales in use are 1-10 (DiT: 1.5 and 4; U-ViT: 0.4-3 as w + 1); far above, the guided prediction is
+# the class difference times a huge number, and a float32 overflows from about 3e38: refused above 100.
+GUIDANCE_SCALES = Bounds(0, 100)
+# The most memory a sampled set may take while it is made (the sampler's float32 output and the uint8
+# images, both whole; ours: a quarter of a 64 GiB machine). ImageNet-1k at IPC 50, 256 px through the VAE:
+# about 11 GiB.
+MAX_SET_BYTES = 16 << 30
 
 
 @dataclass(kw_only=True)
@@ -49,23 +56,27 @@ class SampleConfig:
                                   help="null: the checkpoint's formulation's default (ddpm: ancestral ddpm, the "
                                        "paper's; edm: heun); euler, heun, dpm-solver, sde-dpm-solver for any model; "
                                        "ddpm and ddim for ddpm models")
-    steps: int | None = setting(None, help="sampling steps; null: the sampler's default (ddpm models: 50, the "
+    steps: int | None = setting(None, bounds=AT_LEAST_1,
+                                help="sampling steps; null: the sampler's default (ddpm models: 50, the "
                                            "paper's; edm models: heun 18, EDM's; euler 35; dpm-solvers 20)")
     spacing: str = setting("time", choices=GRIDS,
                            help="noise levels: time (each formulation's own steps: DDPM's training steps "
                                 "uniform in time, EDM's Eq. 5), logsnr (DDPM steps uniform in log-SNR, better "
                                 "for small pixel-space models), karras (EDM's Eq. 5 on any model)")
-    cfg: float | None = setting(None, help="classifier-free guidance scale, 1 = none; null: the checkpoint's "
+    cfg: float | None = setting(None, bounds=GUIDANCE_SCALES,
+                                help="classifier-free guidance scale, 1 = none; null: the checkpoint's "
                                            "default (4.0 for models fine-tuned from the official DiT, as the "
                                            "reference samples), else 1")
-    cfg_channels: int | None = setting(None, help="guide only the first K channels (DiT's quirk: 3); null: the "
+    cfg_channels: int | None = setting(None, bounds=AT_LEAST_1,
+                                       help="guide only the first K channels (DiT's quirk: 3); null: the "
                                                   "checkpoint's default, else all")
-    batch_size: int = setting(64, help="images per network call")
+    batch_size: int = setting(64, bounds=AT_LEAST_1, help="images per network call")
     weights: str = setting("ema", choices=("ema", "model"), help="EMA or raw weights")
     precision: str = setting("auto", choices=PRECISIONS, help="bf16: a bf16 copy of the network; auto: bf16 where "
                                                               "this machine runs it fast, else fp32")
     compile: bool = setting(False, help="torch.compile the network (pays off for large sets)")
-    budget_minutes: float | None = setting(None, help="generate class-balanced rounds until this budget ends and "
+    budget_minutes: float | None = setting(None, bounds=POSITIVE,
+                                           help="generate class-balanced rounds until this budget ends and "
                                                       "keep what finished (the challenge's generative track: 10)")
 
 
@@ -171,9 +182,12 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
     bad = [c for c in labels if not 0 <= c < len(meta.class_names)]
     if bad:
         raise UserError(f"--classes {bad} out of range: the checkpoint has {len(meta.class_names)} classes")
+    if cfg.budget_minutes is None:       # a budget's rounds stop by time; a fixed count must fit in memory
+        check_set_size(cfg.ipc, len(labels), meta)
     gen, what = _generator(cfg, meta.formulation, meta.codec == "pixel", device, sources)
     with reading(file, fix):
         model, meta = ckpt.load(file, cfg.weights, device)
+    check_finite_weights(model, file, cfg.weights)
     codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
     t0 = time.time()
     budget = None
@@ -182,7 +196,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
         net_labels = torch.as_tensor(meta.class_map)[ds_labels]
         # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
         seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
-        images = codec.decode(gen(model, net_labels, seeds, desc=f"sample {what}"))
+        images = codec.decode(finite_samples(gen(model, net_labels, seeds, desc=f"sample {what}"), cfg, file))
     else:
         images, ds_labels, budget = _budgeted(model, codec, labels, meta.class_map, cfg, gen, device)
     t_sample = time.time() - t0
@@ -216,6 +230,7 @@ def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tens
     sampler, steps = resolve_sampler(cfg, meta.formulation)
     with reading(file, fix):
         model, meta = ckpt.load(file, cfg.weights, device)
+    check_finite_weights(model, file, cfg.weights)
     codec = build_codec(meta.codec, meta.channels, meta.image_size, device)
     net_labels = torch.as_tensor(meta.class_map)[labels]                          # (N,) the network's classes
     seeds, seen = [], {}
@@ -227,7 +242,45 @@ def from_real_images(cfg: SampleConfig, images: torch.Tensor, labels: torch.Tens
                      formulation=meta.formulation, sampler=sampler, steps=steps,
                      cfg_scale=cfg.cfg if cfg.cfg is not None else 1.0, precision=cfg.precision,
                      batch_size=cfg.batch_size, device=device)
+    x = finite_samples(x, cfg, file)
     return codec.decode(x.clamp(-1, 1) if meta.codec == "pixel" else x)
+
+
+def check_set_size(ipc: int, classes: int, meta: ckpt.CheckpointMeta) -> None:
+    """Refuse a set too large for memory before anything is built: the whole set is held at once, as the
+    sampler's float32 output (latent shape) and as uint8 images (MAX_SET_BYTES)."""
+    latent = meta.model.get("in_channels", meta.channels) * meta.model.get("input_size", meta.image_size) ** 2
+    per_image = 4 * latent + meta.channels * meta.image_size ** 2                       # bytes
+    n = ipc * classes
+    if n * per_image > MAX_SET_BYTES:
+        most = max(1, MAX_SET_BYTES // (per_image * classes))
+        raise UserError(f"--ipc {ipc} asks for {n:,} images ({ipc:,} for each of {classes} classes), about "
+                        f"{n * per_image / 2**30:,.0f} GiB held in memory at once; this tool samples at most "
+                        f"{MAX_SET_BYTES // 2**30} GiB per set: lower --ipc (at most {most:,} for this checkpoint), "
+                        "or give --budget-minutes")
+
+
+def check_finite_weights(model: nn.Module, file: Path, weights: str) -> None:
+    """Refuse a network whose weights hold NaN or inf (a diverged run's checkpoint): it samples garbage."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UserError(f"the {weights} weights in {file} hold non-finite values (NaN or inf) in {len(bad)} tensors "
+                        f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the training that wrote it "
+                        "diverged. Sample an earlier checkpoint of the run, or retrain with a lower --lr or "
+                        "--grad-clip 1.0")
+
+
+def finite_samples(x: torch.Tensor, cfg: SampleConfig, file: str | Path) -> torch.Tensor:
+    """`x`, the sampler's float output, if every value is finite; else a UserError naming the likely cause
+    (the weights were checked on loading, so the guidance scale or the sampler), before anything is decoded."""
+    if torch.isfinite(x).all():
+        return x
+    share = 1 - torch.isfinite(x).float().mean().item()
+    cause = (f"the guidance scale --cfg {cfg.cfg:g} amplifies the class difference past float range: lower it "
+             "(1-10 is usual)" if cfg.cfg not in (None, NO_GUIDANCE) else
+             "the sampler diverged: try more --steps, another --sampler, or --precision fp32")
+    raise UserError(f"sampling {file} gave non-finite values ({100 * share:.1f}% NaN or inf), which would be "
+                    f"written as black images; nothing was written. Likely cause: {cause}")
 
 
 def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list[int], cfg: SampleConfig,
@@ -252,7 +305,8 @@ def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list
         net_labels = torch.as_tensor(class_map)[ds_labels]
         seeds = [image_seed(cfg.seed, c, done + i % n) for i, c in enumerate(net_labels.tolist())]
         t1 = time.time()
-        images.append(codec.decode(gen(model, net_labels, seeds, desc=f"round {done // per_round + 1}")))
+        x = finite_samples(gen(model, net_labels, seeds, desc=f"round {done // per_round + 1}"), cfg, cfg.ckpt)
+        images.append(codec.decode(x))
         out_labels.append(ds_labels)
         last = (time.time() - t1) * per_round / n
         done += n

@@ -360,7 +360,9 @@ def run_metrics(synth: list[str], real: str, out: str | None = None, features: s
     _check_inputs(synth, features, out, tsne)
     dev = pick_device(device)
     ds = load_dataset(real, size=size)
-    sets = {Path(p).name: (p, conform(load_synthetic(p), ds.class_names, ds.channels, ds.size)) for p in synth}
+    # a class a set lacks is reported per class (None), with conform's warning
+    sets = {Path(p).name: (p, conform(load_synthetic(p), ds.class_names, ds.channels, ds.size, allow_missing=True))
+            for p in synth}
     empty = [name for name, (_, s) in sets.items() if len(s.labels) == 0]
     if empty:
         raise UserError(f"set(s) {', '.join(empty)} hold no images")

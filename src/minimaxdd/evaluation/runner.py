@@ -16,7 +16,7 @@ from minimaxdd.evaluation.train_test import evaluate_set
 from minimaxdd.files import check_file_out, input_paths, write_json
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
-from minimaxdd.settings import run_field, setting
+from minimaxdd.settings import AT_LEAST_1, run_field, setting
 
 
 @dataclass(kw_only=True)
@@ -28,12 +28,15 @@ class EvaluateConfig:
     seed: int = run_field(0)
     size: int | None = run_field(None, help="image side the real dataset is decoded (folders) or resized to")
     device: str = run_field("auto")
+    allow_missing_classes: bool = run_field(False, help="evaluate a set that lacks some classes (warned; their "
+                                                        "test images count as errors) instead of refusing it")
     # `classifier`, not `model`: in `train` and `finetune`, --model names the denoiser
     classifier: str = setting("convnet3", choices=tuple(MODELS), help="the classifier trained on the set")
     protocol: str = setting("dc", choices=tuple(PROTOCOLS),
                             help="training recipe and augmentation; *-soft: the same with a teacher's soft labels")
-    repeats: int = setting(3, help="classifiers trained, each with its own seed")
-    epochs: int | None = setting(None, help="override the protocol's epoch count (quick runs; say so when quoting)")
+    repeats: int = setting(3, bounds=AT_LEAST_1, help="classifiers trained, each with its own seed")
+    epochs: int | None = setting(None, bounds=AT_LEAST_1,
+                                 help="override the protocol's epoch count (quick runs; say so when quoting)")
     precision: str = setting("auto", choices=PRECISIONS, help="autocast for training; auto: bf16 where this "
                                                               "machine runs it fast, else fp32")
     compile: bool = setting(False, help="train the classifiers through torch.compile (a compile of seconds, "
@@ -42,10 +45,12 @@ class EvaluateConfig:
                                                     "image to its own class")
     # The paper's tables give 256 px for the ImageNet subsets; the authors' code trains and tests at 224
     # (vimar-gu/MinimaxDiffusion, IDC's transform_imagenet): 224 reproduces that, null keeps the data's side.
-    image_size: int | None = setting(None, help="side the classifiers train and test at (both sets resized); "
+    image_size: int | None = setting(None, bounds=AT_LEAST_1,
+                                     help="side the classifiers train and test at (both sets resized); "
                                                 "null: the data's (256 for the ImageNet subsets, as the paper's "
                                                 "tables); the authors' code uses 224")
-    teacher_epochs: int | None = setting(None, help="soft protocols: epochs of the teacher on the full training set "
+    teacher_epochs: int | None = setting(None, bounds=AT_LEAST_1,
+                                         help="soft protocols: epochs of the teacher on the full training set "
                                                     "(cached); null: about 100k images seen, 1-50 epochs")
 
 
@@ -64,7 +69,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     if cfg.full:
         x, y = real.x_train, real.y_train
     else:
-        s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size)
+        s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size,
+                    allow_missing=cfg.allow_missing_classes)
         x, y = s.images, s.labels
     teacher = (teacher_classifier(real, cfg.classifier, device, cfg.image_size, cfg.teacher_epochs, precision)
                if protocol.soft else None)

@@ -22,7 +22,7 @@ from typing import Any
 
 from minimaxdd.baselines.distribution_matching import DMConfig
 from minimaxdd.baselines.registry import BASELINES
-from minimaxdd.diffusion.generation import SampleConfig
+from minimaxdd.diffusion.generation import GUIDANCE_SCALES, SampleConfig
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS
@@ -31,6 +31,9 @@ from minimaxdd.pipeline.presets import load_preset_file
 from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import PRECISIONS
 from minimaxdd.settings import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    Bounds,
     build,
     default_of,
     parse_text,
@@ -65,38 +68,46 @@ class BaseConfig:
 class EvaluationConfig:
     models: list[str] = setting(["convnet3"], help="classifiers trained on each set", choices=tuple(MODELS))
     protocol: str = setting(default_of(EvaluateConfig, "protocol"), choices=tuple(PROTOCOLS))
-    repeats: int = setting(default_of(EvaluateConfig, "repeats"), help="classifiers per set, each its own seed")
-    epochs: int | dict[str, int] | None = setting(None, help="null: the protocol's; an int; or by IPC, "
-                                                             "e.g. {\"10\": 300, \"50\": 100}")
+    repeats: int = setting(default_of(EvaluateConfig, "repeats"), bounds=AT_LEAST_1,
+                         help="classifiers per set, each its own seed")
+    epochs: int | dict[str, int] | None = setting(None, bounds=AT_LEAST_1,
+                                                 help="null: the protocol's; an int; or by IPC, "
+                                                      "e.g. {\"10\": 300, \"50\": 100}")
     precision: str = setting(default_of(EvaluateConfig, "precision"), choices=PRECISIONS)
     baselines: list[str] = setting(["random", "herding", "kcenter"], choices=tuple(BASELINES),
                                    help="real-image baselines at each IPC")
-    full_epochs: int | None = setting(50, help="epochs of the full-data row; null or 0: no full-data row")
+    full_epochs: int | None = setting(50, bounds=NON_NEGATIVE,
+                                     help="epochs of the full-data row; null or 0: no full-data row")
     generation_accuracy: bool = setting(True, help="score our sets with the full-data reference classifier")
     dm: DMSettings = field(default_factory=DMSettings)
     metrics: bool = setting(True, help="diagnostics (MMD, FD, precision / recall, ...) at the largest IPC")
     compile: bool = setting(default_of(EvaluateConfig, "compile"),
                             help="train the classifiers through torch.compile (not part of a row's key)")
-    image_size: int | None = setting(default_of(EvaluateConfig, "image_size"),
+    image_size: int | None = setting(default_of(EvaluateConfig, "image_size"), bounds=AT_LEAST_1,
                                      help="side the classifiers train and test at; null: the data's (256 for the "
                                           "ImageNet subsets, the paper's tables); 224: the authors' code")
     soft_labels: bool = setting(False, help="also evaluate every set under the protocol's soft-label variant "
                                             "(<protocol>-soft: a teacher trained on the full data labels each "
                                             "augmented batch), reported in tables of its own")
-    teacher_epochs: int | None = setting(default_of(EvaluateConfig, "teacher_epochs"),
+    teacher_epochs: int | None = setting(default_of(EvaluateConfig, "teacher_epochs"), bounds=AT_LEAST_1,
                                          help="epochs of the soft-label teacher; null: ~100k images seen (1-50)")
 
 
 @dataclass(kw_only=True)
 class ChoiceConfig:
-    cfg: list[float] = setting([], help="guidance scales to choose among on a validation split of the training "
-                                        "set (the `choose` stage); empty: sample.cfg as it is")
-    steps: list[int] = setting([], help="sampler step counts to choose among (every pair with cfg); empty: "
-                                        "sample.steps as it is")
-    val_fraction: float = setting(0.1, help="share of each class's training images held out to score candidates")
-    ipc: int | None = setting(None, help="images per class sampled per candidate (default: the smallest IPC)")
-    epochs: int | None = setting(None, help="classifier epochs per candidate (default: evaluate's at that IPC)")
-    repeats: int = setting(1, help="classifiers per candidate")
+    cfg: list[float] = setting([], bounds=GUIDANCE_SCALES,
+                              help="guidance scales to choose among on a validation split of the training "
+                                   "set (the `choose` stage); empty: sample.cfg as it is")
+    steps: list[int] = setting([], bounds=AT_LEAST_1,
+                              help="sampler step counts to choose among (every pair with cfg); empty: "
+                                   "sample.steps as it is")
+    val_fraction: float = setting(0.1, bounds=Bounds(0, 1, lo_open=True, hi_open=True),
+                                 help="share of each class's training images held out to score candidates")
+    ipc: int | None = setting(None, bounds=AT_LEAST_1,
+                              help="images per class sampled per candidate (default: the smallest IPC)")
+    epochs: int | None = setting(None, bounds=AT_LEAST_1,
+                                 help="classifier epochs per candidate (default: evaluate's at that IPC)")
+    repeats: int = setting(1, bounds=AT_LEAST_1, help="classifiers per candidate")
     per_ipc: bool = setting(False, help="score the candidates at every IPC of the run and sample each IPC with its "
                                         "own choice (smaller IPCs then stop being prefixes of larger ones when the "
                                         "choices differ); false: one choice, at choose.ipc")
@@ -119,13 +130,14 @@ class ExtrasConfig:
 @dataclass(kw_only=True)
 class DistillConfig:
     data: str | None = setting(None, help="dataset spec NAME[:ARG]")
-    size: int | None = setting(None, help="image side (default: the dataset's)")
+    size: int | None = setting(None, bounds=AT_LEAST_1, help="image side (default: the dataset's)")
     seed: int = setting(0)
     device: str = setting("auto", help="auto, cpu, cuda, cuda:1, ...")
-    ipc: list[int] = setting([10], help="images per class; smaller IPCs are per-class prefixes of the largest")
+    ipc: list[int] = setting([10], bounds=AT_LEAST_1,
+                              help="images per class; smaller IPCs are per-class prefixes of the largest")
     # fine-tune one model per contiguous group of classes and sample each group from its own model
     # (the paper's ImageNet-100: 5 phases of 20 classes); 1 = one model for all classes
-    phases: int = setting(1, help="fine-tuning phases (contiguous class groups), each its own model")
+    phases: int = setting(1, bounds=AT_LEAST_1, help="fine-tuning phases (contiguous class groups), each its own model")
     base: BaseConfig = field(default_factory=BaseConfig)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     sample: SampleSettings = field(default_factory=SampleSettings)

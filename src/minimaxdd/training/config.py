@@ -7,7 +7,7 @@ from typing import Any
 
 from minimaxdd.evaluation.symmetry import MirrorTest, mirror_test
 from minimaxdd.runtime import PRECISIONS
-from minimaxdd.settings import run_field, setting
+from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, run_field, setting
 
 FLIP_CHOICES = ("auto",)   # besides true and false
 
@@ -21,32 +21,36 @@ class LoopConfig:
     where its source uses another value.
     """
     out: str = run_field(help="run directory: checkpoints, log.jsonl, config.json and manifest.json")
-    epochs: float | None = setting(None, help="length in passes over the training set")
-    steps: int | None = setting(None, help="length in optimiser steps (wins over epochs)")
-    time_limit: float | None = setting(None, help="seconds; stop (and checkpoint) when exceeded")
+    epochs: float | None = setting(None, bounds=POSITIVE, help="length in passes over the training set")
+    steps: int | None = setting(None, bounds=AT_LEAST_1, help="length in optimiser steps (wins over epochs)")
+    time_limit: float | None = setting(None, bounds=POSITIVE, help="seconds; stop (and checkpoint) when exceeded")
     batch: int = setting(64, help="global batch: images per step over all processes")
-    lr: float = setting(1e-4, help="AdamW learning rate (constant)")
-    weight_decay: float = setting(0.0, help="AdamW weight decay")
-    beta1: float = setting(0.9, help="AdamW beta1")
-    beta2: float = setting(0.999, help="AdamW beta2")
-    ema: float = setting(0.9999, help="decay per step of the EMA of the weights (see ema_warmup)")
+    lr: float = setting(1e-4, bounds=POSITIVE, help="AdamW learning rate (constant)")
+    weight_decay: float = setting(0.0, bounds=NON_NEGATIVE, help="AdamW weight decay")
+    beta1: float = setting(0.9, bounds=Bounds(0, 1, hi_open=True), help="AdamW beta1")
+    beta2: float = setting(0.999, bounds=Bounds(0, 1, hi_open=True), help="AdamW beta2")
+    ema: float = setting(0.9999, bounds=PROBABILITY, help="decay per step of the EMA of the weights (see ema_warmup)")
     # short CPU runs still get a useful EMA
     ema_warmup: bool = setting(True, help="ramp the EMA decay up as min(ema, (1+step)/(10+step))")
-    ema_length: float | None = setting(None, help="EDM2's power-function EMA with this relative std: the average spans "
-                                                  "about this fraction of the run so far (0.05-0.10 in EDM2); "
-                                                  "replaces ema and ema_warmup")
-    lr_warmup: float = setting(0.0, help="fraction of the planned steps over which the lr ramps up linearly from 0")
+    # EDM2's power-function EMA is defined for relative stds below about 0.28 (training.optim)
+    ema_length: float | None = setting(None, bounds=Bounds(0, 0.28, lo_open=True, hi_open=True),
+                                       help="EDM2's power-function EMA with this relative std: the average spans "
+                                            "about this fraction of the run so far (0.05-0.10 in EDM2); "
+                                            "replaces ema and ema_warmup")
+    lr_warmup: float = setting(0.0, bounds=PROBABILITY,
+                               help="fraction of the planned steps over which the lr ramps up linearly from 0")
     # U-ViT uses 0.15 (p_uncond, Bao et al. 2023)
-    class_dropout: float = setting(0.1, help="probability that a label is replaced by the null class, which "
-                                             "classifier-free guidance needs")
+    class_dropout: float = setting(0.1, bounds=Bounds(0, 1, hi_open=True),
+                                   help="probability that a label is replaced by the null class, which "
+                                        "classifier-free guidance needs")
     flip: bool | str = setting(True, choices=FLIP_CHOICES,
                                help="random horizontal flips of the training images: true, false, or auto (on "
                                     "when a mirrored image keeps its label, measured on the training data: "
                                     "evaluation.symmetry)")
-    grad_clip: float | None = setting(None, help="clip the gradient norm to this; null: no clipping")
-    checkpoint_every: int = setting(1000, help="steps between checkpoints")
-    keep: int = setting(2, help="checkpoints kept besides the final one")
-    log_every: int = setting(50, help="steps between lines of log.jsonl")
+    grad_clip: float | None = setting(None, bounds=POSITIVE, help="clip the gradient norm to this; null: no clipping")
+    checkpoint_every: int = setting(1000, bounds=AT_LEAST_1, help="steps between checkpoints")
+    keep: int = setting(2, bounds=NON_NEGATIVE, help="checkpoints kept besides the final one")
+    log_every: int = setting(50, bounds=AT_LEAST_1, help="steps between lines of log.jsonl")
     precision: str = setting("auto", help="autocast precision of the network; auto: bf16 where this machine runs "
                                           "it fast (CUDA with bf16, a CPU measured to), else fp32",
                              choices=PRECISIONS)

@@ -26,7 +26,7 @@ from minimaxdd.diffusion.networks import difffit_parameters
 from minimaxdd.errors import UserError
 from minimaxdd.files import input_paths, reading, refuse_overlap
 from minimaxdd.runtime import pick_device
-from minimaxdd.settings import run_field, setting
+from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, run_field, setting
 from minimaxdd.training.config import LoopConfig, redefault, resolve_flip
 from minimaxdd.training.draws import make_targets
 from minimaxdd.training.loop import fit
@@ -47,9 +47,9 @@ class FinetuneConfig(LoopConfig):
     data: str = run_field(help="dataset spec NAME[:ARG]")
     objective: str = setting("minimax", choices=tuple(OBJECTIVES),
                              help="the terms added to the diffusion loss: a row of the paper's Table 5")
-    lambda_r: float = setting(0.002, help="weight of the representativeness term")
-    lambda_d: float = setting(0.008, help="weight of the diversity term")
-    memory: int = setting(64, help="entries per class of each memory (real samples, predictions)")
+    lambda_r: float = setting(0.002, bounds=NON_NEGATIVE, help="weight of the representativeness term")
+    lambda_d: float = setting(0.008, bounds=NON_NEGATIVE, help="weight of the diversity term")
+    memory: int = setting(64, bounds=AT_LEAST_1, help="entries per class of each memory (real samples, predictions)")
     reduction: str = setting("matrix", choices=REDUCTIONS,
                              help="matrix: one min / max per class over the whole similarity matrix (the reference "
                                   "code); sample: per prediction, then averaged (the paper's Eqs. 3-4)")
@@ -63,7 +63,8 @@ class FinetuneConfig(LoopConfig):
     codec: str | None = setting(None, help="the codec of official or diffusers weights, e.g. vae:DIR "
                                            "(our checkpoints carry theirs)")
     class_map: list[int] | None = setting(None, help="network class index of each dataset class; null: from the "
-                                                     "base's class names, ImageNet indices, or the identity")
+                                                     "base's class names, ImageNet indices, or the identity",
+                                          bounds=NON_NEGATIVE)
     synsets: str | None = setting(None, help="LOC_synset_mapping.txt, to map WordNet-id classes to ImageNet indices")
     size: int | None = run_field(None, help="image side; null: the base's")
     classes: list[int] | None = run_field(None, help="fine-tune on these dataset labels only (one phase of a "

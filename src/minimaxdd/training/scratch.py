@@ -17,7 +17,7 @@ from minimaxdd.diffusion.networks import build_denoiser
 from minimaxdd.errors import UserError
 from minimaxdd.files import input_paths, refuse_overlap
 from minimaxdd.runtime import pick_device
-from minimaxdd.settings import run_field, setting
+from minimaxdd.settings import PROBABILITY, run_field, setting
 from minimaxdd.training.config import LoopConfig, resolve_flip
 from minimaxdd.training.draws import make_targets
 from minimaxdd.training.loop import fit
@@ -33,7 +33,8 @@ class TrainConfig(LoopConfig):
     codec: str = setting("pixel", help="pixel, or vae:DIR (a diffusers AutoencoderKL folder)")
     size: int | None = run_field(None, help="image side; null: the dataset's")
     learn_sigma: bool | None = setting(None, help="also learn the variance; null: DiT yes (as published), U-ViT no")
-    augment: float = setting(0.0, help="non-leaking augmentation (diffusion.augment): the probability of each of "
+    augment: float = setting(0.0, bounds=PROBABILITY,
+                             help="non-leaking augmentation (diffusion.augment): the probability of each of "
                                        "x-flip, y-flip, quarter turn and integer shift per training image, the "
                                        "network told which (zero when sampling); U-Net models in pixel space "
                                        "only; EDM trains CIFAR-10 with 0.12; 0: off")
