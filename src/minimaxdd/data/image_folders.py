@@ -17,7 +17,7 @@ import torch
 
 from minimaxdd.data.dataset import Dataset
 from minimaxdd.errors import DatasetError
-from minimaxdd.files import cache_dir, save_atomic
+from minimaxdd.files import cache_dir, read_cache, save_atomic, writing_cache
 from minimaxdd.runtime import progress
 
 # Pillow modes of files stored grey (with or without alpha): an `imagefolder:` whose files are all stored
@@ -192,24 +192,19 @@ def load_items(name: str, root: Path, items: dict[str, list[tuple[Path, int]]], 
     # files, which the listing pins.
     key = hashlib.sha256(json.dumps([3, str(root.resolve()), size, grey, class_dirs, listing]).encode()).hexdigest()
     path = cache_dir() / "datasets" / f"{root.name}-{f'{size}px' if size else 'own-size'}-{key[:24]}.pt"
-    if cache and path.is_file():
-        try:
-            d = torch.load(path, weights_only=True)
-            ds = Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(d["class_names"]))
-            notes = list(d["notes"])
-        except Exception as e:  # a damaged cache file is rebuilt, not trusted
-            warnings.warn(f"ignoring unreadable cache file {path} ({e}); decoding {root} again", stacklevel=3)
-        else:
-            _tell(notes)
-            return ds
+    hit = read_cache(path, lambda p: torch.load(p, weights_only=True)) if cache else None
+    if hit is not None:
+        _tell(list(hit["notes"]))
+        return Dataset(name, hit["x_train"], hit["y_train"], hit["x_test"], hit["y_test"], list(hit["class_names"]))
     size, mode, notes = _plan(root, [p for split in items.values() for p, _ in split], size, grey)
     _tell(notes)
     xtr, ytr = _decode_split(items["train"], size, mode, f"decoding {root.name}/train")
     xte, yte = _decode_split(items[test_split], size, mode, f"decoding {root.name}/{test_split}")
     ds = Dataset(name, xtr, ytr, xte, yte, list(class_names))
     if cache:
-        save_atomic({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte,
-                     "class_names": list(class_names), "notes": notes}, path)
+        with writing_cache(path):
+            save_atomic({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte,
+                         "class_names": list(class_names), "notes": notes}, path)
     return ds
 
 
