@@ -300,17 +300,18 @@ CHANNELS = (1, 3)
 
 def _npz_layout(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     """(N, C, H, W), (N, H, W, C) or (N, H, W) -> (N, C, H, W), C in CHANNELS; any other layout is refused, saying
-    what it looks like. (N, C, H, W) wins where both read (N, 3, 3, 3): C is the second axis when it is 1 or 3."""
+    what it looks like. (N, C, H, W) wins where both read, as (N, 3, 3, 3): C is the second axis when it is 1 or 3;
+    images are square, so where C is neither, the axis out of the square H = W pair is the channels'."""
     if x.ndim == 3:
         return x[:, None]
     if x.ndim != 4:
         raise DatasetError(f"{path}: {key} has shape {x.shape}; save images as [N, C, H, W], [N, H, W, C] "
                            "or [N, H, W]")
-    if x.shape[1] in CHANNELS:
-        return x
-    if x.shape[-1] in CHANNELS:
-        return x.transpose(0, 3, 1, 2)  # channels last
     _, a, b, c = x.shape
+    if a in CHANNELS:
+        return x
+    if c in CHANNELS and not (b == c != a):   # (N, 4, 3, 3) is four channels of square images, not 4x3 ones
+        return x.transpose(0, 3, 1, 2)  # channels last
     last = a == b != c or (b != c and c < a)      # images are square: the odd axis out is the channels'
     k = c if last else a
     what = f"channels-last [N, H, W, C] images with {k} channels" if last else f"[N, C, H, W] images with {k} channels"
