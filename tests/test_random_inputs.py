@@ -11,15 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from minimaxdd.cli import main
 
+# in the test extras (pyproject.toml); skipped, and said by -ra, where it is not installed
+hypothesis = pytest.importorskip("hypothesis", reason="the property tests need hypothesis: pip install hypothesis")
+st = pytest.importorskip("hypothesis.strategies")
+given = hypothesis.given
+
 FAST = ["--precision", "fp32", "--device", "cpu"]
 # ours: about 0.2 s an example (select, then a 1-epoch evaluate), the two tests under 30 s on 2 cores
-EXAMPLES = settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXAMPLES = hypothesis.settings(max_examples=50, deadline=None, database=None,
+                               suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
