@@ -54,7 +54,8 @@ def read_cache(path: Path, read: Callable[[Path], T]) -> T | None:
             return None
         return read(path)
     except Exception as e:       # whatever a damaged file makes the reader raise: the value is computed again
-        warnings.warn(f"ignoring the unreadable cache file {path} ({type(e).__name__}: {e}); computing it again. "
+        said = (str(e).strip().splitlines() or [""])[0][:200]       # torch.load's messages run to paragraphs
+        warnings.warn(f"ignoring the unreadable cache file {path} ({type(e).__name__}: {said}); computing it again. "
                       f"Delete the file, or set {CACHE_VARIABLE} to another folder", stacklevel=2)
         return None
 
