@@ -374,6 +374,8 @@ def load_npz(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
         names = [str(n) for n in a["class_names"].reshape(-1)]
     else:
         k = int(max(a["y_train"].max(initial=0), a["y_test"].max(initial=0))) + 1
+        if not len(a["y_train"]):
+            raise DatasetError(f"npz:{path}: the train split is empty; add images to it")
         if k > len(a["y_train"]):      # some class has no training image; said before K names are made
             raise DatasetError(f"{path}: the labels reach {k - 1} but y_train holds {len(a['y_train'])} labels, so "
                                f"some of the classes 0..{k - 1} have no training images; number the classes "
