@@ -550,6 +550,59 @@ CASES = [
           r"lower --ipc \(at most [\d,]+ for this checkpoint\), or give --budget-minutes")),
     # ---- end of part B
     # ---- issue 30, part C: decoding, resources, misleading messages (a third helper's rows go here)
+    Case("npz-channels-last-rgba", lambda c: [*SELECT, "--real", npz(c, x_train=np.zeros((8, 6, 6, 4), np.uint8),
+                                                                     x_test=np.zeros((8, 6, 6, 4), np.uint8)),
+                                              "--out", f"{c.tmp}/o"],
+         (r"x_train has shape \(8, 6, 6, 4\): channels-last \[N, H, W, C\] images with 4 channels \(RGBA\?\)",
+          r"drop the alpha channel \(x\[\.\.\., :3\]\) or composite it yourself")),
+    Case("npz-five-channels", lambda c: [*SELECT, "--real", npz(c, x_train=np.zeros((8, 5, 4, 4), np.uint8),
+                                                                x_test=np.zeros((8, 5, 4, 4), np.uint8)),
+                                         "--out", f"{c.tmp}/o"],
+         (r"x_train has shape \(8, 5, 4, 4\): \[N, C, H, W\] images with 5 channels; images need 1 \(grey\) or 3",
+          r"convert them to grey or RGB")),
+    Case("npz-nan-pixels", lambda c: [*SELECT, "--real", npz(c, x_train=np.full((8, 1, 4, 4), np.nan, np.float32)),
+                                      "--out", f"{c.tmp}/o"],
+         (r"x_train \(float32\) holds 128 NaN values", r"replace them: images must be uint8 0-255 or float in \[0, 1\]")),
+    Case("npz-huge-label", lambda c: [*SELECT, "--real", npz(c, y_train=np.array([0, 1] * 3 + [0, 10**12])),
+                                      "--out", f"{c.tmp}/o"],
+         (r"the labels reach 1000000000000 but y_train holds 8 labels, so some of the classes .* have no training",
+          r"number the classes 0\.\.K-1 without gaps")),
+    Case("imagefolder-float-out-of-range", lambda c: [*SELECT, "--real", folder(c, bad=float_tiff(255), bad_name="2.tif"),
+                                                      "--out", f"{c.tmp}/o"],
+         (r"image .*train/a/2\.tif \(mode F, float\) holds values in \[0, 255\]",
+          r"scale it to \[0, 1\] or save it as 8- or 16-bit")),
+    Case("imagefolder-float-nan", lambda c: [*SELECT, "--real", folder(c, bad=float_tiff(np.nan), bad_name="2.tif"),
+                                             "--out", f"{c.tmp}/o"],
+         (r"image .*train/a/2\.tif \(mode F, float\) holds NaN or infinite values", r"replace them")),
+    Case("imagefolder-32-bit-out-of-range", lambda c: [*SELECT, "--real", folder(c, bad=int32_tiff(70000),
+                                                                                 bad_name="2.tif"),
+                                                       "--out", f"{c.tmp}/o"],
+         (r"image .*train/a/2\.tif \(mode I, integer\) holds values in \[0, 70000\], outside the 16-bit range",
+          r"save it as 8- or 16-bit grey")),
+    Case("imagefolder-lab", lambda c: [*SELECT, "--real", folder(c, bad=lab_tiff(), bad_name="2.tif"),
+                                       "--out", f"{c.tmp}/o"],
+         (r"image .*train/a/2\.tif is stored in mode LAB, which this tool does not convert",
+          r"save it as 8-bit RGB or grey")),
+    Case("imagefolder-16-bit", lambda c: [*SELECT, "--real", sixteen_bit_folder(c), "--out", f"{c.tmp}/o"],
+         rc=0, leaves=True, check=lambda *a: the_16_bit_pixels_divided_by_257(*a)),
+    Case("imagefolder-several-frames", lambda c: [*SELECT, "--real", folder(c, bad=two_page_tiff(), bad_name="2.tif"),
+                                                  "--out", f"{c.tmp}/o"],
+         (r"1 of 9 image files hold several frames .*train/a/2\.tif\); the first frame of each is used",),
+         rc=0, leaves=True, patch=lambda m: warnings_to_stderr(m)),
+    Case("imagefolder-skipped-file", lambda c: [*SELECT, "--real", folder(c, bad=b"notes", bad_name="notes.txt"),
+                                                "--out", f"{c.tmp}/o"],
+         (r"f/train: 1 file is skipped, not having an image suffix .*: train/a/notes\.txt; rename or convert any that are",),
+         rc=0, leaves=True, patch=lambda m: warnings_to_stderr(m)),
+    Case("cache-folder-is-a-file", lambda c: [*SELECT, "--real", folder(c), "--out", f"{c.tmp}/o",
+                                              *cache_at(c, "a-file")],
+         (r"cannot write the cache file .*a-file/datasets/.*\.pt: a part of its path is a file, not a folder; "
+          r"going on without caching it", r"set MINIMAXDD_CACHE to a writable folder"),
+         rc=0, leaves=True, patch=lambda m: warnings_to_stderr(m), check=lambda *a: a_set_and_no_out_advice(*a)),
+    Case("cache-disk-full", lambda c: [*SELECT, "--real", folder(c), "--out", f"{c.tmp}/o", *cache_at(c, "cache")],
+         (r"cannot write the cache file .*cache/datasets/.*\.pt: the disk is full \(no space left on device\); going "
+          r"on without caching it", r"set MINIMAXDD_CACHE to a writable folder with free space"),
+         rc=0, leaves=True, patch=lambda m: (warnings_to_stderr(m), full_disk_in_the_cache(m)),
+         check=lambda *a: a_set_and_no_out_advice(*a)),
     # ---- end of part C
 ]
 
@@ -786,4 +839,97 @@ def huge_claim(ctx: Ctx, **model) -> Path:
 
 
 # ---- issue 30, part C helpers
+
+
+def image_bytes(im: Image.Image, fmt: str, **save) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    im.save(b, fmt, **save)
+    return b.getvalue()
+
+
+def float_tiff(value: float) -> bytes:
+    """An 8x8 float (mode F) TIFF holding 0 and `value`."""
+    v = np.zeros((8, 8), np.float32)
+    v[4:] = value
+    return image_bytes(Image.fromarray(v), "TIFF")
+
+
+def int32_tiff(value: int) -> bytes:
+    """An 8x8 32-bit integer (mode I) TIFF holding 0 and `value`."""
+    v = np.zeros((8, 8), np.int32)
+    v[4:] = value
+    return image_bytes(Image.fromarray(v), "TIFF")
+
+
+def lab_tiff() -> bytes:
+    return image_bytes(Image.new("LAB", (8, 8), (50, 0, 0)), "TIFF")
+
+
+def two_page_tiff() -> bytes:
+    pages = [Image.new("L", (8, 8), v) for v in (90, 10)]
+    return image_bytes(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+
+
+SIXTEEN_BIT = {"a": [0, 257, 1000], "b": [65535, 40000, 128]}     # the levels of each class's 16-bit PNGs
+
+
+def sixteen_bit_folder(ctx: Ctx) -> str:
+    """An image folder of flat 8x8 16-bit grey PNGs (mode I;16), one level each (SIXTEEN_BIT)."""
+    root = ctx.tmp / "f16"
+    for s in ("train", "val"):
+        for c, levels in SIXTEEN_BIT.items():
+            (root / s / c).mkdir(parents=True)
+            for i, v in enumerate(levels):
+                Image.frombytes("I;16", (8, 8), np.full((8, 8), v, "<u2").tobytes()).save(root / s / c / f"{i}.png")
+    return f"imagefolder:{root}"
+
+
+def the_16_bit_pixels_divided_by_257(ctx: Ctx, out: str, err: str) -> None:
+    d = torch.load(ctx.tmp / "o" / "data.pt", weights_only=True)
+    assert d["images"].shape == (2, 1, 8, 8) and d["class_names"] == ["a", "b"]
+    for image, label in zip(d["images"], d["labels"]):
+        levels = SIXTEEN_BIT[d["class_names"][label]]
+        assert image.unique().tolist() in [[round(v / 257)] for v in levels]     # flat, at the level / 257
+
+
+def warnings_to_stderr(m: pytest.MonkeyPatch) -> None:
+    """Show warnings on stderr, as a real process does (pytest would record them instead)."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{filename}:{lineno}: {category.__name__}: {message}", file=sys.stderr)
+
+    m.setattr(warnings, "showwarning", show)
+
+
+def cache_at(ctx: Ctx, name: str) -> list[str]:
+    """MINIMAXDD_CACHE at ctx.tmp/name for the case ("a-file": a file there, so nothing can be written under it);
+    adds no argument to the command line."""
+    (ctx.tmp / name).write_text("a file, not a folder") if name == "a-file" else (ctx.tmp / name).mkdir()
+    old = os.environ.get("MINIMAXDD_CACHE")
+    os.environ["MINIMAXDD_CACHE"] = str(ctx.tmp / name)
+    ctx.cleanups.append(lambda: os.environ.__setitem__("MINIMAXDD_CACHE", old) if old is not None else
+                        os.environ.pop("MINIMAXDD_CACHE", None))
+    return []
+
+
+def full_disk_in_the_cache(m: pytest.MonkeyPatch) -> None:
+    """The decoded folder's cache file meets a full disk, as atomic_file reports it (the set's own files do not)."""
+    from minimaxdd.data import image_folders
+
+    def save_atomic(obj, path):
+        with files.atomic_file(path):
+            enospc()
+
+    m.setattr(image_folders, "save_atomic", save_atomic)
+
+
+def a_set_and_no_out_advice(ctx: Ctx, out: str, err: str) -> None:
+    assert (ctx.tmp / "o" / "data.pt").is_file() and "wrote 2 images" in out
+    assert "--out" not in err                   # the cache's knob is MINIMAXDD_CACHE, not --out
+    assert not list((ctx.tmp / "cache").rglob("*.tmp")) if (ctx.tmp / "cache").is_dir() else True
+
+
 # ---- end of part C helpers

@@ -22,12 +22,14 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from safetensors import SafetensorError
 
 from minimaxdd.errors import UserError
+
+CACHE_VARIABLE = "MINIMAXDD_CACHE"     # the environment variable that names the cache folder
 
 
 def cache_dir() -> Path:
@@ -35,11 +37,48 @@ def cache_dir() -> Path:
 
     $MINIMAXDD_CACHE, else $XDG_CACHE_HOME/minimaxdd, else ~/.cache/minimaxdd.
     """
-    root = os.environ.get("MINIMAXDD_CACHE")
+    root = os.environ.get(CACHE_VARIABLE)
     if root:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "minimaxdd"
+
+
+T = TypeVar("T")
+
+
+def read_cache(path: Path, read: Callable[[Path], T]) -> T | None:
+    """`read(path)` of a file in the cache folder, or None when it is not there. The cache is optional: a file
+    that cannot be read (damaged, unreadable, a cache folder one may not enter) is computed again, with a
+    warning, rather than trusted or made an error."""
+    try:
+        if not path.is_file():
+            return None
+        return read(path)
+    except Exception as e:       # whatever a damaged file makes the reader raise: the value is computed again
+        said = (str(e).strip().splitlines() or [""])[0][:200]       # torch.load's messages run to paragraphs
+        warnings.warn(f"ignoring the unreadable cache file {path} ({type(e).__name__}: {said}); computing it again. "
+                      f"Delete the file, or set {CACHE_VARIABLE} to another folder", stacklevel=2)
+        return None
+
+
+@contextmanager
+def writing_cache(path: Path) -> Iterator[None]:
+    """Around the write of `path` into the cache folder: the cache is optional, so a write that fails (a full
+    disk, permissions, a read-only file system, a cache folder that is a file) is a warning naming the knob,
+    $MINIMAXDD_CACHE, and the command goes on with what it computed; nothing half-written is left (the writers
+    are atomic)."""
+    try:
+        yield
+    except (UserError, *WRITE_FAILURES) as e:
+        cause = e.__cause__ if isinstance(e, UserError) and e.__cause__ is not None else e
+        code = os_error_code(cause)
+        why = (_WRITE_ERRORS.get(code) or ("a part of its path is a file, not a folder" if code in
+                                           (errno.ENOTDIR, errno.EEXIST) else None)
+               or (os.strerror(code) if code else f"{type(cause).__name__}: {cause}"))
+        warnings.warn(f"cannot write the cache file {path}: {why}; going on without caching it. To keep the cache "
+                      f"(and save the work next time), set {CACHE_VARIABLE} to a writable folder with free space",
+                      stacklevel=3)
 
 
 def git_commit() -> str | None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from minimaxdd.errors import UserError
-from minimaxdd.files import cache_dir, write_json
+from minimaxdd.files import cache_dir, write_json, writing_cache
 from minimaxdd.runtime import PRECISIONS, RESOLVED
 
 # ours: bf16 must be clearly faster to be worth its rounding (a tie goes to fp32). On a CPU with native
@@ -144,10 +144,8 @@ def cpu_choice(remeasure: bool = False) -> dict:
     rec["choice"] = decide(rec, rec["capability"])
     data = _read_cache()
     machines = {**data.get("machines", {}), key: rec}
-    try:
+    with writing_cache(_cache_path()):     # a read-only cache costs a re-measure next time, nothing else
         write_json(_cache_path(), {"version": CACHE_VERSION, "machines": machines})
-    except (OSError, UserError) as e:      # a read-only cache costs a re-measure next time, nothing else
-        warnings.warn(f"could not cache the precision measurement in {_cache_path()}: {e}", stacklevel=2)
     _decided[key] = {**rec, "cached": False}
     return _decided[key]
 

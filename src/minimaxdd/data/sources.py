@@ -299,22 +299,61 @@ def load_cifar100(arg: str | None, size: int | None, cache: bool = True) -> Data
 NPZ_KEYS = ["x_train", "y_train", "x_test", "y_test"]
 
 
-def _npz_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
-    """Any of (N, C, H, W), (N, H, W, C), (N, H, W); uint8 or float in [0, 1] -> uint8 (N, C, H, W)."""
+# The channel counts a dataset may have: grey or RGB (what the classifiers, the diffusion models and the PNGs of a
+# synthetic set take).
+CHANNELS = (1, 3)
+
+
+def _npz_layout(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W), (N, H, W, C) or (N, H, W) -> (N, C, H, W), C in CHANNELS; any other layout is refused, saying
+    what it looks like. (N, C, H, W) wins where both read, as (N, 3, 3, 3): C is the second axis when it is 1 or 3;
+    images are square, so where C is neither, the axis out of the square H = W pair is the channels'."""
     if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)  # channels last
-    elif x.ndim != 4:
+        return x[:, None]
+    if x.ndim != 4:
         raise DatasetError(f"{path}: {key} has shape {x.shape}; save images as [N, C, H, W], [N, H, W, C] "
                            "or [N, H, W]")
+    _, a, b, c = x.shape
+    if a in CHANNELS:
+        return x
+    if c in CHANNELS and not (b == c != a):   # (N, 4, 3, 3) is four channels of square images, not 4x3 ones
+        return x.transpose(0, 3, 1, 2)  # channels last
+    last = a == b != c or (b != c and c < a)      # images are square: the odd axis out is the channels'
+    k = c if last else a
+    what = f"channels-last [N, H, W, C] images with {k} channels" if last else f"[N, C, H, W] images with {k} channels"
+    fix = (f"drop the alpha channel ({'x[..., :3]' if last else 'x[:, :3]'}) or composite it yourself" if k == 4 else
+           "convert them to grey or RGB")
+    raise DatasetError(f"{path}: {key} has shape {x.shape}: {what}{' (RGBA?)' if k == 4 else ''}; images need 1 "
+                       f"(grey) or 3 (RGB) channels: {fix}, and save them as [N, C, H, W] or [N, H, W, C]")
+
+
+def _npz_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """Any of (N, C, H, W), (N, H, W, C), (N, H, W); uint8 or float in [0, 1] -> uint8 (N, C, H, W)."""
+    x = _npz_layout(path, key, x)
     if x.dtype == np.uint8:
         return x
-    if np.issubdtype(x.dtype, np.floating) and x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1:
-        return np.round(x * 255).astype(np.uint8)  # floats are read as [0, 1] intensities
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            nan = int(np.isnan(x).sum())
+            held = " and ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (int(bad.sum()) - nan, "infinite"))
+                                if n)
+            raise DatasetError(f"{path}: {key} ({x.dtype}) holds {held} value{'s' if bad.sum() > 1 else ''}; "
+                               "replace them: images must be uint8 0-255 or float in [0, 1]")
+        if not x.size or (x.min() >= 0 and x.max() <= 1):
+            return _float_to_uint8(x)
     raise DatasetError(f"{path}: {key} is {x.dtype}"
                        + (f" with values in [{x.min()}, {x.max()}]" if x.size and x.dtype.kind in "fiu" else "")
                        + "; save images as uint8 0-255 or float in [0, 1]")
+
+
+def _float_to_uint8(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Float intensities in [0, 1] -> uint8, v * 255 rounded (half to even), computed in float64 a chunk at a time:
+    float16 (or float32) arithmetic would round v * 255 before it is rounded to an integer, and be off by one."""
+    out = np.empty(x.shape, np.uint8)
+    for i in range(0, len(x), chunk):
+        out[i:i + chunk] = np.rint(x[i:i + chunk].astype(np.float64) * 255)
+    return out
 
 
 @register("npz")
@@ -341,6 +380,12 @@ def load_npz(arg: str | None, size: int | None, cache: bool = True) -> Dataset:
         names = [str(n) for n in a["class_names"].reshape(-1)]
     else:
         k = int(max(a["y_train"].max(initial=0), a["y_test"].max(initial=0))) + 1
+        if not len(a["y_train"]):
+            raise DatasetError(f"npz:{path}: the train split is empty; add images to it")
+        if k > len(a["y_train"]):      # some class has no training image; said before K names are made
+            raise DatasetError(f"{path}: the labels reach {k - 1} but y_train holds {len(a['y_train'])} labels, so "
+                               f"some of the classes 0..{k - 1} have no training images; number the classes "
+                               "0..K-1 without gaps (or save class_names)")
         names = [str(i) for i in range(k)]
     return _make(f"npz:{path}", xtr, a["y_train"], xte, a["y_test"], names)
 

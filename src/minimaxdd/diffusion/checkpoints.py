@@ -34,7 +34,7 @@ import torch.nn as nn
 from minimaxdd.diffusion.networks import build_from_config
 from minimaxdd.diffusion.weights import load_diffusers_dit, load_official_dit, load_state_strict
 from minimaxdd.errors import UserError
-from minimaxdd.files import atomic_file, cache_dir, save_atomic, write_json
+from minimaxdd.files import atomic_file, cache_dir, read_cache, save_atomic, write_json, writing_cache
 
 FORMAT = 2          # ours: the version of the metadata layout below; 2 added `base` and `defaults`
 READABLE = (1, 2)   # format 1 (no base, no defaults) reads as a full checkpoint without defaults
@@ -104,10 +104,12 @@ def file_sha256(path: str | Path) -> str:
     st = path.stat()
     key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
     memo = cache_dir() / "sha256" / f"{key}.json"
-    if memo.exists():
-        return json.loads(memo.read_text())["sha256"]
+    known = read_cache(memo, lambda p: str(json.loads(p.read_text())["sha256"]))
+    if known is not None:
+        return known
     digest = _hash_file(path)
-    write_json(memo, {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
+    with writing_cache(memo):
+        write_json(memo, {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest})
     return digest
 
 

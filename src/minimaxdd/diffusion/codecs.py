@@ -16,7 +16,7 @@ from typing import Callable, Union
 import torch
 
 from minimaxdd.errors import UserError
-from minimaxdd.files import cache_dir, save_atomic, write_json
+from minimaxdd.files import cache_dir, read_cache, save_atomic, write_json, writing_cache
 from minimaxdd.runtime import progress
 
 # Ours, sized for memory rather than taken from a paper: images per VAE forward, and images per
@@ -149,8 +149,9 @@ def encode_dataset(codec: Codec, x: torch.Tensor, key: str) -> dict[str, torch.T
     if isinstance(codec, PixelCodec):
         return {"x": codec.encode(x)}
     path = cache_dir() / "latents" / f"{key}-{codec.fingerprint()}.pt"
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
+    hit = read_cache(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    if hit is not None:
+        return hit
     means, stds = [], []
     chunk = ENCODE_CHUNK
     for s in progress(range(0, len(x), chunk), desc="encode latents (once)", unit="chunk"):
@@ -160,6 +161,7 @@ def encode_dataset(codec: Codec, x: torch.Tensor, key: str) -> dict[str, torch.T
         means.append(torch.stack([m0, m1], 1).half())   # (B, 2, 4, h, w)
         stds.append(torch.stack([s0, s1], 1).half())
     out = {"mean": torch.cat(means), "std": torch.cat(stds)}
-    save_atomic(out, path)
-    write_json(path.with_suffix(".json"), {"codec": codec.spec, "n": len(x)})
+    with writing_cache(path):
+        save_atomic(out, path)
+        write_json(path.with_suffix(".json"), {"codec": codec.spec, "n": len(x)})
     return out

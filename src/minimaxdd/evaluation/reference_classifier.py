@@ -6,9 +6,11 @@ the test set: its schedule is fixed in advance.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -17,7 +19,7 @@ from minimaxdd.data.dataset import Dataset, channel_stats, normalise
 from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.evaluation.protocols import PROTOCOLS
 from minimaxdd.evaluation.train_test import accuracy, predict, resize_images, train_classifier
-from minimaxdd.files import cache_dir, save_atomic
+from minimaxdd.files import cache_dir, read_cache, save_atomic, writing_cache
 from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import progress
 
@@ -53,16 +55,23 @@ def reference_classifier(ds: Dataset, cfg: ReferenceConfig = ReferenceConfig(), 
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
     path = cache_dir() / "reference" / f"{_key(ds, cfg)}.pt"
     model = build_model(cfg.model, ds.channels, ds.num_classes, ds.size)
-    if use_cache and path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
+
+    def cached(p: Path) -> nn.Module:     # into a copy: a file that fails half-way leaves `model` as it was
+        loaded = copy.deepcopy(model)
+        loaded.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+        return loaded
+
+    hit = read_cache(path, cached) if use_cache else None
+    if hit is not None:
+        return hit.to(device).eval()
     mean, std = channel_stats(ds.x_train)
     epochs = cfg.epochs_for(len(ds.x_train))
     model = train_classifier(normalise(ds.x_train, mean, std, device), ds.y_train.to(device), cfg.model,
                              ds.num_classes, PROTOCOLS["dc"], epochs, cfg.seed, device, cfg.precision,
                              desc=f"reference {cfg.model} ({epochs} epochs on all {len(ds.x_train)} images)")
     if use_cache:
-        save_atomic(model.state_dict(), path)
+        with writing_cache(path):
+            save_atomic(model.state_dict(), path)
     return model
 
 

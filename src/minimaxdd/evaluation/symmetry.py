@@ -23,7 +23,7 @@ import torch
 from minimaxdd.data.dataset import Dataset, channel_stats, normalise, validation_split
 from minimaxdd.evaluation.protocols import PROTOCOLS
 from minimaxdd.evaluation.train_test import accuracy, predict, resize_images, train_classifier
-from minimaxdd.files import cache_dir, write_json
+from minimaxdd.files import cache_dir, read_cache, write_json, writing_cache
 from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import generator
 
@@ -94,8 +94,9 @@ def mirror_test(ds: Dataset, seed: int = 0, device: str | torch.device = "cpu", 
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     path = cache_dir() / "symmetry" / f"{_key(ds, seed, precision)}.json"
-    if use_cache and path.exists():
-        return MirrorTest(**{**json.loads(path.read_text()), "cached": True})
+    hit = read_cache(path, lambda p: MirrorTest(**{**json.loads(p.read_text()), "cached": True})) if use_cache else None
+    if hit is not None:
+        return hit
     t0 = time.time()
     train_idx, val_idx = validation_split(ds, VAL_FRACTION, seed)
     train_idx = _subset(train_idx, ds.y_train, MAX_TRAIN_IMAGES, seed)
@@ -118,5 +119,6 @@ def mirror_test(ds: Dataset, seed: int = 0, device: str | torch.device = "cpu", 
                      train_images=len(train_idx),
                      val_images=len(val_idx), epochs=epochs, side=side, time_s=round(time.time() - t0, 2))
     if use_cache:
-        write_json(path, {k: v for k, v in dataclasses.asdict(out).items() if k != "cached"})
+        with writing_cache(path):
+            write_json(path, {k: v for k, v in dataclasses.asdict(out).items() if k != "cached"})
     return out
