@@ -299,14 +299,9 @@ def load_cifar100(arg: str | None, size: int | None, cache: bool = True) -> Data
 NPZ_KEYS = ["x_train", "y_train", "x_test", "y_test"]
 
 
-# The channel counts a dataset may have: grey or RGB (what the classifiers, the diffusion models and the PNGs of a
-# synthetic set take).
-CHANNELS = (1, 3)
-
-
 def _npz_layout(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     """(N, C, H, W), (N, H, W, C) or (N, H, W) -> (N, C, H, W), C in CHANNELS; any other layout is refused, saying
-    what it looks like. (N, C, H, W) wins where both read, as (N, 3, 3, 3): C is the second axis when it is 1 or 3;
+    what it looks like. (N, C, H, W) wins where both read, as (N, 3, 3, 3): C is the second axis when it is in CHANNELS;
     images are square, so where C is neither, the axis out of the square H = W pair is the channels'."""
     if x.ndim == 3:
         return x[:, None]
@@ -321,10 +316,8 @@ def _npz_layout(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     last = a == b != c or (b != c and c < a)      # images are square: the odd axis out is the channels'
     k = c if last else a
     what = f"channels-last [N, H, W, C] images with {k} channels" if last else f"[N, C, H, W] images with {k} channels"
-    fix = (f"drop the alpha channel ({'x[..., :3]' if last else 'x[:, :3]'}) or composite it yourself" if k == 4 else
-           "convert them to grey or RGB")
-    raise DatasetError(f"{path}: {key} has shape {x.shape}: {what}{' (RGBA?)' if k == 4 else ''}; images need 1 "
-                       f"(grey) or 3 (RGB) channels: {fix}, and save them as [N, C, H, W] or [N, H, W, C]")
+    raise DatasetError(f"{path}: {key} has shape {x.shape}: {what}; images need 1 (grey), 3 (RGB) or 4 (RGBA) "
+                       "channels: convert them to one of those, and save them as [N, C, H, W] or [N, H, W, C]")
 
 
 def _npz_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
