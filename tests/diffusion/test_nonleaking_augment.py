@@ -84,5 +84,5 @@ def test_training_with_augmentation_and_its_refusals(tmp_path, capsys):
     assert main(["train", *common, "--model", "dit-n/2", "--augment", "0.5", "--out", str(tmp_path / "d")]) == 2
     assert "augment needs a U-Net model" in capsys.readouterr().err
     assert main(["train", *common, "--model", "unet-s", "--augment", "1.5", "--out", str(tmp_path / "e")]) == 2
-    assert "in (0, 1]" in capsys.readouterr().err
+    assert "augment (--augment) must be in [0, 1], got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()

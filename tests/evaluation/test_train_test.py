@@ -206,7 +206,7 @@ def test_protocol_augmentations_come_from_the_registry():
     from minimaxdd.data.augment import AUGMENTATIONS
     from minimaxdd.evaluation.train_test import train_classifier
 
-    assert set(AUGMENTATIONS) == {"dsa", "rrc_flip", "idc", "none"}
+    assert set(AUGMENTATIONS) == {"dsa", "dsa_noflip", "rrc_flip", "idc", "none"}
     assert {p.augment for p in PROTOCOLS.values()} <= set(AUGMENTATIONS)
     x, y = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2
     assert torch.equal(AUGMENTATIONS["none"](x, torch.Generator()), x)
