@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -728,6 +729,40 @@ def test_kill_9_then_resume_continues_exactly_and_takes_over_the_stale_lock(tmp_
     a, b = (load_file(str(ckpt.resolve(tmp_path / r))) for r in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not files.lock_path(tmp_path / "a").exists()
+
+
+# SIGTERM (`kill PID`, a batch system's time limit) in a real process: handled as Ctrl-C is, with a message,
+# exit code 143 (128 + SIGTERM), no traceback and the run's lock released (issue 30)
+
+
+@pytest.mark.slow     # a real training process, signalled mid-run, then resumed (about 10 s)
+def test_sigterm_mid_run_says_so_releases_the_lock_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    p = _python("-c", _HOLD_AFTER_FIRST_CHECKPOINT, "train", *TINY_TRAIN, "--steps", "10", "--checkpoint-every", "5",
+                "--out", str(run))
+    said = None
+    while said not in ("checkpointed\n", ""):
+        said = p.stdout.readline()
+    assert said == "checkpointed\n" and files.lock_path(run).exists()     # the run holds its lock now
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, out + err
+    assert "minimaxdd train: terminated (SIGTERM); nothing half-written was kept" in err
+    assert "Traceback" not in err
+    assert not files.lock_path(run).exists()
+    assert [c.name for c in ckpt.list_checkpoints(run)] == ["ckpt-00000005.safetensors"]
+    with warnings.catch_warnings(record=True) as said_then:
+        warnings.simplefilter("always")
+        assert main(["train", *TINY_TRAIN, "--steps", "10", "--checkpoint-every", "5", "--resume",
+                     "--out", str(run)]) == 0
+    assert not [w for w in said_then if "stale lock" in str(w.message)]     # there was none to take over
+    assert ckpt.list_checkpoints(run)[-1].name == "ckpt-00000010.safetensors"
+
+
+def test_sigterm_in_process_restores_the_handler_it_replaced():
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["datasets"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # ---- issue 30, part A helpers
