@@ -88,14 +88,21 @@ class Dataset:
                 f"classes={self.num_classes})")
 
 
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int, num_classes: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions in `labels` (N,) of (the rest, `fraction` of each class, at least one), each class shuffled by one
+    generator seeded with `seed`."""
+    g = generator(seed)
+    rest, part = [], []
+    for k in range(num_classes):
+        idx = (labels == k).nonzero().squeeze(1)                          # (n_k,)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_part = max(1, round(fraction * len(idx)))
+        part.append(idx[:n_part])
+        rest.append(idx[n_part:])
+    return torch.cat(rest), torch.cat(part)
+
+
 def validation_split(ds: Dataset, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (train part, validation part) of ds's training set: `fraction` of each class, seeded."""
-    g = generator(seed)
-    train, val = [], []
-    for k in range(ds.num_classes):
-        idx = (ds.y_train == k).nonzero().squeeze(1)                      # (n_k,)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = max(1, round(fraction * len(idx)))
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return torch.cat(train), torch.cat(val)
+    return stratified_split(ds.y_train, fraction, seed, ds.num_classes)

@@ -173,5 +173,5 @@ class Guided:
             raise TypeError("the raw network output is the DDPM formulation's (epsilon and variance)")
 
         def net(x: torch.Tensor, steps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return self.denoiser.raw(x, steps if len(steps) == len(x) else torch.cat([steps, steps]), y)
+            return self.denoiser.raw(x, steps.repeat(len(x) // len(steps)), y)   # (2N,) for the two halves
         return self._halves(net, x_t, t)

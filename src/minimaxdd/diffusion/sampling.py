@@ -122,6 +122,7 @@ def _ancestral(guided: Guided, noise: PerImageNoise, sigmas: torch.Tensor, on_st
 # num_steps=18), Euler 35 spends the same 35 calls, DPM-Solver++(2M) 20 steps is the upper end of the 15-20
 # its authors recommend (Lu et al. 2022, DPM-Solver++, Sec. 1 and 6).
 _BOTH = ("ddpm", "edm")
+ODE_SOLVERS = {"euler": euler, "heun": heun, "dpm-solver": dpm_solver}   # the deterministic ones (denoise_from)
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": Sampler(_ancestral, ("ddpm",), {"ddpm": 50}, "ancestral DDPM with the learned variance (the paper's)"),
     "ddim": Sampler(_ode(euler), ("ddpm",), {"ddpm": 50}, "DDIM, eta 0: Euler's method on the respaced steps"),
@@ -290,17 +291,16 @@ def denoise_from(model: nn.Module, x0: torch.Tensor, labels: torch.Tensor, sigma
         raise ValueError(f"sigma must be positive, got {sigma}")
     if len(x0) != len(labels) or len(x0) != len(seeds):
         raise ValueError(f"x0, labels and seeds differ in length: {len(x0)}, {len(labels)}, {len(seeds)}")
-    if sampler not in ("heun", "euler", "dpm-solver"):
-        raise ValueError(f"starting from given images needs an ODE sampler (heun, euler, dpm-solver), got {sampler!r}")
+    if sampler not in ODE_SOLVERS:
+        raise ValueError(f"starting from given images needs an ODE sampler ({', '.join(ODE_SOLVERS)}), got {sampler!r}")
     den = as_denoiser(model, formulation, precision)
     sigma = den.round_sigma(float(sigma))
     grid = sigma_grid(den, sampler, steps, "karras")
     sigmas = torch.cat([torch.tensor([sigma], dtype=torch.float64), grid[grid < sigma]])
-    out = []
+    solver, out = ODE_SOLVERS[sampler], []
     for i in range(0, len(x0), batch_size):
         y = labels[i:i + batch_size].to(device)                                     # (n,)
         noise = PerImageNoise(seeds[i:i + batch_size], tuple(x0.shape[1:]), device)()
         x = x0[i:i + batch_size].to(device).float() + sigma * noise                 # (n, C, H, W)
-        solver = {"heun": heun, "euler": euler, "dpm-solver": dpm_solver}[sampler]
         out.append(solver(Guided(den, y, cfg_scale), x, sigmas).float().cpu())
     return torch.cat(out)

@@ -20,12 +20,11 @@ import time
 
 import torch
 
-from minimaxdd.data.dataset import Dataset, channel_stats, normalise, validation_split
+from minimaxdd.data.dataset import Dataset, channel_stats, normalise, stratified_split, validation_split
 from minimaxdd.evaluation.protocols import PROTOCOLS
 from minimaxdd.evaluation.train_test import accuracy, predict, resize_images, train_classifier
 from minimaxdd.files import cache_dir, read_cache, write_json, writing_cache
 from minimaxdd.precision import resolve_precision
-from minimaxdd.runtime import generator
 
 # Ours: flips on when mirrored held-out images keep at least this share of what the classifier knows beyond
 # chance, (mirrored - chance) / (plain - chance). Measured (BENCHMARKS.md, "Flips decided from the data"):
@@ -75,18 +74,6 @@ def _key(ds: Dataset, seed: int, precision: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _subset(idx: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """At most n of the indices idx, the same share of each class (seeded)."""
-    if len(idx) <= n:
-        return idx
-    g = generator(seed)
-    parts = []
-    for k in y[idx].unique():
-        mine = idx[y[idx] == k]
-        parts.append(mine[torch.randperm(len(mine), generator=g)][:max(1, round(n * len(mine) / len(idx)))])
-    return torch.cat(parts)
-
-
 def mirror_test(ds: Dataset, seed: int = 0, device: str | torch.device = "cpu", precision: str = "auto",
                 use_cache: bool = True) -> MirrorTest:
     """Train a mirror-free ConvNet-3 on part of ds's training set and test it on the rest, plain, mirrored and
@@ -99,7 +86,9 @@ def mirror_test(ds: Dataset, seed: int = 0, device: str | torch.device = "cpu", 
         return hit
     t0 = time.time()
     train_idx, val_idx = validation_split(ds, VAL_FRACTION, seed)
-    train_idx = _subset(train_idx, ds.y_train, MAX_TRAIN_IMAGES, seed)
+    if len(train_idx) > MAX_TRAIN_IMAGES:     # the same share of each class
+        train_idx = train_idx[stratified_split(ds.y_train[train_idx], MAX_TRAIN_IMAGES / len(train_idx), seed,
+                                               ds.num_classes)[1]]
     side = min(ds.size, MAX_SIDE)
     x = resize_images(ds.x_train, side)
     stats = channel_stats(x[train_idx])
