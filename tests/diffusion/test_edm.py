@@ -73,7 +73,7 @@ def test_training_loss_of_the_exact_denoiser_has_its_closed_form(sigma):
     sig = torch.full((n,), sigma)
     edm = EDM()
     terms = edm.training_losses(GaussianBackbone([MU, 0.0]), x0, sig, y, noise)
-    assert set(terms) == {"loss", "mse", "x0_hat"} and terms["loss"].shape == (n,)
+    assert set(terms) == {"loss", "mse", "x0_hat", "sigma"} and terms["loss"].shape == (n,)
     assert terms["x0_hat"].shape == x0.shape
     post_var = S ** 2 * sigma ** 2 / (S ** 2 + sigma ** 2)                               # E (D* - x0)^2 per pixel
     weight = float(edm.loss_weight(torch.tensor(sigma)))

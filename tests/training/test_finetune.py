@@ -57,6 +57,15 @@ def test_minimax_with_zero_lambdas_equals_simple(base_run, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_the_edm_transfer_leaves_a_ddpm_finetune_bit_identical(base_run, tmp_path):
+    """The paper's own formulation: every edm_transfer value trains the same bytes (its base is DDPM)."""
+    for t in ("paper", "native"):
+        finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / t), edm_transfer=t, lambda_r=1.0,
+                                lambda_d=1.0, **FT))
+    a, b = _weights(tmp_path / "paper"), _weights(tmp_path / "native")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_full_trainable_and_class_map_checks(base_run, tmp_path):
     finetune(FinetuneConfig(ckpt=str(base_run), out=str(tmp_path / "f"), trainable="full", **{**FT, "steps": 1}))
     before, after = _weights(base_run), _weights(tmp_path / "f")

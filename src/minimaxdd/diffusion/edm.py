@@ -13,12 +13,21 @@ from typing import Callable
 
 import torch
 
-from minimaxdd.diffusion.schedule import mean_flat
+from minimaxdd.diffusion.schedule import NUM_TIMESTEPS, linear_betas, mean_flat
 
 SIGMA_DATA = 0.5        # std of the data in [-1, 1]: Karras et al. 2022, Sec. 5 and Table 1; edm EDMPrecond sigma_data
 P_MEAN, P_STD = -1.2, 1.2   # ln(sigma) ~ N(P_MEAN, P_STD^2): Karras et al. 2022, Table 1 ("Training"); edm EDMLoss
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0   # sampling range: Karras et al. 2022, Table 1 ("Sampling"); edm generate.py
 RHO = 7.0               # time-step exponent of Eq. 5: Karras et al. 2022, Sec. 3 and Table 1
+LEVELS = ("lognormal", "ddpm")   # how training draws sigma: EDM's lognormal, or the paper's DDPM timesteps
+
+
+def ddpm_sigmas(T: int = NUM_TIMESTEPS) -> torch.Tensor:
+    """sigma_t = sqrt((1 - abar_t) / abar_t) of the paper's T linear-beta steps (T,) float32: the noise level, in
+    data units, of DDPM step t under the VP-to-EDM correspondence x_t = sqrt(abar_t) (x0 + sigma_t n)
+    (Karras et al. 2022, Sec. 2 and App. C.1). 0.01 at t = 0, 157 at t = 999."""
+    abar = torch.as_tensor(linear_betas(T)).neg().add(1).cumprod(0)
+    return ((1 - abar) / abar).sqrt().float()
 
 # backbone(x_in (N, C, H, W), c_noise (N,) float, y (N,) long) -> F (N, C or 2C, H, W)
 Backbone = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -39,6 +48,14 @@ class EDM:
 
     noise_level_name = "sigma"
     sigma_data, p_mean, p_std = SIGMA_DATA, P_MEAN, P_STD
+
+    def __init__(self, levels: str = "lognormal") -> None:
+        """`levels`: how `draw_level` draws training noise levels (a value of LEVELS): EDM's lognormal, or
+        "ddpm", the paper's timesteps (uniform over its 1000 linear-beta steps) mapped to sigma (`ddpm_sigmas`),
+        which Minimax fine-tuning under EDM uses to give its terms the paper's noise levels."""
+        if levels not in LEVELS:
+            raise ValueError(f"levels must be one of {LEVELS}, got {levels!r}")
+        self.levels = levels
 
     def precond(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """c_skip, c_out, c_in, c_noise at sigma (any shape, each the same shape): Karras et al. 2022, Table 1.
@@ -74,8 +91,23 @@ class EDM:
         return c_skip * x.float() + c_out * F[:, :C].float()             # (N, C, H, W)
 
     def draw_level(self, n: int, g: torch.Generator) -> torch.Tensor:
-        """n training noise levels sigma (n,): ln sigma ~ N(P_MEAN, P_STD^2), one randn call on `g`."""
+        """n training noise levels sigma (n,): ln sigma ~ N(P_MEAN, P_STD^2), one randn call on `g`; with
+        levels "ddpm", sigma_t of a timestep uniform over the paper's 1000 steps, one randint call."""
+        if self.levels == "ddpm":
+            return ddpm_sigmas()[torch.randint(0, NUM_TIMESTEPS, (n,), generator=g)]
         return (self.p_mean + self.p_std * torch.randn(n, generator=g)).exp()
+
+    def paper_term_scale(self, sigma: torch.Tensor) -> torch.Tensor:
+        """(sigma / c_out)^2 = 1 + sigma^2 / sigma_data^2 (any shape): what the paper's DDPM formulation gives
+        a term on the clean-image estimate, relative to its diffusion loss, beyond what EDM gives it.
+
+        In the paper, x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar), so d x0_hat / d eps_hat = -sigma,
+        and the diffusion loss is unit-weight on eps_hat, whose error is (x0 - x0_hat) / sigma. Under EDM,
+        d D / d F = c_out and the loss is unit-weight on F, whose error is (D - x0) / c_out. At one sigma and
+        one error of the estimate, (term gradient) / (diffusion gradient) on the network's output is
+        proportional to sigma^2 in the paper and to c_out^2 here: scaling the terms' gradient by
+        (sigma / c_out)^2 restores the paper's ratio (BENCHMARKS.md, "The minimax terms' gradient share")."""
+        return 1 + (sigma / self.sigma_data) ** 2
 
     def training_losses(self, net: Backbone, x0: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor,
                         noise: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -83,10 +115,10 @@ class EDM:
 
         `loss` = lambda(sigma) * mean over C, H, W of (D - x0)^2 (EDM's weighted loss, (N,));
         `mse` = the unweighted mean squared error of D (N,), for logging; `x0_hat` = D (N, C, H, W),
-        with gradients (the minimax terms use it).
+        with gradients (the minimax terms use it); `sigma` (N,), the levels, for terms that weight by them.
         """
         s = _per_sample(sigma, x0)                                       # (N,)
         x = x0 + s.view(-1, 1, 1, 1) * noise                             # (N, C, H, W)
         D = self.denoise(net, x, s, y)                                   # (N, C, H, W) float32
         mse = mean_flat((D - x0.float()) ** 2)                           # (N,)
-        return {"loss": self.loss_weight(s) * mse, "mse": mse, "x0_hat": D}
+        return {"loss": self.loss_weight(s) * mse, "mse": mse, "x0_hat": D, "sigma": s}

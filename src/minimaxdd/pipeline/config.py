@@ -274,8 +274,18 @@ def set_name(objective: str) -> str:
 
 
 def method_name(cfg: DistillConfig) -> str:
-    """`set_name` of the run's fine-tuning objective."""
-    return set_name(cfg.finetune.objective)
+    """`set_name` of the run's fine-tuning objective, with `+<variant>` for each fine-tuning setting of issue 29
+    away from its default, so that a variant is its own row and never folds into "minimax": `+centred` or
+    `+feature` (finetune.embedding), `+native-terms` or `+weight-terms` (finetune.edm_transfer)."""
+    f = cfg.finetune
+    name = set_name(f.objective)
+    if f.objective == NO_FINETUNING:
+        return name
+    if f.embedding != default_of(FinetuneConfig, "embedding"):
+        name += f"+{f.embedding}"
+    if f.edm_transfer != default_of(FinetuneConfig, "edm_transfer"):
+        name += f"+{f.edm_transfer}-terms"
+    return name
 
 
 def epochs_for(cfg: DistillConfig, ipc: int) -> int | None:

@@ -13,24 +13,39 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from minimaxdd import distributed as dist
+from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.imagenet import WNID, imagenet_indices, train_folder
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.diffusion import checkpoints as ckpt
 from minimaxdd.diffusion.codecs import PixelCodec, build_codec
+from minimaxdd.diffusion.edm import EDM
+from minimaxdd.diffusion.formulations import build_formulation
 from minimaxdd.diffusion.networks import difffit_parameters
+from minimaxdd.diffusion.schedule import Diffusion
 from minimaxdd.errors import UserError
+from minimaxdd.evaluation.reference_classifier import ReferenceConfig, reference_classifier
 from minimaxdd.files import input_paths, reading, refuse_overlap
 from minimaxdd.runtime import pick_device
 from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, run_field, setting
 from minimaxdd.training.config import LoopConfig, redefault, resolve_flip
-from minimaxdd.training.draws import make_targets
+from minimaxdd.training.draws import Targets, make_targets
 from minimaxdd.training.loop import fit
-from minimaxdd.training.minimax import OBJECTIVES, REDUCTIONS, ClassMemory, MinimaxStep
+from minimaxdd.training.minimax import EMBEDDINGS, OBJECTIVES, REDUCTIONS, ClassMemory, MinimaxStep
+
+# How the minimax terms move to the EDM formulation (BENCHMARKS.md, "The minimax terms' gradient share"):
+#   paper   noise levels drawn as the paper draws them (uniform DDPM timesteps mapped to sigma) and the terms'
+#           gradient scaled by (sigma / c_out)^2 (`EDM.paper_term_scale`): at every level, the terms' gradient
+#           relative to the diffusion loss's is the paper's
+#   weight  the scale alone, at EDM's lognormal levels
+#   native  neither: the terms on EDM's D as is (before issue 29), one to two orders weaker than in the paper
+# The DDPM formulation is the paper's own: the setting changes nothing there.
+EDM_TRANSFERS = ("paper", "weight", "native")
 
 # Which parameters fine-tuning trains: Difffit's (Xie et al. 2023: biases, norms, the class embedding and
 # the per-block scales gamma), or all but the fixed sin-cos position embedding.
@@ -53,6 +68,14 @@ class FinetuneConfig(LoopConfig):
     reduction: str = setting("matrix", choices=REDUCTIONS,
                              help="matrix: one min / max per class over the whole similarity matrix (the reference "
                                   "code); sample: per prediction, then averaged (the paper's Eqs. 3-4)")
+    edm_transfer: str = setting("paper", choices=EDM_TRANSFERS,
+                                help="EDM bases only: paper (the paper's noise levels and its terms-to-diffusion "
+                                     "gradient ratio at each level), weight (that ratio at EDM's levels), native "
+                                     "(the terms on EDM's estimate as is)")
+    embedding: str = setting("pixel", choices=EMBEDDINGS,
+                             help="what the terms' cosines compare: pixel (the model-space estimate as is, the "
+                                  "paper's), centred (minus the training set's mean sample), feature (the "
+                                  "reference classifier's pooled features; pixel models only)")
     trainable: str = setting("difffit", choices=TRAINABLE,
                              help="difffit: biases, norms, class embedding and per-block scales; full: all "
                                   "but the position embedding")
@@ -81,6 +104,10 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise UserError(f"--reduction must be one of {', '.join(REDUCTIONS)}, not {cfg.reduction!r}")
     if cfg.memory < 1:
         raise UserError(f"--memory must be at least 1, got {cfg.memory}")
+    if cfg.edm_transfer not in EDM_TRANSFERS:
+        raise UserError(f"--edm-transfer must be one of {', '.join(EDM_TRANSFERS)}, not {cfg.edm_transfer!r}")
+    if cfg.embedding not in EMBEDDINGS:
+        raise UserError(f"--embedding must be one of {', '.join(EMBEDDINGS)}, not {cfg.embedding!r}")
     if cfg.trainable not in TRAINABLE:
         raise UserError(f"--trainable must be one of {', '.join(TRAINABLE)}, not {cfg.trainable!r}")
 
@@ -166,9 +193,44 @@ def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
     return params
 
 
-def minimax_step(cfg: FinetuneConfig, model: nn.Module, class_map: list[int], device: torch.device) -> MinimaxStep:
-    """The step that adds cfg.objective's terms, with empty memories for the classes the data use."""
-    dim = model.in_channels * model.input_size ** 2
+def formulation_for(cfg: FinetuneConfig, formulation: str) -> Diffusion | EDM:
+    """The formulation fine-tuning trains under: the base's, with the paper's noise levels under EDM when
+    cfg.edm_transfer is "paper"."""
+    if formulation == "edm":
+        return EDM(levels="ddpm" if cfg.edm_transfer == "paper" else "lognormal")
+    return build_formulation(formulation)
+
+
+def cosine_space(cfg: FinetuneConfig, ds: Any, targets: Targets, codec: Any,
+                 device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The embedding cfg.embedding names, as a differentiable map of model-space samples (n, C, H, W) -> (n, D);
+    None for "pixel" (the samples as they are)."""
+    if cfg.embedding == "pixel":
+        return None
+    if cfg.embedding == "centred":
+        mean = (targets.x if targets.x is not None else targets.mean[:, 0].float()).mean(0).to(device)  # (C, H, W)
+        return lambda x: x - mean
+    if not isinstance(codec, PixelCodec):
+        raise UserError("--embedding feature reads images through the reference classifier, which a latent model "
+                        "would have to decode at every step; use pixel or centred for a latent (VAE) model")
+    ref = reference_classifier(ds, ReferenceConfig(precision=cfg.precision), device).eval().requires_grad_(False)
+    mean, std = (v.to(device).view(1, -1, 1, 1) for v in channel_stats(ds.x_train))
+
+    def features(x: torch.Tensor) -> torch.Tensor:       # model space [-1, 1] -> the classifier's input -> (n, D)
+        return ref.embedding(((x.float() + 1) / 2 - mean) / std)
+    return features
+
+
+def minimax_step(cfg: FinetuneConfig, model: nn.Module, class_map: list[int], device: torch.device,
+                 formulation: Diffusion | EDM | None = None,
+                 embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> MinimaxStep:
+    """The step that adds cfg.objective's terms, with empty memories for the classes the data use; under EDM
+    with a transfer other than "native", the terms' gradient is scaled to the paper's share. `embed`: what the
+    cosines compare (`cosine_space`); None: the samples."""
+    shape = (1, model.in_channels, model.input_size, model.input_size)
+    with torch.no_grad():
+        dim = model.in_channels * model.input_size ** 2 if embed is None else embed(torch.zeros(shape, device=device)
+                                                                                   ).flatten(1).shape[1]
     # The batches carry network classes (an ImageWoof label is its ImageNet index, e.g. 193); the
     # memories have one slot per class the data use, whatever the label dropout did to the conditioning.
     used = sorted(set(class_map))
@@ -177,7 +239,9 @@ def minimax_step(cfg: FinetuneConfig, model: nn.Module, class_map: list[int], de
     return MinimaxStep(objective=cfg.objective, lambda_r=cfg.lambda_r, lambda_d=cfg.lambda_d, reduction=cfg.reduction,
                        real=ClassMemory(len(used), cfg.memory, dim, device),
                        pred=ClassMemory(len(used), cfg.memory, dim, device), slot=slot,
-                       gather=dist.all_gather_cat if cfg.sync_memory else None)
+                       gather=dist.all_gather_cat if cfg.sync_memory else None,
+                       grad_scale=(formulation.paper_term_scale if isinstance(formulation, EDM)
+                                   and cfg.edm_transfer != "native" else None), embed=embed)
 
 
 def finetune(cfg: FinetuneConfig, defaults: dict | None = None) -> dict:
@@ -213,9 +277,11 @@ def finetune(cfg: FinetuneConfig, defaults: dict | None = None) -> dict:
                                base=difffit_base(cfg, model),
                                defaults=merge_defaults(ckpt.base_defaults(cfg.ckpt), defaults, model.in_channels))
     targets = make_targets(codec, ds, class_map)
-    minimax = minimax_step(cfg, model, class_map, device)
+    formulation = formulation_for(cfg, meta.formulation)
+    embed = cosine_space(cfg, ds, targets, codec, device) if OBJECTIVES[cfg.objective] else None
+    minimax = minimax_step(cfg, model, class_map, device, formulation, embed)
     # "simple" adds nothing; its (empty) memories are still checkpointed, as every objective's are
     return fit(model, targets, meta, cfg, params=params, step_loss=minimax if OBJECTIVES[cfg.objective] else None,
-               state=minimax.memories(), desc=f"finetune {cfg.objective}", manifest_extra={
+               state=minimax.memories(), desc=f"finetune {cfg.objective}", formulation=formulation, manifest_extra={
                    "objective": cfg.objective, "lambda_r": cfg.lambda_r, "lambda_d": cfg.lambda_d,
                    "memory": cfg.memory, "reduction": cfg.reduction, "finetune_config": asdict(cfg)})

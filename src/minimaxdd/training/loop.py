@@ -301,10 +301,10 @@ def _diverged_error(tr: _Trainer, d: _Diverged) -> DivergedError:
 
 
 def _loop(tr: _Trainer, targets: Targets, step: int, per_epoch: int, total: int, step_loss: StepLoss | None,
-          desc: str) -> tuple[dict[str, Any], float]:
-    """Train from `step` to `total` (or the time limit), checkpointing on the way and at the end;
-    returns the summary and the wall time in seconds."""
-    cfg, diffusion = tr.cfg, build_formulation(tr.meta.formulation)
+          desc: str, diffusion: Formulation) -> tuple[dict[str, Any], float]:
+    """Train from `step` to `total` (or the time limit) under `diffusion`, checkpointing on the way and at the
+    end; returns the summary and the wall time in seconds."""
+    cfg = tr.cfg
     t_start, seen, stopped = time.time(), 0, None
     meter = Meter(step // per_epoch)
     log = open(tr.run / "log.jsonl", "a") if dist.is_main() else None
@@ -348,13 +348,14 @@ def _loop(tr: _Trainer, targets: Targets, step: int, per_epoch: int, total: int,
 def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: LoopConfig,
         params: list[nn.Parameter] | None = None, step_loss: StepLoss | None = None,
         state: dict[str, Stateful] | None = None, desc: str = "train",
-        manifest_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        manifest_extra: dict[str, Any] | None = None, formulation: Formulation | None = None) -> dict[str, Any]:
     """Train `model` on `targets` as `cfg` says; returns the run's summary (also in manifest.json).
 
     `params`: the parameters to optimise (default: those that require grad). `step_loss`: what the
     stage adds to each step's loss (see StepLoss). `state`: objects with state_dict / load_state_dict
     (the Minimax memories), saved by every rank beside each checkpoint (`ckpt-N.state<rank>.pt`) and
     restored on resume, so a resumed run continues exactly. `meta` is written into every checkpoint.
+    `formulation`: the noise levels and loss to train under; None: meta.formulation's, as built by name.
     """
     if not isinstance(cfg.flip, bool):
         raise ValueError(f"flip {cfg.flip!r} must be decided before training (training.config.resolve_flip)")
@@ -380,7 +381,8 @@ def fit(model: nn.Module, targets: Targets, meta: ckpt.CheckpointMeta, cfg: Loop
                                                     "class_names": meta.class_names, "class_map": meta.class_map,
                                                     "world_size": world})
             _wrap(tr)
-            info, wall = _loop(tr, targets, step, per_epoch, total, step_loss, desc)
+            info, wall = _loop(tr, targets, step, per_epoch, total, step_loss, desc,
+                               formulation or build_formulation(meta.formulation))
             info.update(precision=cfg.precision, precision_requested=requested)
             if dist.is_main():
                 write_json(tr.run / "manifest.json", manifest(
