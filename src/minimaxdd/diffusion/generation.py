@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from minimaxdd import distributed as dist
+from minimaxdd.data.dataset import validation_split
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
@@ -112,6 +113,8 @@ class SampleConfig:
                                                help="and up to this; null: no upper end")
     data: str | None = run_field(None, help="the dataset whose training images give mode guidance its modes")
     size: int | None = run_field(None, help="its image side (default: the checkpoint's)")
+    holdout: list[float] | None = run_field(None, help="[fraction, seed]: leave the validation split "
+                                                       "(data.dataset.validation_split) out of the modes (`choose`)")
 
 
 # The guide settings and their defaults: at these a set is sampled as before the guides existed, and they stay out
@@ -373,6 +376,8 @@ def real_modes(cfg: SampleConfig, meta: ckpt.CheckpointMeta, codec: Codec, label
     local = torch.full_like(ds.y_train, -1)                     # (N,) each training image's checkpoint class, or -1
     for c in labels:
         local[ds.y_train == list(ds.class_names).index(meta.class_names[c])] = c
+    if cfg.holdout is not None:                                 # `choose` scores on these: they give no mode
+        local[validation_split(ds, cfg.holdout[0], int(cfg.holdout[1]))[1]] = -1
     if isinstance(codec, PixelCodec):
         keep = (local >= 0).nonzero().squeeze(1)
         x, y = codec.encode(ds.x_train[keep]), local[keep]      # (n, C, H, W) in [-1, 1]
