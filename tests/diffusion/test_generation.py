@@ -1,15 +1,20 @@
 """`minimaxdd sample`: a checkpoint to a synthetic set, invariant to batching, under a time budget."""
+import copy
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from minimaxdd.cli import main
+from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import load_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
-from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.diffusion.codecs import PixelCodec
+from minimaxdd.diffusion.generation import SampleConfig, guides_on, real_modes, sample_checkpoint
 from minimaxdd.diffusion.sampling import generate, image_seed
 from minimaxdd.errors import UserError
+from minimaxdd.settings import build
 from minimaxdd.training.scratch import TrainConfig, train_from_scratch
 
 TINY = dict(data="digits", model="dit-t/2", batch=16, checkpoint_every=2, log_every=1, precision="fp32", device="cpu")
@@ -154,3 +159,74 @@ def test_a_checkpoint_carries_its_sampling_defaults_and_sample_says_where_each_s
     _, info = sample_checkpoint(SampleConfig(ckpt=str(trained), out="-", ipc=1, steps=2, device="cpu"))
     assert info["settings"]["cfg"] == {"value": 1.0, "from": "default"}
     assert info["settings"]["cfg_channels"] == {"value": None, "from": "default"}
+
+
+@pytest.fixture(scope="module")
+def labelled(trained, tmp_path_factory):
+    """The trained checkpoint with random weights: two training steps leave the class labels without effect, and
+    guidance needs them to matter."""
+    model, meta = ckpt.load(trained, "ema")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    path = tmp_path_factory.mktemp("labelled") / "ckpt-000002.safetensors"
+    ckpt.save(path, model, copy.deepcopy(model), meta)
+    return path
+
+
+def test_guides_off_by_default_and_neutral_guides_give_the_same_bytes(labelled):
+    # the default config samples without guides; the guided path at neutral values (an interval holding every
+    # level) gives the same bytes, so the default sets are what they were before the guides
+    base = {**_base(labelled), "cfg": 3.0, "batch_size": 20}
+    plain, info = sample_checkpoint(SampleConfig(**base))
+    assert not any(guides_on(SampleConfig(**base)).values())
+    neutral, _ = sample_checkpoint(SampleConfig(**base, cfg_sigma_lo=1e-9, cfg_sigma_hi=1e9))
+    assert torch.equal(plain.images, neutral.images)
+    unguided, _ = sample_checkpoint(SampleConfig(**{**base, "cfg": 1.0}))
+    assert not torch.equal(plain.images, unguided.images)                       # guidance matters here ...
+    outside, _ = sample_checkpoint(SampleConfig(**base, cfg_sigma_lo=500.0))
+    assert torch.equal(outside.images, unguided.images)                         # ... and an interval off the grid
+
+
+def test_mode_guidance_takes_k_means_modes_of_the_class_and_one_per_image(trained):
+    # strength 1 with no stop: each image is its mode, the class's k-means centres of the real images (k = IPC)
+    model, meta = ckpt.load(trained, "ema")
+    cfg = SampleConfig(**_base(trained), mode_guidance=1.0, mode_stop=0.0, data="digits", classes=[3, 5])
+    s, _ = sample_checkpoint(cfg)
+    codec = PixelCodec(meta.channels, meta.image_size)
+    modes = real_modes(cfg, meta, codec, [3, 5])
+    assert torch.equal(s.images, codec.decode(torch.cat([modes[3], modes[5]])))
+    assert (modes[3][0] - modes[3][1]).abs().max() > 0.1                        # two distinct modes per class
+    ds = load_dataset("digits", size=meta.image_size)
+    centre = codec.encode(ds.x_train[ds.y_train == 3]).mean(0)
+    assert (modes[3] - centre).abs().mean() < (modes[5] - centre).abs().mean()  # class 3's modes, not 5's
+    held = real_modes(dataclasses.replace(cfg, holdout=[0.5, 0]), meta, codec, [3])
+    assert not torch.equal(held[3], modes[3])                                   # choose's modes leave out val images
+
+
+def test_the_deviation_term_samples_in_rounds_with_the_same_seeds(trained):
+    base = {**_base(trained), "ipc": 3, "batch_size": 20, "sampler": "heun"}
+    plain, _ = sample_checkpoint(SampleConfig(**base))
+    weak, _ = sample_checkpoint(SampleConfig(**base, deviation=1e-12))
+    assert (weak.images.int() - plain.images.int()).abs().max() <= 1           # rounds keep each image's noise
+    strong, _ = sample_checkpoint(SampleConfig(**base, deviation=0.5, deviation_sigma_lo=0.0))
+    first = torch.arange(0, 30, 3)                                              # each class's first image: no memory
+    assert (strong.images[first].int() - plain.images[first].int()).abs().max() <= 1
+    later = torch.tensor([i for i in range(30) if i % 3])
+    assert (strong.images[later].int() - plain.images[later].int()).abs().float().mean() > 1
+
+
+def test_bad_guide_settings_are_refused(trained):
+    b = _base(trained)
+    for bad, match in ((dict(cfg_sigma_lo=2.0, cfg_sigma_hi=1.0), "needs 0 <= lo < hi"),
+                       (dict(deviation_sigma_lo=5.0, deviation_sigma_hi=5.0), "needs 0 <= lo < hi"),
+                       (dict(mode_guidance=0.2), "give the dataset"),
+                       (dict(mode_guidance=1.5, data="digits"), r"in \[0, 1\]"),
+                       (dict(deviation=0.1, budget_minutes=1.0), "drop --budget-minutes")):
+        with pytest.raises(UserError, match=match):
+            sample_checkpoint(SampleConfig(**b, **bad))
+    with pytest.raises(UserError, match="lower --ipc"):
+        sample_checkpoint(SampleConfig(**{**b, "ipc": 10**4}, mode_guidance=0.2, data="digits"))
+    with pytest.raises(UserError, match=r"mode_guidance .*must be in \[0, 1\]"):
+        build(SampleConfig, {**b, "mode_guidance": 2.0}, allow_run=True)

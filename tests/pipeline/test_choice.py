@@ -100,3 +100,49 @@ def test_per_ipc_choice_samples_each_ipc_with_its_own_winner(tmp_path, monkeypat
     assert main(argv) == 0 and (run / "sample" / "stage.json").stat().st_mtime_ns == stamp     # skipped on rerun
     with pytest.raises(UserError, match="set one of them"):
         build_config(None, {"data": "digits", "choose": {"per_ipc": True, "ipc": 10}})
+
+
+def test_the_guides_knobs_are_candidates_and_name_their_own_rows():
+    from minimaxdd.diffusion.generation import without_default_guides
+    from minimaxdd.pipeline.choice import choice_conf
+    from minimaxdd.pipeline.config import method_name
+    from minimaxdd.settings import to_dict
+    plain = build_config(None, {"data": "digits"})
+    assert method_name(plain) == "minimax"
+    # at their defaults the guides stay out of the stage keys: earlier runs' keys hold
+    assert without_default_guides(to_dict(plain.sample)).keys() == {
+        "sampler", "steps", "spacing", "cfg", "cfg_channels", "batch_size", "weights", "precision", "compile",
+        "budget_minutes"}
+    assert choice_conf(plain).keys() == {"cfg", "steps", "val_fraction", "ipc", "epochs", "repeats"}
+    cfg = build_config(None, {"data": "digits", "choose": {"cfg": [1, 2], "mode_guidance": [0, 0.1],
+                                                           "deviation": [0.2]}})
+    assert candidates(cfg) == [{"cfg": c, "steps": None, "mode_guidance": m, "deviation": 0.2}
+                               for c in (1.0, 2.0) for m in (0.0, 0.1)]
+    assert method_name(cfg) == "minimax+modes+deviation"
+    assert method_name(build_config(None, {"data": "digits", "finetune": {"objective": "none"},
+                                           "sample": {"cfg_sigma_lo": 0.28, "cfg_sigma_hi": 5.42}})) == \
+        "diffusion+interval"
+    from minimaxdd.errors import UserError
+    with pytest.raises(UserError, match=r"choose.mode_guidance must be in \[0, 1\]"):
+        build_config(None, {"data": "digits", "choose": {"mode_guidance": [1.5]}})
+    with pytest.raises(UserError, match=r"sample.deviation.*at least 0"):
+        build_config(None, {"data": "digits", "sample": {"deviation": -1}})
+
+
+@pytest.mark.slow      # a small pipeline run, about 20 s
+def test_a_mode_guided_run_samples_each_ipc_with_its_own_modes_and_reports_its_own_row(tmp_path):
+    from minimaxdd.data.synthetic import load_synthetic
+    run = tmp_path / "run"
+    argv = ["distill", "--data", "digits", "--ipc", "2,3", "--device", "cpu",
+            "--set", 'base.train={"model": "dit-n/2", "formulation": "edm", "steps": 6, "batch": 32, "flip": false}',
+            "--set", "finetune.objective=none", "--set", "sample.steps=3", "--set", "sample.mode_guidance=1.0",
+            "--set", "sample.mode_stop=0", "--set", "evaluate.repeats=1", "--set", "evaluate.epochs=1",
+            "--set", "evaluate.full_epochs=0", "--set", "evaluate.baselines=[]", "--set", "evaluate.metrics=false",
+            "--out", str(run)]
+    assert main(argv) == 0
+    a, b = load_synthetic(run / "sample" / "ipc2"), load_synthetic(run / "sample" / "ipc3")
+    # strength 1 without a stop: each image is its mode; k = IPC, so IPC 2 is not a prefix of IPC 3
+    assert not torch.equal(a.images[a.labels == 0], b.images[b.labels == 0][:2])
+    rows = {(r["method"], r["ipc"]) for r in json.loads((run / "results.json").read_text())}
+    assert rows == {("diffusion+modes", 2), ("diffusion+modes", 3)}
+    assert "| diffusion+modes |" in (run / "report.md").read_text()

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from minimaxdd.diffusion.edm import EDM, SIGMA_MAX, SIGMA_MIN
+from minimaxdd.diffusion.guides import Guides
 from minimaxdd.diffusion.schedule import Diffusion
 from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast
@@ -149,29 +150,43 @@ class Guided:
     `__call__(x, sigma)` is the guided D (clamped to [-1, 1] when `clip` and the formulation clips every step);
     `raw(x_t, t)` the guided network output of a `VPDenoiser` (its learned variance from the conditional half).
     `guided_channels` limits guidance to the first k channels (the official DiT sampling script's quirk).
+    `guides` (`minimaxdd.diffusion.guides.Guides`): guidance only on an interval of sigma, mode guidance and the
+    deviation term, applied to D in both calls (to raw's epsilon through D = x - sigma eps).
     """
 
     def __init__(self, denoiser: Denoiser, y: torch.Tensor, scale: float = 1.0, guided_channels: int | None = None,
-                 clip: bool = False) -> None:
+                 clip: bool = False, guides: Guides | None = None) -> None:
         self.denoiser, self.y, self.scale, self.guided_channels = denoiser, y, scale, guided_channels
         self.clip = clip and denoiser.clip_each_step
         self.null = torch.full_like(y, denoiser.num_classes)              # (N,) the null class
+        self.guides = guides
 
-    def _halves(self, fn: Callable, x: torch.Tensor, level: float | torch.Tensor) -> torch.Tensor:
+    def _scale_at(self, sigma: float) -> float:
+        return self.scale if self.guides is None or self.guides.guidance_here(sigma) else 1.0
+
+    def _halves(self, fn: Callable, x: torch.Tensor, level: float | torch.Tensor, scale: float) -> torch.Tensor:
         """fn on the conditional and null-class halves in one call, mixed; fn alone on y at scale 1."""
-        if self.scale == 1.0:
+        if scale == 1.0:
             return fn(x, level, self.y)
         cond, uncond = fn(torch.cat([x, x]), level, torch.cat([self.y, self.null])).chunk(2)
-        return cfg_mix(cond, uncond, self.scale, x.shape[1], self.guided_channels)
+        return cfg_mix(cond, uncond, scale, x.shape[1], self.guided_channels)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        D = self._halves(self.denoiser, x, sigma)                          # (N, C, H, W)
+        D = self._halves(self.denoiser, x, sigma, self._scale_at(sigma))  # (N, C, H, W)
+        if self.guides is not None:
+            D = self.guides.adjust(D, sigma)
         return D.clamp(-1, 1) if self.clip else D
 
     def raw(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not isinstance(self.denoiser, VPDenoiser):
             raise TypeError("the raw network output is the DDPM formulation's (epsilon and variance)")
+        den = self.denoiser
+        sigma = float(den.sigmas[int(t[0])])                                # every image is at the same step
 
         def net(x: torch.Tensor, steps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return self.denoiser.raw(x, steps.repeat(len(x) // len(steps)), y)   # (2N,) for the two halves
-        return self._halves(net, x_t, t)
+            return den.raw(x, steps.repeat(len(x) // len(steps)), y)   # (2N,) for the two halves
+        out = self._halves(net, x_t, t, self._scale_at(sigma))              # (N, C or 2C, H, W)
+        if self.guides is None or not self.guides.changes_D(sigma):
+            return out
+        C = x_t.shape[1]
+        return torch.cat([self.guides.adjust_eps(out[:, :C], x_t.float(), sigma), out[:, C:]], dim=1)

@@ -7,15 +7,25 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from minimaxdd import distributed as dist
+from minimaxdd.data.dataset import validation_split
+from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
-from minimaxdd.diffusion.codecs import Codec, build_codec
+from minimaxdd.diffusion.codecs import Codec, PixelCodec, build_codec, encode_dataset
+from minimaxdd.diffusion.guides import (
+    DEVIATION_MEMORY,
+    IGD_SIGMA_HI,
+    IGD_SIGMA_LO,
+    MGD3_SIGMA_STOP,
+    Guides,
+    class_modes,
+)
 from minimaxdd.diffusion.sampling import (
     DEFAULT_SAMPLER,
     GRIDS,
@@ -31,7 +41,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import check_set_out, input_paths, manifest, reading, run_lock
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
-from minimaxdd.settings import AT_LEAST_1, POSITIVE, Bounds, run_field, setting
+from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, run_field, setting
 
 SAMPLER_CHOICES = tuple(SAMPLERS)   # the CLI choices; each names one algorithm for every formulation
 # Guidance scales in use are 1-10 (DiT: 1.5 and 4; U-ViT: 0.4-3 as w + 1); far above, the guided prediction is
@@ -78,6 +88,50 @@ class SampleConfig:
     budget_minutes: float | None = setting(None, bounds=POSITIVE,
                                            help="generate class-balanced rounds until this budget ends and "
                                                       "keep what finished (the challenge's generative track: 10)")
+    # The guides of minimaxdd.diffusion.guides; each off at its default (the same bytes as before they existed).
+    cfg_sigma_lo: float = setting(0.0, bounds=NON_NEGATIVE,
+                                  help="classifier-free guidance only above this noise level sigma (Kynkaanniemi "
+                                       "et al. 2024; EDM2-S: 0.28), the conditional model alone below; 0: from the "
+                                       "lowest level")
+    cfg_sigma_hi: float | None = setting(None, bounds=POSITIVE,
+                                         help="and only up to this sigma (EDM2-S: 5.42); null: no upper end")
+    mode_guidance: float = setting(0.0, bounds=PROBABILITY,
+                                   help="mode guidance (MGD3): D <- D + lambda (m - D), m the k-means mode (k = IPC) "
+                                        "of the class's real training images in the model's space (pixels or the "
+                                        "codec's latents) assigned to the image; lambda this; 0: off")
+    mode_stop: float = setting(MGD3_SIGMA_STOP, bounds=NON_NEGATIVE,
+                               help="mode guidance acts while sigma is above this (MGD3's stop guidance: step 20 of "
+                                    "DiT's 50, sigma 2.13)")
+    deviation: float = setting(0.0, bounds=NON_NEGATIVE,
+                               help="IGD's deviation term: each image's D turned away from the most cosine-similar "
+                                    "earlier sample of its class (about this many radians times the sine of the "
+                                    "angle); images are then generated in rounds, one per class each; 0: off")
+    deviation_sigma_lo: float = setting(IGD_SIGMA_LO, bounds=NON_NEGATIVE,
+                                        help="the deviation term acts for sigma above this (IGD: steps 30-45 of 50, "
+                                             "sigma 6.66 to 71.1)")
+    deviation_sigma_hi: float | None = setting(IGD_SIGMA_HI, bounds=POSITIVE,
+                                               help="and up to this; null: no upper end")
+    data: str | None = run_field(None, help="the dataset whose training images give mode guidance its modes")
+    size: int | None = run_field(None, help="its image side (default: the checkpoint's)")
+    holdout: list[float] | None = run_field(None, help="[fraction, seed]: leave the validation split "
+                                                       "(data.dataset.validation_split) out of the modes (`choose`)")
+
+
+# The guide settings and their defaults: at these a set is sampled as before the guides existed, and they stay out
+# of the stage keys (`guide_settings`) so that earlier runs' keys hold.
+GUIDE_DEFAULTS = {"cfg_sigma_lo": 0.0, "cfg_sigma_hi": None, "mode_guidance": 0.0, "mode_stop": MGD3_SIGMA_STOP,
+                  "deviation": 0.0, "deviation_sigma_lo": IGD_SIGMA_LO, "deviation_sigma_hi": IGD_SIGMA_HI}
+
+
+def without_default_guides(settings: dict) -> dict:
+    """Sampling settings (a dict) less the guide settings left at their defaults: what a stage key should see."""
+    return {k: v for k, v in settings.items() if k not in GUIDE_DEFAULTS or v != GUIDE_DEFAULTS[k]}
+
+
+def guides_on(cfg: Any) -> dict[str, bool]:
+    """Which guides a sampling config (SampleConfig or the distill config's sample section) turns on."""
+    return {"interval": cfg.cfg_sigma_lo > 0 or cfg.cfg_sigma_hi is not None, "modes": cfg.mode_guidance > 0,
+            "deviation": cfg.deviation > 0}
 
 
 NO_GUIDANCE = 1.0          # a guidance scale of 1 is the conditional model alone
@@ -143,6 +197,28 @@ def check_sample_config(cfg: SampleConfig) -> None:
         raise UserError(f"unknown spacing {cfg.spacing!r}; choose one of {', '.join(GRIDS)}")
     if cfg.budget_minutes is not None and cfg.budget_minutes <= 0:
         raise UserError(f"--budget-minutes must be positive, got {cfg.budget_minutes}")
+    check_guides(cfg)
+
+
+def check_guides(cfg: SampleConfig) -> None:
+    """The guide settings' checks across keys (each value's bounds were checked when the config was built)."""
+    for name, lo, hi in (("cfg_sigma", cfg.cfg_sigma_lo, cfg.cfg_sigma_hi),
+                         ("deviation_sigma", cfg.deviation_sigma_lo, cfg.deviation_sigma_hi)):
+        if lo < 0 or (hi is not None and not hi > lo):
+            raise UserError(f"{name}_lo {lo:g} and {name}_hi {hi}: the interval (lo, hi] needs 0 <= lo < hi "
+                            f"(e.g. lo 0.28, hi 5.42), or hi null for no upper end")
+    if not 0 <= cfg.mode_guidance <= 1:
+        raise UserError(f"mode_guidance is the share of the way D moves to its mode per step, in [0, 1]; got "
+                        f"{cfg.mode_guidance:g} (0.05-0.2 are sensible; 0: off)")
+    if cfg.deviation < 0 or cfg.mode_stop < 0:
+        raise UserError(f"deviation ({cfg.deviation:g}) and mode_stop ({cfg.mode_stop:g}) must be >= 0")
+    on = guides_on(cfg)
+    if (on["modes"] or on["deviation"]) and cfg.budget_minutes is not None:
+        raise UserError("mode guidance and the deviation term need the whole IPC (k = IPC modes; the deviation "
+                        "term's rounds): drop --budget-minutes, or set mode_guidance and deviation to 0")
+    if on["modes"] and not cfg.data:
+        raise UserError("mode guidance takes its modes from the real training images: give the dataset (--data SPEC, "
+                        "the one the checkpoint was trained on), or set mode_guidance to 0")
 
 
 def _generator(cfg: SampleConfig, formulation: str, clip: bool, device: torch.device,
@@ -196,7 +272,11 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
         net_labels = torch.as_tensor(meta.class_map)[ds_labels]
         # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
         seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
-        images = codec.decode(finite_samples(gen(model, net_labels, seeds, desc=f"sample {what}"), cfg, file))
+        if any(guides_on(cfg).values()):
+            x = _guided(model, codec, labels, meta, cfg, gen, what)
+        else:
+            x = gen(model, net_labels, seeds, desc=f"sample {what}")
+        images = codec.decode(finite_samples(x, cfg, file))
     else:
         images, ds_labels, budget = _budgeted(model, codec, labels, meta.class_map, cfg, gen, device)
     t_sample = time.time() - t0
@@ -281,6 +361,63 @@ def finite_samples(x: torch.Tensor, cfg: SampleConfig, file: str | Path) -> torc
              "the sampler diverged: try more --steps, another --sampler, or --precision fp32")
     raise UserError(f"sampling {file} gave non-finite values ({100 * share:.1f}% NaN or inf), which would be "
                     f"written as black images; nothing was written. Likely cause: {cause}")
+
+
+def real_modes(cfg: SampleConfig, meta: ckpt.CheckpointMeta, codec: Codec, labels: list[int]
+               ) -> dict[int, torch.Tensor]:
+    """{checkpoint class: its cfg.ipc modes (ipc, C, H, W) in the model's space}: k-means of the class's real training
+    images of cfg.data, as pixels in [-1, 1] for pixel models, as the codec's (cached) posterior-mean latents for
+    latent ones (`guides.class_modes`, seeded from cfg.seed)."""
+    ds = load_dataset(cfg.data, size=cfg.size or meta.image_size)
+    missing = [n for n in meta.class_names if n not in ds.class_names]
+    if missing:
+        raise UserError(f"mode guidance: the checkpoint's classes {missing[:3]} are not in {cfg.data}; give the "
+                        "dataset the checkpoint was trained on (--data)")
+    local = torch.full_like(ds.y_train, -1)                     # (N,) each training image's checkpoint class, or -1
+    for c in labels:
+        local[ds.y_train == list(ds.class_names).index(meta.class_names[c])] = c
+    if cfg.holdout is not None:                                 # `choose` scores on these: they give no mode
+        local[validation_split(ds, cfg.holdout[0], int(cfg.holdout[1]))[1]] = -1
+    if isinstance(codec, PixelCodec):
+        keep = (local >= 0).nonzero().squeeze(1)
+        x, y = codec.encode(ds.x_train[keep]), local[keep]      # (n, C, H, W) in [-1, 1]
+    else:
+        x, y = encode_dataset(codec, ds.x_train, ds.fingerprint())["mean"][:, 0].float(), local   # unmirrored
+    try:
+        return class_modes(x, y, labels, cfg.ipc, cfg.seed)
+    except ValueError as e:
+        raise UserError(f"mode guidance: {e}; lower --ipc or set mode_guidance to 0") from None
+
+
+def _guided(model: nn.Module, codec: Codec, labels: list[int], meta: ckpt.CheckpointMeta, cfg: SampleConfig,
+            gen: Callable, what: str) -> torch.Tensor:
+    """cfg.ipc samples per class (class-major, the model's space, float) with the guides cfg turns on. Each image keeps
+    its seed (cfg.seed, class, index). Image i of a class is guided to the class's mode i. With the deviation term the
+    set is made in rounds, round i generating image i of every class, so that every image has its class's earlier
+    images (the last DEVIATION_MEMORY of them) to turn away from; images of one round never see each other."""
+    base = Guides(cfg_lo=cfg.cfg_sigma_lo, cfg_hi=cfg.cfg_sigma_hi, mode_strength=cfg.mode_guidance,
+                  mode_stop=cfg.mode_stop, deviation=cfg.deviation, dev_lo=cfg.deviation_sigma_lo,
+                  dev_hi=cfg.deviation_sigma_hi)
+    modes = real_modes(cfg, meta, codec, labels) if cfg.mode_guidance > 0 else None
+    net = torch.as_tensor(meta.class_map)[torch.tensor(labels)]                       # (K,) the network's classes
+    if cfg.deviation == 0:
+        net_labels = net.repeat_interleave(cfg.ipc)                                   # (K * ipc,) class-major
+        seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
+        g = dataclasses.replace(base, modes=None if modes is None else torch.cat([modes[c] for c in labels]))
+        return gen(model, net_labels, seeds, desc=f"sample {what}", guides=g)
+    gen = functools.partial(gen, network=sampling_network(model, cfg.precision, cfg.compile))   # compiled once
+    done: dict[int, list[torch.Tensor]] = {c: [] for c in labels}
+    for i in range(cfg.ipc):
+        seeds = [image_seed(cfg.seed, c, i) for c in net.tolist()]
+        shape = (model.in_channels, model.input_size, model.input_size)
+        memory = torch.stack([torch.stack(done[c][-DEVIATION_MEMORY:]) if i else torch.zeros(0, *shape)
+                              for c in labels])                                       # (K, M, C, H, W)
+        g = dataclasses.replace(base, memory=memory,
+                                modes=None if modes is None else torch.stack([modes[c][i] for c in labels]))
+        x = gen(model, net, seeds, desc=f"sample {what}, round {i + 1}/{cfg.ipc}", guides=g)   # (K, C, H, W)
+        for c, xi in zip(labels, x):
+            done[c].append(xi)
+    return torch.cat([torch.stack(done[c]) for c in labels])
 
 
 def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list[int], cfg: SampleConfig,

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from minimaxdd import distributed as dist
 from minimaxdd.diffusion.denoisers import Denoiser, Guided, VPDenoiser, as_denoiser
+from minimaxdd.diffusion.guides import Guides
 from minimaxdd.diffusion.solvers import (
     ddpm_ancestral,
     dpm_solver,
@@ -190,16 +191,20 @@ def default_steps(sampler: str, formulation: str) -> int:
     return SAMPLERS[sampler].default_steps[formulation]
 
 
-def _pad_batch(y: torch.Tensor, seeds: list[int], batch_size: int) -> tuple[torch.Tensor, list[int]]:
-    """Pad a short batch to `batch_size` with copies of its last image (labels (n,) -> (batch_size,)).
+def _pad_batch(y: torch.Tensor, seeds: list[int], rows: torch.Tensor, batch_size: int
+               ) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """Pad a short batch to `batch_size` with copies of its last image (labels (n,) -> (batch_size,), and its
+    seeds and row indices alike).
 
     A compiled network would recompile for one more batch shape; images do not interact in the
     network, so the padding leaves the others unchanged and is dropped after sampling."""
     n = len(y)
-    return torch.cat([y, y[-1:].expand(batch_size - n)]), list(seeds) + [seeds[-1]] * (batch_size - n)
+    return (torch.cat([y, y[-1:].expand(batch_size - n)]), list(seeds) + [seeds[-1]] * (batch_size - n),
+            torch.cat([rows, rows[-1:].expand(batch_size - n)]))
 
 
-BatchFn = Callable[[nn.Module, torch.Tensor, PerImageNoise, Callable], torch.Tensor]
+# one_batch(net, y (n,), noise, on_step, rows (n,) the images' indices into the call's labels) -> (n, C, H, W)
+BatchFn = Callable[[nn.Module, torch.Tensor, PerImageNoise, Callable, torch.Tensor], torch.Tensor]
 
 
 def sample_batches(model: nn.Module, labels: torch.Tensor, seeds: list[int], one_batch: BatchFn, *, steps: int,
@@ -207,10 +212,11 @@ def sample_batches(model: nn.Module, labels: torch.Tensor, seeds: list[int], one
                    network: nn.Module | None) -> torch.Tensor:
     """The batching every sampler shares: (N, C, H, W) float32 on the CPU, one image per (label, seed).
 
-    `one_batch(net, y, noise, on_step)` samples one batch: y (n,) labels on the device, `noise` the
-    batch's per-image noise streams, `on_step` called after each of its `steps` steps; it returns
-    (n, C, H, W). The network is `network`, or a `sampling_network(model, precision, compile)` built
-    for this call; with `compile`, a short batch is padded to `batch_size` (one shape, no recompile).
+    `one_batch(net, y, noise, on_step, rows)` samples one batch: y (n,) labels on the device, `noise` the
+    batch's per-image noise streams, `on_step` called after each of its `steps` steps, `rows` (n,) the
+    images' indices into `labels` (for per-image inputs); it returns (n, C, H, W). The network is `network`,
+    or a `sampling_network(model, precision, compile)` built for this call; with `compile`, a short batch is
+    padded to `batch_size` (one shape, no recompile).
     """
     if len(labels) != len(seeds):
         raise ValueError("one seed per label")
@@ -230,10 +236,11 @@ def sample_batches(model: nn.Module, labels: torch.Tensor, seeds: list[int], one
         for s in mine:
             y, seed = labels[s:s + batch_size], seeds[s:s + batch_size]   # (n,) labels, n seeds
             n = len(y)
+            rows = torch.arange(s, s + n)
             if compile and n < batch_size:
-                y, seed = _pad_batch(y, seed, batch_size)     # one batch shape: no recompile
+                y, seed, rows = _pad_batch(y, seed, rows, batch_size)     # one batch shape: no recompile
             noise = PerImageNoise(seed, shape, device)
-            x = one_batch(model, y.to(device), noise, lambda k=n: bar.update(k))
+            x = one_batch(model, y.to(device), noise, lambda k=n: bar.update(k), rows)
             outs[s] = x[:n].float().cpu()                                  # (n, C, H, W)
     if dist.world() > 1:
         for part in dist.all_gather_objects(outs):
@@ -246,7 +253,7 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, formul
              sampler: str | None = None, steps: int | None = None, spacing: str = "time", cfg_scale: float = 1.0,
              cfg_channels: int | None = None, clip: bool = False, precision: str = "fp32", batch_size: int = 64,
              device: str | torch.device = "cpu", desc: str = "sample", compile: bool = False,
-             network: nn.Module | None = None) -> torch.Tensor:
+             network: nn.Module | None = None, guides: Guides | None = None) -> torch.Tensor:
     """Sample one image (or latent) per (label, seed): (N, C, H, W) float32 on the CPU.
 
     `formulation` is the model's ("ddpm": the paper's epsilon-prediction DiT; "edm"); `sampler` and `steps`
@@ -260,16 +267,20 @@ def generate(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, formul
     (`sampling_network`), 20-30 s for a dit-s/2 on a 2-core CPU, so it pays off from a few hundred network
     calls. `network`, a `sampling_network(model, precision, compile)` built once, serves several calls
     without compiling again; with `compile`, every batch is then padded to `batch_size`, one shape for all.
+    `guides` (`minimaxdd.diffusion.guides.Guides`, per-image tensors aligned with `labels`): guidance on an
+    interval of sigma, mode guidance, the deviation term; None: none of them (the same bytes as before they existed).
     """
     sampler = sampler or DEFAULT_SAMPLER.get(formulation, "")
     check_sampler(sampler, formulation, spacing)
     steps = default_steps(sampler, formulation) if steps is None else steps
     run = SAMPLERS[sampler].run
 
-    def one_batch(net: nn.Module, y: torch.Tensor, noise: PerImageNoise, on_step: Callable) -> torch.Tensor:
+    def one_batch(net: nn.Module, y: torch.Tensor, noise: PerImageNoise, on_step: Callable,
+                  rows: torch.Tensor) -> torch.Tensor:
         den = as_denoiser(net, formulation, precision)
         grid = sigma_grid(den, sampler, steps, spacing)
-        x = run(Guided(den, y, cfg_scale, cfg_channels, clip), noise, grid, on_step)
+        mine = None if guides is None else guides.take(rows)
+        x = run(Guided(den, y, cfg_scale, cfg_channels, clip, mine), noise, grid, on_step)
         for _ in range(steps - (len(grid) - 1)):   # levels that rounding merged: keep the progress count honest
             on_step()
         return x.clamp(-1, 1) if clip else x

@@ -1,4 +1,4 @@
-"""The `choose` stage: sampling settings (guidance scale, step count) chosen on training data only.
+"""The `choose` stage: sampling settings (guidance scale, step count, the guides' knobs) chosen on training data only.
 
 Each candidate samples a small set from the fine-tuned model (with a seed of its own, so the choice is
 not made on the final set's images), a classifier of the evaluation protocol trains on it, and its
@@ -20,30 +20,33 @@ import torch
 
 from minimaxdd.data.dataset import Dataset, channel_stats, validation_split
 from minimaxdd.data.sources import load_dataset
-from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint, without_default_guides
 from minimaxdd.evaluation import train_test
 from minimaxdd.evaluation.protocols import get_protocol
 from minimaxdd.pipeline.bookkeeping import StageRun, key_of, precision_part, say
-from minimaxdd.pipeline.config import DistillConfig, epochs_for
+from minimaxdd.pipeline.config import GUIDE_KNOBS, DistillConfig, epochs_for
 from minimaxdd.settings import to_dict
 
 CANDIDATE_SEED_OFFSET = 7919   # ours: candidates sample with seed + this, never the final set's seed
 
 
 def candidates(cfg: DistillConfig) -> list[dict[str, Any]]:
-    """Every (cfg, steps) pair to try; an empty list on an axis keeps sample's value."""
+    """Every combination of (cfg, steps) and the guide knobs listed (`GUIDE_KNOBS`) to try; an empty list on an axis
+    keeps sample's value (and an unlisted guide knob stays out of the candidates, so older runs' keys hold)."""
     c = cfg.choose
-    scales = c.cfg or [cfg.sample.cfg]
-    steps = c.steps or [cfg.sample.steps]
-    return [{"cfg": s, "steps": n} for s, n in itertools.product(scales, steps)]
+    axes = {"cfg": c.cfg or [cfg.sample.cfg], "steps": c.steps or [cfg.sample.steps]}
+    axes.update({k: getattr(c, k) for k in GUIDE_KNOBS if getattr(c, k)})
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
 def _score(cfg: DistillConfig, ckpt: str, cand: dict, ds: Dataset, split: tuple, ipc: int, out: Path,
            device: torch.device) -> float:
     """Validation accuracy (mean over repeats) of a classifier trained on one candidate's samples."""
     sample = dataclasses.replace(cfg.sample, **cand)
+    # mode guidance takes its modes from the training part of the split only, never from the images that score
     s, _ = sample_checkpoint(SampleConfig(**to_dict(sample), ckpt=ckpt, out=str(out), ipc=ipc,
-                                          seed=cfg.seed + CANDIDATE_SEED_OFFSET, device=str(device)))
+                                          seed=cfg.seed + CANDIDATE_SEED_OFFSET, device=str(device), data=cfg.data,
+                                          size=cfg.size, holdout=[cfg.choose.val_fraction, cfg.seed]))
     tr, va = split
     ev = cfg.evaluate
     # the hard-label protocol: a soft one's teacher would have trained on the validation images
@@ -58,8 +61,9 @@ def _score(cfg: DistillConfig, ckpt: str, cand: dict, ds: Dataset, split: tuple,
 def choice_conf(cfg: DistillConfig) -> dict:
     """The choose section as the stage key sees it (per_ipc only when set, so older runs' keys hold)."""
     c = to_dict(cfg.choose)
-    if not c.get("per_ipc"):
-        c.pop("per_ipc", None)
+    for k in ("per_ipc", *GUIDE_KNOBS):
+        if not c.get(k):
+            c.pop(k, None)
     return c
 
 
@@ -69,7 +73,8 @@ def stage_choose(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
     cands = candidates(cfg)
     conf = {"choose": choice_conf(cfg), "candidates": cands}
     size = [cfg.evaluate.image_size] if cfg.evaluate.image_size else []     # absent when unset: older keys hold
-    st = StageRun(run, "choose", key_of(ft["key"], conf, to_dict(cfg.sample), cfg.evaluate.models[0],
+    st = StageRun(run, "choose", key_of(ft["key"], conf, without_default_guides(to_dict(cfg.sample)),
+                                        cfg.evaluate.models[0],
                                         cfg.evaluate.protocol, cfg.seed, *size,
                                         *precision_part(cfg.evaluate.precision)),
                   conf, force)

@@ -22,7 +22,7 @@ from typing import Any
 
 from minimaxdd.baselines.distribution_matching import DMConfig
 from minimaxdd.baselines.registry import BASELINES
-from minimaxdd.diffusion.generation import GUIDANCE_SCALES, SampleConfig
+from minimaxdd.diffusion.generation import GUIDANCE_SCALES, SampleConfig, guides_on
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS
@@ -33,6 +33,8 @@ from minimaxdd.runtime import PRECISIONS
 from minimaxdd.settings import (
     AT_LEAST_1,
     NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
     Bounds,
     build,
     default_of,
@@ -111,6 +113,20 @@ class ChoiceConfig:
     per_ipc: bool = setting(False, help="score the candidates at every IPC of the run and sample each IPC with its "
                                         "own choice (smaller IPCs then stop being prefixes of larger ones when the "
                                         "choices differ); false: one choice, at choose.ipc")
+    # The knobs of the sampling guides (diffusion.guides), chosen like the guidance scale: every combination with
+    # cfg and steps is a candidate; empty: sample's value as it is. A guide any candidate turns on names the row.
+    cfg_sigma_lo: list[float] = setting([], bounds=NON_NEGATIVE, help="guidance-interval lower ends to choose among")
+    cfg_sigma_hi: list[float] = setting([], bounds=POSITIVE, help="guidance-interval upper ends to choose among")
+    mode_guidance: list[float] = setting([], bounds=PROBABILITY, help="mode-guidance strengths to choose among")
+    mode_stop: list[float] = setting([], bounds=NON_NEGATIVE, help="mode-guidance stop levels (sigma) to choose among")
+    deviation: list[float] = setting([], bounds=NON_NEGATIVE, help="deviation-term strengths to choose among")
+    deviation_sigma_lo: list[float] = setting([], bounds=NON_NEGATIVE, help="deviation-window lower ends")
+    deviation_sigma_hi: list[float] = setting([], bounds=POSITIVE, help="deviation-window upper ends")
+
+
+# The choose lists of the sampling guides' knobs (each a SampleConfig setting of the same name).
+GUIDE_KNOBS = ("cfg_sigma_lo", "cfg_sigma_hi", "mode_guidance", "mode_stop", "deviation", "deviation_sigma_lo",
+               "deviation_sigma_hi")
 
 
 @dataclass(kw_only=True)
@@ -273,19 +289,29 @@ def set_name(objective: str) -> str:
     return "diffusion" if objective == NO_FINETUNING else objective
 
 
+def guide_suffix(cfg: DistillConfig) -> str:
+    """"+interval", "+modes", "+deviation" for each sampling guide the run's sample section, or any candidate of
+    `choose`, turns on ("" for none): a set sampled with a guide is its own row, never the method's."""
+    c, on = cfg.choose, guides_on(cfg.sample)
+    on["interval"] |= any(v > 0 for v in c.cfg_sigma_lo) or bool(c.cfg_sigma_hi)
+    on["modes"] |= any(v > 0 for v in c.mode_guidance)
+    on["deviation"] |= any(v > 0 for v in c.deviation)
+    return "".join(f"+{name}" for name, v in on.items() if v)
+
+
 def method_name(cfg: DistillConfig) -> str:
-    """`set_name` of the run's fine-tuning objective, with `+<variant>` for each fine-tuning setting of issue 29
-    away from its default, so that a variant is its own row and never folds into "minimax": `+centred` or
-    `+feature` (finetune.embedding), `+native-terms` or `+weight-terms` (finetune.edm_transfer)."""
+    """`set_name` of the run's fine-tuning objective, with `+<variant>` for each setting of issue 29 away from its
+    default, so that a variant is its own row and never folds into "minimax": `+centred` or `+feature`
+    (finetune.embedding), `+native-terms` or `+weight-terms` (finetune.edm_transfer), then `guide_suffix` for
+    the sampling guides."""
     f = cfg.finetune
     name = set_name(f.objective)
-    if f.objective == NO_FINETUNING:
-        return name
-    if f.embedding != default_of(FinetuneConfig, "embedding"):
-        name += f"+{f.embedding}"
-    if f.edm_transfer != default_of(FinetuneConfig, "edm_transfer"):
-        name += f"+{f.edm_transfer}-terms"
-    return name
+    if f.objective != NO_FINETUNING:
+        if f.embedding != default_of(FinetuneConfig, "embedding"):
+            name += f"+{f.embedding}"
+        if f.edm_transfer != default_of(FinetuneConfig, "edm_transfer"):
+            name += f"+{f.edm_transfer}-terms"
+    return name + guide_suffix(cfg)
 
 
 def epochs_for(cfg: DistillConfig, ipc: int) -> int | None:

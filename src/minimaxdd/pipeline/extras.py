@@ -26,7 +26,7 @@ from minimaxdd.baselines.registry import select
 from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet, load_synthetic, write_synthetic
-from minimaxdd.diffusion.generation import SampleConfig, from_real_images, sample_checkpoint
+from minimaxdd.diffusion.generation import SampleConfig, from_real_images, sample_checkpoint, without_default_guides
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
 from minimaxdd.files import manifest
 from minimaxdd.pipeline.bookkeeping import StageRun, key_of, say
@@ -63,9 +63,9 @@ def stage_extras(run: Path, cfg: DistillConfig, ft: dict, chosen: dict | None, f
         return None
     sample = dataclasses.replace(cfg.sample, **(chosen or {}))
     per = {k: dataclasses.replace(cfg.sample, **(by_ipc or {}).get(str(k), chosen or {})) for k in cfg.ipc}
-    conf = {"extras": to_dict(cfg.extras), "sample": to_dict(sample), "ipc": cfg.ipc}
+    conf = {"extras": to_dict(cfg.extras), "sample": without_default_guides(to_dict(sample)), "ipc": cfg.ipc}
     if any(v != sample for v in per.values()):                  # absent when one choice serves all: keys hold
-        conf["sample_by_ipc"] = {str(k): to_dict(v) for k, v in per.items()}
+        conf["sample_by_ipc"] = {str(k): without_default_guides(to_dict(v)) for k, v in per.items()}
     st = StageRun(run, "extras", key_of(ft["key"], conf, cfg.data, cfg.size, cfg.seed), conf, force)
     return st.run(device, lambda st: _make_extras(st, cfg, ft, conf, per, device))
 
@@ -76,8 +76,8 @@ def _make_extras(st: StageRun, cfg: DistillConfig, ft: dict, conf: dict, per: di
     ref = reference_classifier(ds, ReferenceConfig(seed=cfg.seed), device)
     stats = channel_stats(ds.x_train)
     feats_of = lambda x: F.normalize(embed(ref, x, stats), dim=1)   # noqa: E731  (N, D) unit rows
-    base = {k: SampleConfig(**to_dict(v), ckpt=ft["checkpoint"], out=str(st.dir), seed=cfg.seed, device=str(device))
-            for k, v in per.items()}                                  # each IPC's sampling settings
+    base = {k: SampleConfig(**to_dict(v), ckpt=ft["checkpoint"], out=str(st.dir), seed=cfg.seed, device=str(device),
+                            data=cfg.data, size=cfg.size) for k, v in per.items()}   # each IPC's sampling settings
     sets: dict[str, str] = {}
 
     def put(name: str, k: int, make) -> None:     # noqa: ANN001  make() -> SyntheticSet, run only when missing

@@ -148,14 +148,16 @@ def _choice_lines(run: Path) -> list[str]:
     if not d.get("scores"):
         return []
     chosen = d.get("by_ipc") or {str(d["ipc"]): d["sample"]}
+    knobs = [k for k in d["scores"][0] if k not in ("cfg", "steps", "ipc", "val_accuracy")]   # the guides' knobs
     lines = ["## Sampling settings chosen on training data", "",
              f"Each candidate sampled IPC images per class (a seed of its own), a classifier trained on them was "
              f"tested on {d['val_images']} training images held out as a validation split; the test set was not "
              f"read. Chosen: " + "; ".join(f"IPC {k}: {v}" for k, v in chosen.items()) + ".", "",
-             "| guidance | steps | IPC | validation accuracy (%) |", "| ---: | ---: | ---: | ---: |"]
+             "| guidance | steps | " + "".join(f"{k} | " for k in knobs) + "IPC | validation accuracy (%) |",
+             "| ---: | ---: | " + "---: | " * len(knobs) + "---: | ---: |"]
     shown = lambda v: "default" if v is None else v   # noqa: E731  (null: the checkpoint's or the package's)
-    lines += [f"| {shown(s['cfg'])} | {shown(s['steps'])} | {s.get('ipc', d['ipc'])} | {100 * s['val_accuracy']:.2f} |"
-              for s in d["scores"]]
+    lines += [f"| {shown(s['cfg'])} | {shown(s['steps'])} | " + "".join(f"{shown(s[k])} | " for k in knobs)
+              + f"{s.get('ipc', d['ipc'])} | {100 * s['val_accuracy']:.2f} |" for s in d["scores"]]
     return lines + [""]
 
 

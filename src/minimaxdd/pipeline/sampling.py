@@ -1,5 +1,6 @@
 """The `sample` stage of `distill`: IPC images per class from the fine-tuned model (the largest IPC once; smaller
-IPCs are its per-class prefixes, which per-image seeds make identical to sampling them separately)."""
+IPCs are its per-class prefixes, which per-image seeds make identical to sampling them separately). With mode
+guidance every IPC is sampled on its own: its k = IPC modes differ from the largest IPC's."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ import torch
 
 from minimaxdd.data.grid import save_grid
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
-from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint
+from minimaxdd.diffusion.generation import SampleConfig, guides_on, sample_checkpoint, without_default_guides
 from minimaxdd.files import manifest
 from minimaxdd.pipeline.bookkeeping import StageRun, key_of, say
 from minimaxdd.pipeline.config import DistillConfig
@@ -20,7 +21,7 @@ from minimaxdd.settings import to_dict
 
 def _sample_config(cfg: DistillConfig, checkpoint: str, out: Path, device: torch.device) -> SampleConfig:
     return SampleConfig(**to_dict(cfg.sample), ckpt=checkpoint, out=str(out), ipc=max(cfg.ipc), seed=cfg.seed,
-                        device=str(device))
+                        device=str(device), data=cfg.data, size=cfg.size)
 
 
 def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device,
@@ -32,7 +33,9 @@ def stage_sample(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: t
         return _sample_per_ipc(run, cfg, ft, force, device, by_ipc)
     if chosen:
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **chosen))
-    s = to_dict(cfg.sample)
+    if guides_on(cfg.sample)["modes"] and len(cfg.ipc) > 1:           # k = IPC modes: each IPC its own sample
+        return _sample_per_ipc(run, cfg, ft, force, device, {str(k): {} for k in cfg.ipc})
+    s = without_default_guides(to_dict(cfg.sample))
     ipcs = cfg.ipc
     st = StageRun(run, "sample", key_of(ft["key"], s, ipcs, cfg.seed), {**s, "ipc": ipcs}, force)
 
@@ -59,7 +62,7 @@ def _sample_sets(st: StageRun, cfg: DistillConfig, ft: dict, device: torch.devic
         full, info = _sample_phases(cfg, ft, st.dir, device)
     else:
         full, info = sample_checkpoint(_sample_config(cfg, ft["checkpoint"], st.dir, device))
-    s, sets = to_dict(cfg.sample), {}
+    s, sets = without_default_guides(to_dict(cfg.sample)), {}
     for k in cfg.ipc:
         man = manifest({**s, "ipc": k}, cfg.seed, time.time() - st.t0, **info)
         path = write_synthetic(st.dir / f"ipc{k}", per_class_prefix(full, k), man, overwrite=True)
@@ -71,18 +74,21 @@ def _sample_sets(st: StageRun, cfg: DistillConfig, ft: dict, device: torch.devic
 def _sample_per_ipc(run: Path, cfg: DistillConfig, ft: dict, force: bool, device: torch.device,
                     by_ipc: dict) -> dict:
     """Each group of IPCs that share a choice sampled with it (the choices differ between groups)."""
-    per = {str(k): to_dict(dataclasses.replace(cfg.sample, **by_ipc[str(k)])) for k in cfg.ipc}
+    per = {str(k): without_default_guides(to_dict(dataclasses.replace(cfg.sample, **by_ipc[str(k)]))) for k in cfg.ipc}
     st = StageRun(run, "sample", key_of(ft["key"], per, cfg.ipc, cfg.seed), {"by_ipc": per, "ipc": cfg.ipc}, force)
     return st.run(device, lambda st: _sample_groups(st, cfg, ft, device, by_ipc))
 
 
 def _sample_groups(st: StageRun, cfg: DistillConfig, ft: dict, device: torch.device, by_ipc: dict) -> dict:
-    """The groups of IPCs that share a choice, each sampled with it into st.dir; the stage's record."""
+    """The groups of IPCs that share a choice, each sampled with it into st.dir; the stage's record. With mode
+    guidance each IPC is a group of its own (its own k = IPC modes)."""
     groups: dict[str, list[int]] = {}
     for k in cfg.ipc:
-        groups.setdefault(json.dumps(by_ipc[str(k)], sort_keys=True), []).append(k)
+        own = guides_on(dataclasses.replace(cfg.sample, **by_ipc[str(k)]))["modes"]
+        groups.setdefault(json.dumps(by_ipc[str(k)], sort_keys=True) + (f" ipc{k}" if own else ""), []).append(k)
     sets, infos, t = {}, {}, 0.0
-    for choice, ks in groups.items():
+    for group, ks in groups.items():
+        choice = group.split(" ipc")[0]
         say(f"sample: IPC {', '.join(map(str, ks))} with {choice}")
         sub = dataclasses.replace(cfg, ipc=ks, sample=dataclasses.replace(cfg.sample, **json.loads(choice)))
         got, info, full = _sample_sets(st, sub, ft, device)
