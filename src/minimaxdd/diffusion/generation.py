@@ -100,8 +100,8 @@ class SampleConfig:
                                         "of the class's real training images in the model's space (pixels or the "
                                         "codec's latents) assigned to the image; lambda this; 0: off")
     mode_stop: float = setting(MGD3_SIGMA_STOP, bounds=NON_NEGATIVE,
-                               help="mode guidance acts while sigma is above this (MGD3's stop guidance: step 20 of "
-                                    "DiT's 50, sigma 2.13)")
+                               help="mode guidance acts while sigma is above this (MGD3's stop guidance: step 25 of "
+                                    "DiT's 50, sigma 3.44)")
     deviation: float = setting(0.0, bounds=NON_NEGATIVE,
                                help="IGD's deviation term: each image's D turned away from the most cosine-similar "
                                     "earlier sample of its class (about this many radians times the sine of the "

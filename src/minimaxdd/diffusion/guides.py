@@ -27,10 +27,12 @@ DEVIATION_MEMORY = 64
 # sample_mp_minimax.sh, low=30 high=45), i.e. training steps 612 to 917 of 1000, whose noise levels
 # sigma_t = sqrt((1 - abar_t) / abar_t) on DiT's linear schedule are 6.66 and 71.1: the early, noisy part.
 IGD_SIGMA_LO, IGD_SIGMA_HI = 6.66, 71.1
-# Mode guidance stops at respaced step 20 of DiT's 50 (training step 408, sigma 2.13) in MGD3's stop-guidance
-# setting as we read it from the paper's summary; jachansantiago/mode_guidance could not be read here, so this
-# default is to be checked against their code (choose.mode_stop scores others on the validation split).
-MGD3_SIGMA_STOP = 2.13
+# Mode guidance acts for the first half of the trajectory: MGD3's scripts sample DiT with 50 DDPM steps and
+# stop_t 25 ("stop t from 50 to 0"; T_SG=25 in the woof / nette / imagenet scripts that ManifoldGD carries over
+# from jachansantiago/mode_guidance, sample_mode_guidance.py), i.e. training step 500 of 1000, whose
+# sigma_t = sqrt((1 - abar_t) / abar_t) on DiT's linear schedule is 3.44. Their strength, mode_guidance_scale
+# 0.1, multiplies the posterior std on x_{t-1} there, not D here, so ours is chosen on the validation split.
+MGD3_SIGMA_STOP = 3.44
 # Kynkaanniemi et al. 2024, Table 1: EDM2-S guided only for sigma in (0.28, 5.42], EDM2-XXL (0.19, 1.61]
 # (their FID-optimal intervals on ImageNet-512); recalled, not re-read here.
 EDM2_S_INTERVAL = (0.28, 5.42)
