@@ -7,9 +7,11 @@ touched once per repeat, after training; it never picks an epoch or a model.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from minimaxdd.data import augment
 from minimaxdd.data.dataset import channel_stats, normalise
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import build_model
-from minimaxdd.evaluation.protocols import PROTOCOLS, EvalProtocol
+from minimaxdd.evaluation.protocols import PROTOCOLS, EvalProtocol, for_classes
 from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast, generator, progress
 
@@ -41,13 +43,67 @@ def _augment_fn(protocol: EvalProtocol, stats: augment.Stats | None) -> augment.
 ORDER_SEED_OFFSET = 1_000_003
 
 
-def soft_label_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(teacher / T) || softmax(student / T)) averaged over the batch, times T^2 (Hinton et al. 2015:
-    the T^2 keeps the gradient scale independent of T). Logits (B, K) -> a scalar, computed in fp32."""
+def soft_label_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                    times_t2: bool = True) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)) averaged over the batch, times T^2 when `times_t2`
+    (Hinton et al. 2015: the T^2 keeps the gradient scale independent of T; RDED and DD-Ranking's default
+    leave it out). Logits (B, K) -> a scalar, computed in fp32."""
     t = temperature
     s_log = F.log_softmax(student.float() / t, dim=1)                      # (B, K)
     t_log = F.log_softmax(teacher.float() / t, dim=1)                      # (B, K)
-    return F.kl_div(s_log, t_log, reduction="batchmean", log_target=True) * t * t
+    kl = F.kl_div(s_log, t_log, reduction="batchmean", log_target=True)
+    return kl * t * t if times_t2 else kl
+
+
+def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """All parameters with `weight_decay`, or (RDED's validation/utils.py get_parameters) decay only on the
+    weights of more than one dimension (conv and linear), none on biases and norm parameters."""
+    if decay_norm_and_bias:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    decay = [p for n, p in model.named_parameters() if "weight" in n and p.dim() > 1]
+    rest = [p for n, p in model.named_parameters() if not ("weight" in n and p.dim() > 1)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, protocol: EvalProtocol) -> torch.optim.Optimizer:
+    """The protocol's optimiser over `model`'s parameters (OPTIMIZERS[protocol.optimizer])."""
+    if protocol.optimizer not in OPTIMIZERS:
+        raise UserError(f"protocol {protocol.name} names unknown optimizer {protocol.optimizer!r}; "
+                        f"known: {', '.join(OPTIMIZERS)}")
+    groups = _param_groups(model, protocol.weight_decay, protocol.decay_norm_and_bias)
+    return OPTIMIZERS[protocol.optimizer](groups, protocol)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], EvalProtocol], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, p: torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum),
+    "adamw": lambda groups, p: torch.optim.AdamW(groups, lr=p.lr, betas=p.betas),
+}
+
+
+def make_schedule(opt: torch.optim.Optimizer, protocol: EvalProtocol, epochs: int
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The protocol's learning-rate schedule, stepped once per epoch (SCHEDULES[protocol.schedule])."""
+    if protocol.schedule not in SCHEDULES:
+        raise UserError(f"protocol {protocol.name} names unknown schedule {protocol.schedule!r}; "
+                        f"known: {', '.join(SCHEDULES)}")
+    return SCHEDULES[protocol.schedule](opt, protocol, epochs)
+
+
+def half_cosine(epoch: int, epochs: int) -> float:
+    """RDED's and DD-Ranking's lr factor at `epoch` of `epochs`: 0.5 (1 + cos(pi epoch / epochs / 2)), half a
+    cosine from 1 down to 0.5 (LINs-lab/RDED validation/main.py; DD-Ranking train_and_eval.py "cosine")."""
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs / 2)) if epoch <= epochs else 0.0
+
+
+def _multistep(opt: torch.optim.Optimizer, p: EvalProtocol, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    milestones = sorted({max(1, int(round(epochs * m))) for m in p.milestones})  # epochs of the lr drops
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=p.gamma)
+
+
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, EvalProtocol, int], torch.optim.lr_scheduler.LRScheduler]] = {
+    "multistep": _multistep,
+    "half_cosine": lambda opt, p, epochs: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: half_cosine(e, epochs)),
+}
 
 
 @dataclass
@@ -61,6 +117,7 @@ class _Run:
     device: torch.device
     precision: str
     teacher: nn.Module | None = None    # soft protocols: labels each augmented batch
+    batch_size: int = 0                 # 0: the protocol's batch_size
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_classes: int,
@@ -83,13 +140,11 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
     with torch.random.fork_rng(devices=[]):  # initialisation from the seed, global RNG untouched
         torch.manual_seed(seed)
         model = build_model(model_name, c, num_classes, h).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum,
-                          weight_decay=protocol.weight_decay)
-    milestones = sorted({max(1, int(round(epochs * m))) for m in protocol.milestones})  # epochs of the lr drops
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=protocol.gamma)
+    opt = make_optimizer(model, protocol)
+    sched = make_schedule(opt, protocol, epochs)
     run = _Run(torch.compile(model) if compile else model,   # the compiled net shares `model`'s parameters
                opt, _augment_fn(protocol, stats), protocol, generator(seed + ORDER_SEED_OFFSET, device), device,
-               precision, teacher)
+               precision, teacher, protocol.batch_for(images_per_class(y, num_classes), num_classes, n))
     model.train()
     bar = progress(range(epochs), desc=desc)
     for _ in bar:
@@ -101,20 +156,22 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
 
 
 def _batch_loss(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, logits (B, K)) of one augmented batch: CutMix if the protocol draws it, then cross-entropy on
-    the (mixed) labels, or, under a soft protocol, KL to the teacher's outputs on the very same images."""
+    """(loss, logits (B, K)) of one augmented batch: CutMix (or Mixup) if the protocol draws it, then
+    cross-entropy on the (mixed) labels, or, under a soft protocol, KL to the teacher's outputs on the very
+    same mixed images."""
     p, g = run.protocol, run.g
     use_cutmix = p.cutmix_p > 0 and torch.rand(1, generator=g, device=run.device).item() < p.cutmix_p
     ya = yb2 = yb
     lam = 1.0
     if use_cutmix:
-        xb, ya, yb2, lam = augment.cutmix(xb, yb, g, p.cutmix_beta)
+        xb, ya, yb2, lam = (augment.mixup(xb, yb, g, p.mixup_alpha) if p.mixing == "mixup"
+                            else augment.cutmix(xb, yb, g, p.cutmix_beta))
     with autocast(run.device, run.precision):
         out = run.net(xb)                                                   # (B, K)
         if run.teacher is not None:
             with torch.no_grad():
                 target = run.teacher(xb)                                    # (B, K) the teacher's logits
-            return soft_label_loss(out, target, p.temperature), out
+            return soft_label_loss(out, target, p.temperature, p.kl_times_t2), out
         if use_cutmix:
             return lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb2), out
         return F.cross_entropy(out, yb), out
@@ -123,7 +180,7 @@ def _batch_loss(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Te
 def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """One pass over (x, y) in a random order drawn from the run's generator; returns the mean loss and
     the training accuracy (against the set's own labels)."""
-    n, bs = len(x), run.protocol.batch_size
+    n, bs = len(x), run.batch_size or run.protocol.batch_size
     perm = torch.randperm(n, generator=run.g, device=run.device)          # (N,)
     correct = seen = 0
     loss_sum = 0.0
@@ -176,6 +233,7 @@ class EvalResult:
     train_time_s: float             # wall time of all repeats
     protocol_config: dict = field(default_factory=dict)
     image_size: int | None = None   # the side the classifiers trained and tested at
+    teacher_test_accuracy: float | None = None  # soft protocols: the teacher's own test accuracy
 
     def to_dict(self) -> dict:
         """The result as plain JSON data."""
@@ -205,7 +263,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
                  repeats: int = 3, epochs: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
                  precision: str = "auto", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
                  compile: bool = False, image_size: int | None = None,
-                 teacher: nn.Module | None = None) -> EvalResult:
+                 teacher: nn.Module | None = None, teacher_test_accuracy: float | None = None) -> EvalResult:
     """Train `repeats` classifiers on uint8 images x_train (N, C, H, W) with labels y_train and
     report their final test accuracy on (x_test, y_test).
 
@@ -217,7 +275,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     `reference_classifier.teacher_classifier`).
     Repeat r uses seed `seed + r` for initialisation, order and augmentation.
     """
-    protocol = protocol or PROTOCOLS["dc"]
+    protocol = for_classes(protocol or PROTOCOLS["dc"], num_classes)
     if repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {repeats}")
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -253,6 +311,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
         model=model, protocol=protocol.name, epochs=n_epochs, ipc=ipc, num_images=len(x_train),
         seed=seed, precision=precision, train_time_s=round(time.time() - t0, 2),
         protocol_config=protocol.to_dict(), image_size=int(x_train.shape[-1]),
+        teacher_test_accuracy=teacher_test_accuracy,
     )
 
 
