@@ -402,3 +402,17 @@ def test_stage_keys_hold_the_precision_used(run_dir, tmp_path, monkeypatch, caps
     monkeypatch.setattr(config, "resolve_precision", P.resolve_precision)
     with pytest.raises(Retrained):
         main(["distill", *TINY, "--out", str(run)])
+
+
+@pytest.mark.slow      # a copy of the module's run, its evaluation redone under rded (about 20 s)
+def test_rded_soft_rows_carry_the_teacher_and_ddranking_scores(run_dir, tmp_path):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    assert main(["distill", *TINY, "--set", "evaluate.soft_labels=true", "--set", "evaluate.soft_protocol=rded",
+                 "--set", "evaluate.teacher_epochs=1", "--from-stage", "evaluate", "--out", str(run)]) == 0
+    rows = json.loads((run / "results.json").read_text())
+    soft = [r for r in rows if r["protocol"] in ("rded", "rded-noaug")]
+    assert len(soft) == 8 and all(0 <= r["teacher_test_accuracy"] <= 1 for r in soft)
+    scores = json.loads((run / "ddranking.json").read_text())
+    assert {(s["method"], s["ipc"]) for s in scores} == {("minimax", 2), ("minimax", 3)}
+    assert all(0 <= s["lrs"] <= 100 and 0 <= s["ars"] <= 100 for s in scores)
+    assert "## DD-Ranking scores" in (run / "report.md").read_text()
