@@ -13,7 +13,7 @@ from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS, get_protocol
 from minimaxdd.evaluation.reference_classifier import generation_accuracy
 from minimaxdd.evaluation.teachers import get_teacher
-from minimaxdd.evaluation.train_test import evaluate_set
+from minimaxdd.evaluation.train_test import BEST_OF_CHECKS, evaluate_set
 from minimaxdd.files import check_file_out, input_paths, write_json
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
@@ -57,6 +57,13 @@ class EvaluateConfig:
     teacher_file: str | None = setting(None, help="soft protocols on an ImageNet subset: a ResNet-18 state dict "
                                                   "in torchvision's layout (ImageNet-1k weights you downloaded) "
                                                   "as the teacher, instead of training one")
+    # SRe2L / RDED / DD-Ranking report the best of periodic test checks (RDED: every 10 epochs); ours is final-epoch
+    report_best: bool = setting(False, help=f"also test every check_every epochs and record the best check under "
+                                            f"\"{BEST_OF_CHECKS}\", for comparison with published tables only; the "
+                                            "final-epoch result is unchanged")
+    check_every: int | None = setting(None, bounds=AT_LEAST_1,
+                                      help="report_best: epochs between test checks (the last is always checked); "
+                                           "null: a tenth of the epochs")
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict:
@@ -82,7 +89,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     res = evaluate_set(x, y, real.x_test, real.y_test, real.num_classes, cfg.classifier, protocol, cfg.repeats,
                        cfg.epochs, cfg.seed, device, precision, stats=channel_stats(real.x_train),
                        compile=cfg.compile, image_size=cfg.image_size, teacher=teacher.net if teacher else None,
-                       teacher_test_accuracy=teacher.test_accuracy if teacher else None)
+                       teacher_test_accuracy=teacher.test_accuracy if teacher else None,
+                       report_best=cfg.report_best, check_every=cfg.check_every)
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
            "class_names": real.class_names, "config": asdict(cfg),
            **describe_precision(cfg.precision, precision, device)}

@@ -4,6 +4,12 @@ Tensors in, numbers out. The whole training set lives as one normalised tensor o
 device, augmentation is batched (`minimaxdd.data.augment`), and the reported figure is the test accuracy
 after the *last* epoch, mean and std over repeats with different seeds. The test set is
 touched once per repeat, after training; it never picks an epoch or a model.
+
+One opt-in exception, for comparison with published tables only (`report_best`): SRe2L, RDED and DD-Ranking
+report the best of test accuracies checked every few epochs, which lets the test set pick the epoch. With
+`report_best` the classifier is also tested every `check_every` epochs and the best check is recorded beside
+the final-epoch result, under BEST_OF_CHECKS; it is not a result and nothing chooses by it. The checks run in
+eval mode without touching the training's random stream, so the final-epoch accuracy is the same to the bit.
 """
 from __future__ import annotations
 
@@ -36,6 +42,17 @@ def _augment_fn(protocol: EvalProtocol, stats: augment.Stats | None) -> augment.
         raise UserError(f"protocol {protocol.name} names unknown augmentation {protocol.augment!r}; "
                         f"known: {', '.join(augment.AUGMENTATIONS)}")
     return augment.for_protocol(protocol.augment, stats)
+
+
+BEST_OF_CHECKS = "best of periodic test checks (as published; not a result)"
+CHECKS_PER_RUN = 10    # ours: check_every defaults to a tenth of the epochs (RDED checks every 10 of 300 epochs)
+
+
+def check_epochs(epochs: int, every: int | None = None) -> list[int]:
+    """The epochs (1-based, each checked after it ends) of the periodic test checks: every `every` epochs
+    (None: epochs // CHECKS_PER_RUN, at least 1), and always the last."""
+    k = every or max(1, epochs // CHECKS_PER_RUN)
+    return sorted({*range(k, epochs + 1, k), epochs})
 
 
 # ours: the training-order / augmentation stream of repeat `seed` is seeded with seed + this prime, so it
@@ -123,7 +140,8 @@ class _Run:
 def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_classes: int,
                      protocol: EvalProtocol, epochs: int, seed: int, device: torch.device,
                      precision: str = "auto", desc: str = "train", compile: bool = False,
-                     stats: augment.Stats | None = None, teacher: nn.Module | None = None) -> nn.Module:
+                     stats: augment.Stats | None = None, teacher: nn.Module | None = None,
+                     after_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
     """Train `model_name` from scratch on normalised images x (N, C, H, W) float on `device`
     and labels y (N,) with `protocol`, for `epochs` epochs. Returns the model in eval mode.
 
@@ -131,7 +149,9 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
     ops; without it they act on x as if it held pixels in [0, 1]). `teacher`: the frozen network whose
     softened outputs a soft protocol trains on (required by those, refused by the others).
     `compile` trains through torch.compile: a one-off compile of seconds on a CPU, then fused norm and
-    activation kernels (BENCHMARKS.md, "With `evaluate --compile`")."""
+    activation kernels (BENCHMARKS.md, "With `evaluate --compile`").
+    `after_epoch(epoch, model)`: called after each epoch (1-based) with the model in train mode; it must leave
+    the model in train mode (the periodic test checks of `evaluate_set`'s `report_best`)."""
     if protocol.soft != (teacher is not None):
         raise UserError(f"protocol {protocol.name} " + ("needs a teacher (reference_classifier.teacher_classifier)"
                                                          if protocol.soft else "trains on hard labels: no teacher"))
@@ -147,10 +167,12 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
                precision, teacher, protocol.batch_for(images_per_class(y, num_classes), num_classes, n))
     model.train()
     bar = progress(range(epochs), desc=desc)
-    for _ in bar:
+    for e in bar:
         loss, acc = _train_epoch(run, x, y)
         sched.step()
         bar.set_postfix(loss=f"{loss:.3f}", train_acc=f"{acc:.3f}")
+        if after_epoch is not None:
+            after_epoch(e + 1, model)
     model.eval()
     return model
 
@@ -234,10 +256,38 @@ class EvalResult:
     protocol_config: dict = field(default_factory=dict)
     image_size: int | None = None   # the side the classifiers trained and tested at
     teacher_test_accuracy: float | None = None  # soft protocols: the teacher's own test accuracy
+    checks: list[list[tuple[int, float]]] | None = None  # report_best: per repeat, (epoch, test accuracy) checks
 
     def to_dict(self) -> dict:
-        """The result as plain JSON data."""
-        return asdict(self)
+        """The result as plain JSON data; with periodic checks, their summary under BEST_OF_CHECKS (and no
+        `checks` key without them, so default records are as before)."""
+        d = asdict(self)
+        del d["checks"]
+        if self.checks is not None:
+            d[BEST_OF_CHECKS] = best_of_checks(self.checks)
+        return d
+
+
+def best_of_checks(checks: list[list[tuple[int, float]]]) -> dict:
+    """The record of periodic test checks (fractions in [0, 1]): per repeat the best check, their mean and std,
+    the checked epochs and every check. For comparison with published tables only: the test set picked it."""
+    best = [max(a for _, a in c) for c in checks]
+    return {"mean": float(np.mean(best)), "std": float(np.std(best)), "runs": best,
+            "epochs_checked": [e for e, _ in checks[0]], "checks": [[a for _, a in c] for c in checks],
+            "note": "the test set picks the epoch here; the result is the final-epoch `mean`"}
+
+
+def _test_checker(at: list[int], x_test: torch.Tensor, y_test: torch.Tensor, num_classes: int, precision: str,
+                  log: list[tuple[int, float]]) -> Callable[[int, nn.Module], None]:
+    """An `after_epoch` that tests the model on (x_test, y_test) after each epoch in `at` but the last (the
+    final-epoch test gives that one), appending (epoch, accuracy) to `log`. The model is switched to eval mode
+    for the test and back: no normalisation statistic or random stream of the training moves."""
+    def check(epoch: int, model: nn.Module) -> None:
+        if epoch in at[:-1]:
+            model.eval()
+            log.append((epoch, accuracy(predict(model, x_test, precision), y_test, num_classes)[0]))
+            model.train()
+    return check
 
 
 def images_per_class(y: torch.Tensor, num_classes: int) -> int | None:
@@ -263,7 +313,8 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
                  repeats: int = 3, epochs: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
                  precision: str = "auto", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
                  compile: bool = False, image_size: int | None = None,
-                 teacher: nn.Module | None = None, teacher_test_accuracy: float | None = None) -> EvalResult:
+                 teacher: nn.Module | None = None, teacher_test_accuracy: float | None = None,
+                 report_best: bool = False, check_every: int | None = None) -> EvalResult:
     """Train `repeats` classifiers on uint8 images x_train (N, C, H, W) with labels y_train and
     report their final test accuracy on (x_test, y_test).
 
@@ -274,6 +325,8 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     `teacher`: the frozen network a soft protocol learns from, at the same image size (see
     `reference_classifier.teacher_classifier`).
     Repeat r uses seed `seed + r` for initialisation, order and augmentation.
+    `report_best`: also test every `check_every` epochs (`check_epochs`) and record the best check beside the
+    result (`EvalResult.checks`, BEST_OF_CHECKS); off, the test set is touched only after the last epoch.
     """
     protocol = for_classes(protocol or PROTOCOLS["dc"], num_classes)
     if repeats < 1:
@@ -294,12 +347,16 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     xte = normalise(x_test, mean, std, device)                             # (M, C, H, W)
     t0 = time.time()
     done = {}
+    at = check_epochs(n_epochs, check_every) if report_best else []
     for r in range(dist.rank(), repeats, dist.world()):   # under torchrun, repeats are spread over ranks
+        log: list[tuple[int, float]] = []
         net = train_classifier(xtr, ytr, model, num_classes, protocol, n_epochs, seed + r, device, precision,
                                desc=f"{model} run {r + 1}/{repeats}", compile=compile, stats=(mean, std),
-                               teacher=teacher)
-        done[r] = accuracy(predict(net, xte, precision), y_test, num_classes)
-        progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {done[r][0]:.4f}")
+                               teacher=teacher,
+                               after_epoch=_test_checker(at, xte, y_test, num_classes, precision, log) if at else None)
+        acc, per = accuracy(predict(net, xte, precision), y_test, num_classes)
+        done[r] = acc, per, [*log, (n_epochs, acc)]
+        progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {acc:.4f}")
     if dist.world() > 1:
         for part in dist.all_gather_objects(done):
             done.update(part)
@@ -312,6 +369,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
         seed=seed, precision=precision, train_time_s=round(time.time() - t0, 2),
         protocol_config=protocol.to_dict(), image_size=int(x_train.shape[-1]),
         teacher_test_accuracy=teacher_test_accuracy,
+        checks=[done[r][2] for r in range(repeats)] if report_best else None,
     )
 
 

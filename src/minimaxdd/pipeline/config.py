@@ -98,6 +98,13 @@ class EvaluationConfig:
     teacher_file: str | None = setting(default_of(EvaluateConfig, "teacher_file"),
                                        help="a torchvision-layout ResNet-18 state dict as the teacher (ImageNet "
                                             "subsets)")
+    report_best: bool = setting(default_of(EvaluateConfig, "report_best"),
+                                help="also record the best of test checks every check_every epochs beside each "
+                                     "final-epoch row, as published tables report; not a result: never read by "
+                                     "choose, never in the accuracy tables (report.md lists it apart)")
+    check_every: int | None = setting(default_of(EvaluateConfig, "check_every"), bounds=AT_LEAST_1,
+                                      help="report_best: epochs between test checks (the last is always checked); "
+                                           "null: a tenth of the epochs")
 
 
 @dataclass(kw_only=True)

@@ -73,6 +73,8 @@ def _row_key(cfg: DistillConfig, src_key: str, method: str, k: int | None, model
         extra.append(("teacher_epochs", ev.teacher_epochs))
         if ev.teacher_file:
             extra.append(("teacher_file", ev.teacher_file))
+    if ev.report_best:    # absent when off: keys of rows made without the checks hold
+        extra.append(("report_best", ev.check_every))
     return key_of(src_key, method, k, model, protocol, epochs, ev.repeats, ev.precision, cfg.seed, *extra)
 
 
@@ -207,12 +209,15 @@ def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int
     # (the same weights to 1e-4, tests/evaluation)
     r = train_test.evaluate_set(x, y, ds.x_test, ds.y_test, ds.num_classes, model, protocol, ev.repeats, epochs,
                                 cfg.seed, device, ev.precision, stats=stats, compile=ev.compile,
-                                image_size=ev.image_size, teacher=teacher.net if teacher else None)
+                                image_size=ev.image_size, teacher=teacher.net if teacher else None,
+                                report_best=ev.report_best, check_every=ev.check_every)
     row = {"method": method, "ipc": k, "model": model, "protocol": protocol.name, "mean": r.mean,
            "std": r.std, "runs": r.runs, "epochs": r.epochs, "per_class": r.per_class,
            "time_s": r.train_time_s, "num_images": r.num_images, "set": path, "image_size": r.image_size}
     if teacher is not None:
         row.update(teacher.record())
+    if r.checks is not None:      # evaluate.report_best: beside the result, under a key that says it is not one
+        row[train_test.BEST_OF_CHECKS] = r.to_dict()[train_test.BEST_OF_CHECKS]
     if k is not None and generated and ev.generation_accuracy and not protocol.soft:
         g = generation_accuracy(ds, x, y, device=device)
         row["generation_accuracy"] = g["generation_accuracy"]

@@ -1,0 +1,59 @@
+"""`report_best`: periodic test checks beside the final-epoch result, for comparison with published tables only."""
+from __future__ import annotations
+
+import pytest
+
+from minimaxdd.baselines.coreset import random_indices
+from minimaxdd.evaluation import train_test
+from minimaxdd.evaluation.train_test import BEST_OF_CHECKS, check_epochs, evaluate_set
+
+
+@pytest.mark.parametrize("epochs,every,want", [(10, None, list(range(1, 11))), (300, None, list(range(30, 301, 30))),
+                                               (7, 3, [3, 6, 7]), (5, 10, [5]), (25, None, [2 * i for i in
+                                                                                            range(1, 13)] + [25])])
+def test_check_epochs_every_k_and_always_the_last(epochs, every, want):
+    assert check_epochs(epochs, every) == want
+
+
+_PREDICT = train_test.predict
+
+
+def _run(digits, monkeypatch, **kw):
+    """evaluate_set on 3 digits per class, 5 epochs, 2 repeats; also the number of test-set passes (`predict`
+    calls on the test images)."""
+    calls = []
+
+    def counting(model, x, *a, **k):
+        calls.append(len(x))
+        return _PREDICT(model, x, *a, **k)
+    monkeypatch.setattr(train_test, "predict", counting)
+    idx = random_indices(digits.y_train, digits.num_classes, 3, 0)
+    r = evaluate_set(digits.x_train[idx], digits.y_train[idx], digits.x_test, digits.y_test, digits.num_classes,
+                     epochs=5, repeats=2, precision="fp32", **kw)
+    assert set(calls) <= {len(digits.x_test)}
+    return r, len(calls)
+
+
+def test_off_by_default_tests_only_after_the_last_epoch(digits, monkeypatch):
+    r, passes = _run(digits, monkeypatch)
+    assert passes == 2                                # one test pass per repeat, after training
+    assert r.checks is None and BEST_OF_CHECKS not in r.to_dict() and "checks" not in r.to_dict()
+
+
+def test_report_best_leaves_the_final_epoch_bit_identical_and_records_the_best_check(digits, monkeypatch):
+    off, _ = _run(digits, monkeypatch)
+    on, passes = _run(digits, monkeypatch, report_best=True, check_every=2)
+    assert passes == 2 * (2 + 1)                      # epochs 2 and 4 per repeat, then the final test (epoch 5)
+    assert on.runs == off.runs and on.per_class == off.per_class and on.mean == off.mean
+    assert [[e for e, _ in c] for c in on.checks] == [[2, 4, 5]] * 2
+    assert [c[-1][1] for c in on.checks] == on.runs   # the last check is the final-epoch test itself
+    rec = on.to_dict()[BEST_OF_CHECKS]
+    assert rec["runs"] == [max(a for _, a in c) for c in on.checks]
+    assert all(b >= f for b, f in zip(rec["runs"], on.runs))
+    assert rec["mean"] == pytest.approx(sum(rec["runs"]) / 2) and rec["epochs_checked"] == [2, 4, 5]
+    assert on.to_dict()["mean"] == off.to_dict()["mean"]
+
+
+def test_report_best_checks_a_tenth_of_the_epochs_by_default(digits, monkeypatch):
+    r, passes = _run(digits, monkeypatch, report_best=True)
+    assert [[e for e, _ in c] for c in r.checks] == [[1, 2, 3, 4, 5]] * 2 and passes == 2 * 5  # 4 + the final
