@@ -1,6 +1,8 @@
 """`report_best`: periodic test checks beside the final-epoch result, for comparison with published tables only."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from minimaxdd.baselines.coreset import random_indices
@@ -57,3 +59,47 @@ def test_report_best_leaves_the_final_epoch_bit_identical_and_records_the_best_c
 def test_report_best_checks_a_tenth_of_the_epochs_by_default(digits, monkeypatch):
     r, passes = _run(digits, monkeypatch, report_best=True)
     assert [[e for e, _ in c] for c in r.checks] == [[1, 2, 3, 4, 5]] * 2 and passes == 2 * 5  # 4 + the final
+
+
+def test_evaluate_cli_report_best_prints_and_records_it_beside_the_result(tmp_path, capsys):
+    from minimaxdd.cli import main
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--real", "digits", "--full", "--epochs", "2", "--repeats", "1", "--device", "cpu",
+            "--precision", "fp32"]
+    assert main([*args, "--out", str(out)]) == 0
+    plain = json.loads(out.read_text())
+    assert BEST_OF_CHECKS not in plain and BEST_OF_CHECKS not in capsys.readouterr().out
+    assert main([*args, "--report-best", "--check-every", "1", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["runs"] == plain["runs"] and d[BEST_OF_CHECKS]["epochs_checked"] == [1, 2]
+    assert d[BEST_OF_CHECKS]["runs"] == [max(d[BEST_OF_CHECKS]["checks"][0])] and d[BEST_OF_CHECKS]["mean"] >= d["mean"]
+    assert f"{BEST_OF_CHECKS}: " in capsys.readouterr().out
+
+
+def test_choose_never_asks_for_the_checks(digits, monkeypatch, tmp_path):
+    """choose scores candidates on a validation split by the final epoch; evaluate.report_best does not reach it."""
+    from types import SimpleNamespace
+
+    from minimaxdd.data.dataset import validation_split
+    from minimaxdd.pipeline import choice
+    from minimaxdd.pipeline.config import build_config
+    idx = random_indices(digits.y_train, digits.num_classes, 2, 0)
+    monkeypatch.setattr(choice, "sample_checkpoint",
+                        lambda c: (SimpleNamespace(images=digits.x_train[idx], labels=digits.y_train[idx]), None))
+    asked, real = [], train_test.evaluate_set
+
+    def spy(*a, **kw):
+        asked.append(kw.get("report_best", False))
+        return real(*a, **kw)
+    monkeypatch.setattr(train_test, "evaluate_set", spy)
+    cfg = build_config(None, {"data": "digits", "evaluate": {"report_best": True, "check_every": 1},
+                              "choose": {"epochs": 2}})
+    _, passes = _run_choose(choice, cfg, digits, validation_split(digits, 0.1, 0), tmp_path, monkeypatch)
+    assert asked == [False] and passes == 1            # one classifier, tested once, after its last epoch
+
+
+def _run_choose(choice, cfg, ds, split, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_test, "predict", lambda *a, **k: calls.append(1) or _PREDICT(*a, **k))
+    score = choice._score(cfg, "ckpt", {"cfg": 1.0, "steps": 3}, ds, split, 2, tmp_path, "cpu")
+    return score, len(calls)
