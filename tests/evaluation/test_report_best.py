@@ -21,7 +21,7 @@ _PREDICT = train_test.predict
 
 
 def _run(digits, monkeypatch, **kw):
-    """evaluate_set on 3 digits per class, 5 epochs, 2 repeats; also the number of test-set passes (`predict`
+    """evaluate_set on 3 digits per class, 5 epochs, 2 repeats unless told; also the number of test-set passes (`predict`
     calls on the test images)."""
     calls = []
 
@@ -30,20 +30,17 @@ def _run(digits, monkeypatch, **kw):
         return _PREDICT(model, x, *a, **k)
     monkeypatch.setattr(train_test, "predict", counting)
     idx = random_indices(digits.y_train, digits.num_classes, 3, 0)
+    kw.setdefault("repeats", 2)
     r = evaluate_set(digits.x_train[idx], digits.y_train[idx], digits.x_test, digits.y_test, digits.num_classes,
-                     epochs=5, repeats=2, precision="fp32", **kw)
+                     epochs=5, precision="fp32", **kw)
     assert set(calls) <= {len(digits.x_test)}
     return r, len(calls)
 
 
-def test_off_by_default_tests_only_after_the_last_epoch(digits, monkeypatch):
-    r, passes = _run(digits, monkeypatch)
-    assert passes == 2                                # one test pass per repeat, after training
-    assert r.checks is None and BEST_OF_CHECKS not in r.to_dict() and "checks" not in r.to_dict()
-
-
-def test_report_best_leaves_the_final_epoch_bit_identical_and_records_the_best_check(digits, monkeypatch):
-    off, _ = _run(digits, monkeypatch)
+def test_report_best_is_off_by_default_and_leaves_the_final_epoch_bit_identical(digits, monkeypatch):
+    off, passes = _run(digits, monkeypatch)
+    assert passes == 2                                # off (the default): one test pass per repeat, after training
+    assert off.checks is None and BEST_OF_CHECKS not in off.to_dict() and "checks" not in off.to_dict()
     on, passes = _run(digits, monkeypatch, report_best=True, check_every=2)
     assert passes == 2 * (2 + 1)                      # epochs 2 and 4 per repeat, then the final test (epoch 5)
     assert on.runs == off.runs and on.per_class == off.per_class and on.mean == off.mean
@@ -57,23 +54,21 @@ def test_report_best_leaves_the_final_epoch_bit_identical_and_records_the_best_c
 
 
 def test_report_best_checks_a_tenth_of_the_epochs_by_default(digits, monkeypatch):
-    r, passes = _run(digits, monkeypatch, report_best=True)
-    assert [[e for e, _ in c] for c in r.checks] == [[1, 2, 3, 4, 5]] * 2 and passes == 2 * 5  # 4 + the final
+    r, passes = _run(digits, monkeypatch, report_best=True, repeats=1)
+    assert [[e for e, _ in c] for c in r.checks] == [[1, 2, 3, 4, 5]] and passes == 5  # 4 + the final
 
 
 def test_evaluate_cli_report_best_prints_and_records_it_beside_the_result(tmp_path, capsys):
     from minimaxdd.cli import main
     out = tmp_path / "r.json"
-    args = ["evaluate", "--real", "digits", "--full", "--epochs", "2", "--repeats", "1", "--device", "cpu",
-            "--precision", "fp32"]
-    assert main([*args, "--out", str(out)]) == 0
-    plain = json.loads(out.read_text())
-    assert BEST_OF_CHECKS not in plain and BEST_OF_CHECKS not in capsys.readouterr().out
-    assert main([*args, "--report-best", "--check-every", "1", "--out", str(out)]) == 0
+    assert main(["evaluate", "--real", "digits", "--full", "--epochs", "2", "--repeats", "1", "--device", "cpu",
+                 "--precision", "fp32", "--report-best", "--check-every", "1", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert d["runs"] == plain["runs"] and d[BEST_OF_CHECKS]["epochs_checked"] == [1, 2]
-    assert d[BEST_OF_CHECKS]["runs"] == [max(d[BEST_OF_CHECKS]["checks"][0])] and d[BEST_OF_CHECKS]["mean"] >= d["mean"]
-    assert f"{BEST_OF_CHECKS}: " in capsys.readouterr().out
+    b = d[BEST_OF_CHECKS]
+    assert b["epochs_checked"] == [1, 2] and b["checks"][0][-1] == d["runs"][0]   # the last check is the result
+    assert b["runs"] == [max(b["checks"][0])] and b["mean"] >= d["mean"]
+    printed = capsys.readouterr().out
+    assert f"{BEST_OF_CHECKS}: {100 * b['mean']:.2f}" in printed and f"{100 * d['mean']:>8.2f} +- " in printed
 
 
 def test_choose_never_asks_for_the_checks(digits, monkeypatch, tmp_path):
