@@ -30,6 +30,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS
 from minimaxdd.evaluation.metrics import format_metrics, run_metrics
 from minimaxdd.evaluation.runner import EvaluateConfig, format_table, run_evaluation
+from minimaxdd.evaluation.train_test import BEST_OF_CHECKS
 from minimaxdd.files import input_paths, os_error_code, refuse_overlap, run_lock
 from minimaxdd.pipeline.ablation import (
     SWEEP_PARAMS,
@@ -326,6 +327,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if not dist.is_main():
         return 0
     print(format_table([r]))
+    if BEST_OF_CHECKS in r:   # evaluate --report-best: beside the result, never in its place
+        b = r[BEST_OF_CHECKS]
+        print(f"{BEST_OF_CHECKS}: {100 * b['mean']:.2f} +- {100 * b['std']:.2f} (epochs "
+              f"{', '.join(map(str, b['epochs_checked']))}); the result is the final-epoch accuracy above")
     if "generation" in r:
         g = r["generation"]
         print(f"generation accuracy {100 * g['generation_accuracy']:.2f}% (reference classifier: "

@@ -36,11 +36,13 @@ def test_dc_protocol_has_fixed_1000_epochs():
 def test_idc_epochs_table(ipc, epochs):
     assert idc_epochs(ipc, 10) == epochs
     assert PROTOCOLS["idc"].epochs_for(ipc, 10) == epochs
-    assert idc_epochs(ipc, 100) == epochs * 2 // 3  # two thirds for 100-class datasets
+    # IDC's ipc_epoch: two thirds for exactly 100 classes, rounded down to a multiple of 100; 1000 as 10
+    assert idc_epochs(ipc, 100) == epochs * 2 // 3 - (epochs * 2 // 3) % 100
+    assert idc_epochs(ipc, 1000) == epochs
 
 
 def test_idc_epochs_for_100_classes():
-    assert idc_epochs(10, 100) == 1333
+    assert idc_epochs(10, 100) == 1300
     assert idc_epochs(1, 100) == 2000
     assert idc_epochs(50, 100) == 1000
 
@@ -206,7 +208,7 @@ def test_protocol_augmentations_come_from_the_registry():
     from minimaxdd.data.augment import AUGMENTATIONS
     from minimaxdd.evaluation.train_test import train_classifier
 
-    assert set(AUGMENTATIONS) == {"dsa", "dsa_noflip", "rrc_flip", "idc", "none"}
+    assert set(AUGMENTATIONS) == {"dsa", "dsa_noflip", "rrc_flip", "idc", "flip", "rded_patch2", "none"}
     assert {p.augment for p in PROTOCOLS.values()} <= set(AUGMENTATIONS)
     x, y = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2
     assert torch.equal(AUGMENTATIONS["none"](x, torch.Generator()), x)

@@ -402,3 +402,41 @@ def test_stage_keys_hold_the_precision_used(run_dir, tmp_path, monkeypatch, caps
     monkeypatch.setattr(config, "resolve_precision", P.resolve_precision)
     with pytest.raises(Retrained):
         main(["distill", *TINY, "--out", str(run)])
+
+
+@pytest.mark.slow      # a copy of the module's run, its evaluation redone under rded (about 20 s)
+def test_rded_soft_rows_carry_the_teacher_and_ddranking_scores(run_dir, tmp_path):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    assert main(["distill", *TINY, "--set", "evaluate.soft_labels=true", "--set", "evaluate.soft_protocol=rded",
+                 "--set", "evaluate.teacher_epochs=1", "--from-stage", "evaluate", "--out", str(run)]) == 0
+    rows = json.loads((run / "results.json").read_text())
+    soft = [r for r in rows if r["protocol"] in ("rded", "rded-noaug")]
+    assert len(soft) == 8 and all(0 <= r["teacher_test_accuracy"] <= 1 for r in soft)
+    scores = json.loads((run / "ddranking.json").read_text())
+    assert {(s["method"], s["ipc"]) for s in scores} == {("minimax", 2), ("minimax", 3)}
+    assert all(0 <= s["lrs"] <= 100 and 0 <= s["ars"] <= 100 for s in scores)
+    assert "## DD-Ranking scores" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow      # a copy of the module's run, its evaluation redone with periodic checks (about 10 s)
+def test_report_best_rows_keep_their_final_epoch_and_stay_out_of_the_headline(run_dir, tmp_path):
+    from minimaxdd.evaluation.train_test import BEST_OF_CHECKS
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    before = {(r["method"], r["ipc"]): r for r in json.loads((run_dir / "results.json").read_text())}
+    assert not any(BEST_OF_CHECKS in r for r in before.values())
+    assert main(["distill", *TINY, "--set", "evaluate.report_best=true", "--out", str(run)]) == 0
+    rows = json.loads((run / "results.json").read_text())
+    assert len(rows) == len(before) and all(BEST_OF_CHECKS in r for r in rows)
+    for r in rows:      # the same seed: the final-epoch numbers to the bit, the best check at least as high
+        b, old = r[BEST_OF_CHECKS], before[(r["method"], r["ipc"])]
+        assert (r["runs"], r["mean"], r["std"]) == (old["runs"], old["mean"], old["std"])
+        assert b["epochs_checked"] == list(range(1, r["epochs"] + 1))   # 1-2 epochs: every epoch checked
+        assert b["runs"] == [max(c) for c in b["checks"]] and b["mean"] >= r["mean"]
+    # a row with checks never stands in for one without it (its key differs), nor the reverse
+    key = lambda d, f: json.loads((d / "evaluate" / f.name).read_text())["key"]
+    files = sorted((run / "evaluate").glob("*.json"))
+    assert len(files) == len(rows) and all(key(run, f) != key(run_dir, f) for f in files)
+    report = (run / "report.md").read_text()
+    headline, apart = report.split("## For comparison with published tables only")
+    assert BEST_OF_CHECKS not in headline and BEST_OF_CHECKS in apart
+    assert BEST_OF_CHECKS not in (run_dir / "report.md").read_text()

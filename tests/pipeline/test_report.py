@@ -36,3 +36,22 @@ def test_generation_accuracy_is_said_once_per_set(tmp_path):
     (run / "config.json").write_text(json.dumps({"data": "x", "ipc": [10], "seed": 0, "device": "cpu"}))
     report = write_report(run).read_text()
     assert report.count("Generation accuracy of the minimax set at IPC 10") == 1
+
+
+def test_best_of_checks_only_when_recorded_apart_from_the_accuracy_tables(tmp_path):
+    from minimaxdd.evaluation.train_test import BEST_OF_CHECKS
+    best = {"mean": 0.7, "std": 0.0, "runs": [0.7], "epochs_checked": [30, 60, 90, 300], "checks": [[0.6, 0.7, 0.6, 0.5]]}
+    with_best = [{**r, BEST_OF_CHECKS: best} for r in ROWS]
+    assert accuracy_tables(with_best) == accuracy_tables(ROWS)       # the headline tables never show it
+    run = tmp_path / "run"
+    (run / "evaluate").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data": "x", "ipc": [10], "seed": 0, "device": "cpu"}))
+    for rows in (ROWS, with_best):
+        for i, r in enumerate(rows):
+            (run / "evaluate" / f"{i}.json").write_text(json.dumps(r))
+        report = write_report(run).read_text()
+        assert (BEST_OF_CHECKS in report) == (rows is with_best)
+    accuracy_part, best_part = report.split("## For comparison with published tables only")
+    assert BEST_OF_CHECKS not in accuracy_part
+    assert f"| final epoch (the result) | {BEST_OF_CHECKS} |" in best_part
+    assert "| convnet6 | idc | minimax | 10 | 50.00 +- 1.00 | 70.00 +- 0.00 | 30, 60, 90, 300 |" in best_part

@@ -251,6 +251,39 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, beta: float = 1
     return x, y, y[perm], lam
 
 
+def mixup(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, alpha: float = 0.8
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018): lam x + (1 - lam) x[perm] with lam ~ Beta(alpha, alpha), one lam per batch
+    as RDED's validation/utils.py mixup. Returns (mixed x, y, y[perm], lam) like `cutmix`."""
+    seed = int(torch.randint(2**62, (1,), generator=g, device=g.device).item())
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=g, device=g.device).to(x.device)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+def swap_halves(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """RDED's ShufflePatches with factor 2 (LINs-lab/RDED validation/utils.py), batched: per image, the left
+    and right halves swap places with probability 1/2, then the top and bottom halves do, independently.
+    x (N, C, H, W) -> the same shape."""
+    n, _, h, w = x.shape
+    for dim, side in ((3, w), (2, h)):
+        swap = (_rand(n, g, x.device) < 0.5)[:, None, None, None]          # (N, 1, 1, 1)
+        x = torch.where(swap, torch.roll(x, shifts=side - side // 2, dims=dim), x)
+    return x
+
+
+def rded_patch2(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """RDED's training augmentation at --factor 2 (its ImageNet scripts): `swap_halves`, then a random resized
+    crop of scale (1 / 2, 1) and a flip (validation/main.py)."""
+    return flip(random_resized_crop(swap_halves(x, g), g, scale=(0.5, 1.0)), g)
+
+
+def flip_only(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A horizontal flip with probability 1/2: RDED's augmentation at --factor 1 (its CIFAR scripts), where
+    RandomResizedCrop(scale (1, 1)) keeps the whole image."""
+    return flip(x, g)
+
+
 def no_augmentation(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """The batch unchanged (draws nothing from `g`)."""
     return x
@@ -267,7 +300,8 @@ def dsa_noflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 DSA_NO_FLIP = tuple(op for op in DSA_STRATEGY if op != "flip")
 AUGMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {"dsa": dsa, "dsa_noflip": dsa_noflip, "rrc_flip": rrc_flip,
-                                                         "idc": idc, "none": no_augmentation}
+                                                         "idc": idc, "flip": flip_only, "rded_patch2": rded_patch2,
+                                                         "none": no_augmentation}
 # The ones that act on pixel values and so take the batch's normalisation as `stats=(mean, std)`.
 NEEDS_STATS = ("idc",)
 

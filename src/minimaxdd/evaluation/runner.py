@@ -11,8 +11,9 @@ from minimaxdd.data.synthetic import conform, load_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS, get_protocol
-from minimaxdd.evaluation.reference_classifier import generation_accuracy, teacher_classifier
-from minimaxdd.evaluation.train_test import evaluate_set
+from minimaxdd.evaluation.reference_classifier import generation_accuracy
+from minimaxdd.evaluation.teachers import get_teacher
+from minimaxdd.evaluation.train_test import BEST_OF_CHECKS, evaluate_set
 from minimaxdd.files import check_file_out, input_paths, write_json
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
@@ -51,7 +52,18 @@ class EvaluateConfig:
                                                 "tables); the authors' code uses 224")
     teacher_epochs: int | None = setting(None, bounds=AT_LEAST_1,
                                          help="soft protocols: epochs of the teacher on the full training set "
-                                                    "(cached); null: about 100k images seen, 1-50 epochs")
+                                                    "(cached); null: the protocol's teacher recipe (dc-soft / "
+                                                    "idc-soft: about 100k images seen; rded: DD-Ranking's 200)")
+    teacher_file: str | None = setting(None, help="soft protocols on an ImageNet subset: a ResNet-18 state dict "
+                                                  "in torchvision's layout (ImageNet-1k weights you downloaded) "
+                                                  "as the teacher, instead of training one")
+    # SRe2L / RDED / DD-Ranking report the best of periodic test checks (RDED: every 10 epochs); ours is final-epoch
+    report_best: bool = setting(False, help=f"also test every check_every epochs and record the best check under "
+                                            f"\"{BEST_OF_CHECKS}\", for comparison with published tables only; the "
+                                            "final-epoch result is unchanged")
+    check_every: int | None = setting(None, bounds=AT_LEAST_1,
+                                      help="report_best: epochs between test checks (the last is always checked); "
+                                           "null: a tenth of the epochs")
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict:
@@ -72,16 +84,18 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         s = conform(load_synthetic(cfg.synth), real.class_names, real.channels, real.size,
                     allow_missing=cfg.allow_missing_classes)
         x, y = s.images, s.labels
-    teacher = (teacher_classifier(real, cfg.classifier, device, cfg.image_size, cfg.teacher_epochs, precision)
-               if protocol.soft else None)
+    teacher = (get_teacher(protocol, real, cfg.classifier, device, cfg.image_size, cfg.teacher_epochs, precision,
+                           cfg.teacher_file) if protocol.soft else None)
     res = evaluate_set(x, y, real.x_test, real.y_test, real.num_classes, cfg.classifier, protocol, cfg.repeats,
                        cfg.epochs, cfg.seed, device, precision, stats=channel_stats(real.x_train),
-                       compile=cfg.compile, image_size=cfg.image_size, teacher=teacher)
+                       compile=cfg.compile, image_size=cfg.image_size, teacher=teacher.net if teacher else None,
+                       teacher_test_accuracy=teacher.test_accuracy if teacher else None,
+                       report_best=cfg.report_best, check_every=cfg.check_every)
     out = {**res.to_dict(), "synth": "full" if cfg.full else cfg.synth, "real": cfg.real,
            "class_names": real.class_names, "config": asdict(cfg),
            **describe_precision(cfg.precision, precision, device)}
-    if protocol.soft:
-        out["teacher"] = f"{cfg.classifier} trained on all {len(real.x_train)} real training images (cached)"
+    if teacher is not None:
+        out.update(teacher.record())
     if cfg.generation_accuracy and not cfg.full:
         out["generation"] = generation_accuracy(real, x, y, device=device)
     if cfg.out and dist.is_main():

@@ -4,12 +4,20 @@ Tensors in, numbers out. The whole training set lives as one normalised tensor o
 device, augmentation is batched (`minimaxdd.data.augment`), and the reported figure is the test accuracy
 after the *last* epoch, mean and std over repeats with different seeds. The test set is
 touched once per repeat, after training; it never picks an epoch or a model.
+
+One opt-in exception, for comparison with published tables only (`report_best`): SRe2L, RDED and DD-Ranking
+report the best of test accuracies checked every few epochs, which lets the test set pick the epoch. With
+`report_best` the classifier is also tested every `check_every` epochs and the best check is recorded beside
+the final-epoch result, under BEST_OF_CHECKS; it is not a result and nothing chooses by it. The checks run in
+eval mode without touching the training's random stream, so the final-epoch accuracy is the same to the bit.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +30,7 @@ from minimaxdd.data import augment
 from minimaxdd.data.dataset import channel_stats, normalise
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import build_model
-from minimaxdd.evaluation.protocols import PROTOCOLS, EvalProtocol
+from minimaxdd.evaluation.protocols import PROTOCOLS, EvalProtocol, for_classes
 from minimaxdd.precision import resolve_precision
 from minimaxdd.runtime import autocast, generator, progress
 
@@ -36,18 +44,83 @@ def _augment_fn(protocol: EvalProtocol, stats: augment.Stats | None) -> augment.
     return augment.for_protocol(protocol.augment, stats)
 
 
+BEST_OF_CHECKS = "best of periodic test checks (as published; not a result)"
+CHECKS_PER_RUN = 10    # ours: check_every defaults to a tenth of the epochs (RDED checks every 10 of 300 epochs)
+
+
+def check_epochs(epochs: int, every: int | None = None) -> list[int]:
+    """The epochs (1-based, each checked after it ends) of the periodic test checks: every `every` epochs
+    (None: epochs // CHECKS_PER_RUN, at least 1), and always the last."""
+    k = every or max(1, epochs // CHECKS_PER_RUN)
+    return sorted({*range(k, epochs + 1, k), epochs})
+
+
 # ours: the training-order / augmentation stream of repeat `seed` is seeded with seed + this prime, so it
 # never coincides with the initialisation seed of another repeat (seed + r for r < 1_000_003)
 ORDER_SEED_OFFSET = 1_000_003
 
 
-def soft_label_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(teacher / T) || softmax(student / T)) averaged over the batch, times T^2 (Hinton et al. 2015:
-    the T^2 keeps the gradient scale independent of T). Logits (B, K) -> a scalar, computed in fp32."""
+def soft_label_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                    times_t2: bool = True) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)) averaged over the batch, times T^2 when `times_t2`
+    (Hinton et al. 2015: the T^2 keeps the gradient scale independent of T; RDED and DD-Ranking's default
+    leave it out). Logits (B, K) -> a scalar, computed in fp32."""
     t = temperature
     s_log = F.log_softmax(student.float() / t, dim=1)                      # (B, K)
     t_log = F.log_softmax(teacher.float() / t, dim=1)                      # (B, K)
-    return F.kl_div(s_log, t_log, reduction="batchmean", log_target=True) * t * t
+    kl = F.kl_div(s_log, t_log, reduction="batchmean", log_target=True)
+    return kl * t * t if times_t2 else kl
+
+
+def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """All parameters with `weight_decay`, or (RDED's validation/utils.py get_parameters) decay only on the
+    weights of more than one dimension (conv and linear), none on biases and norm parameters."""
+    if decay_norm_and_bias:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    decay = [p for n, p in model.named_parameters() if "weight" in n and p.dim() > 1]
+    rest = [p for n, p in model.named_parameters() if not ("weight" in n and p.dim() > 1)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, protocol: EvalProtocol) -> torch.optim.Optimizer:
+    """The protocol's optimiser over `model`'s parameters (OPTIMIZERS[protocol.optimizer])."""
+    if protocol.optimizer not in OPTIMIZERS:
+        raise UserError(f"protocol {protocol.name} names unknown optimizer {protocol.optimizer!r}; "
+                        f"known: {', '.join(OPTIMIZERS)}")
+    groups = _param_groups(model, protocol.weight_decay, protocol.decay_norm_and_bias)
+    return OPTIMIZERS[protocol.optimizer](groups, protocol)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], EvalProtocol], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, p: torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum),
+    "adamw": lambda groups, p: torch.optim.AdamW(groups, lr=p.lr, betas=p.betas),
+}
+
+
+def make_schedule(opt: torch.optim.Optimizer, protocol: EvalProtocol, epochs: int
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The protocol's learning-rate schedule, stepped once per epoch (SCHEDULES[protocol.schedule])."""
+    if protocol.schedule not in SCHEDULES:
+        raise UserError(f"protocol {protocol.name} names unknown schedule {protocol.schedule!r}; "
+                        f"known: {', '.join(SCHEDULES)}")
+    return SCHEDULES[protocol.schedule](opt, protocol, epochs)
+
+
+def half_cosine(epoch: int, epochs: int) -> float:
+    """RDED's and DD-Ranking's lr factor at `epoch` of `epochs`: 0.5 (1 + cos(pi epoch / epochs / 2)), half a
+    cosine from 1 down to 0.5 (LINs-lab/RDED validation/main.py; DD-Ranking train_and_eval.py "cosine")."""
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs / 2)) if epoch <= epochs else 0.0
+
+
+def _multistep(opt: torch.optim.Optimizer, p: EvalProtocol, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    milestones = sorted({max(1, int(round(epochs * m))) for m in p.milestones})  # epochs of the lr drops
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=p.gamma)
+
+
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, EvalProtocol, int], torch.optim.lr_scheduler.LRScheduler]] = {
+    "multistep": _multistep,
+    "half_cosine": lambda opt, p, epochs: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: half_cosine(e, epochs)),
+}
 
 
 @dataclass
@@ -61,12 +134,14 @@ class _Run:
     device: torch.device
     precision: str
     teacher: nn.Module | None = None    # soft protocols: labels each augmented batch
+    batch_size: int = 0                 # 0: the protocol's batch_size
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_classes: int,
                      protocol: EvalProtocol, epochs: int, seed: int, device: torch.device,
                      precision: str = "auto", desc: str = "train", compile: bool = False,
-                     stats: augment.Stats | None = None, teacher: nn.Module | None = None) -> nn.Module:
+                     stats: augment.Stats | None = None, teacher: nn.Module | None = None,
+                     after_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
     """Train `model_name` from scratch on normalised images x (N, C, H, W) float on `device`
     and labels y (N,) with `protocol`, for `epochs` epochs. Returns the model in eval mode.
 
@@ -74,7 +149,9 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
     ops; without it they act on x as if it held pixels in [0, 1]). `teacher`: the frozen network whose
     softened outputs a soft protocol trains on (required by those, refused by the others).
     `compile` trains through torch.compile: a one-off compile of seconds on a CPU, then fused norm and
-    activation kernels (BENCHMARKS.md, "With `evaluate --compile`")."""
+    activation kernels (BENCHMARKS.md, "With `evaluate --compile`").
+    `after_epoch(epoch, model)`: called after each epoch (1-based) with the model in train mode; it must leave
+    the model in train mode (the periodic test checks of `evaluate_set`'s `report_best`)."""
     if protocol.soft != (teacher is not None):
         raise UserError(f"protocol {protocol.name} " + ("needs a teacher (reference_classifier.teacher_classifier)"
                                                          if protocol.soft else "trains on hard labels: no teacher"))
@@ -83,38 +160,40 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
     with torch.random.fork_rng(devices=[]):  # initialisation from the seed, global RNG untouched
         torch.manual_seed(seed)
         model = build_model(model_name, c, num_classes, h).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum,
-                          weight_decay=protocol.weight_decay)
-    milestones = sorted({max(1, int(round(epochs * m))) for m in protocol.milestones})  # epochs of the lr drops
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=protocol.gamma)
+    opt = make_optimizer(model, protocol)
+    sched = make_schedule(opt, protocol, epochs)
     run = _Run(torch.compile(model) if compile else model,   # the compiled net shares `model`'s parameters
                opt, _augment_fn(protocol, stats), protocol, generator(seed + ORDER_SEED_OFFSET, device), device,
-               precision, teacher)
+               precision, teacher, protocol.batch_for(images_per_class(y, num_classes), num_classes, n))
     model.train()
     bar = progress(range(epochs), desc=desc)
-    for _ in bar:
+    for e in bar:
         loss, acc = _train_epoch(run, x, y)
         sched.step()
         bar.set_postfix(loss=f"{loss:.3f}", train_acc=f"{acc:.3f}")
+        if after_epoch is not None:
+            after_epoch(e + 1, model)
     model.eval()
     return model
 
 
 def _batch_loss(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, logits (B, K)) of one augmented batch: CutMix if the protocol draws it, then cross-entropy on
-    the (mixed) labels, or, under a soft protocol, KL to the teacher's outputs on the very same images."""
+    """(loss, logits (B, K)) of one augmented batch: CutMix (or Mixup) if the protocol draws it, then
+    cross-entropy on the (mixed) labels, or, under a soft protocol, KL to the teacher's outputs on the very
+    same mixed images."""
     p, g = run.protocol, run.g
     use_cutmix = p.cutmix_p > 0 and torch.rand(1, generator=g, device=run.device).item() < p.cutmix_p
     ya = yb2 = yb
     lam = 1.0
     if use_cutmix:
-        xb, ya, yb2, lam = augment.cutmix(xb, yb, g, p.cutmix_beta)
+        xb, ya, yb2, lam = (augment.mixup(xb, yb, g, p.mixup_alpha) if p.mixing == "mixup"
+                            else augment.cutmix(xb, yb, g, p.cutmix_beta))
     with autocast(run.device, run.precision):
         out = run.net(xb)                                                   # (B, K)
         if run.teacher is not None:
             with torch.no_grad():
                 target = run.teacher(xb)                                    # (B, K) the teacher's logits
-            return soft_label_loss(out, target, p.temperature), out
+            return soft_label_loss(out, target, p.temperature, p.kl_times_t2), out
         if use_cutmix:
             return lam * F.cross_entropy(out, ya) + (1 - lam) * F.cross_entropy(out, yb2), out
         return F.cross_entropy(out, yb), out
@@ -123,7 +202,7 @@ def _batch_loss(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Te
 def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """One pass over (x, y) in a random order drawn from the run's generator; returns the mean loss and
     the training accuracy (against the set's own labels)."""
-    n, bs = len(x), run.protocol.batch_size
+    n, bs = len(x), run.batch_size or run.protocol.batch_size
     perm = torch.randperm(n, generator=run.g, device=run.device)          # (N,)
     correct = seen = 0
     loss_sum = 0.0
@@ -176,10 +255,39 @@ class EvalResult:
     train_time_s: float             # wall time of all repeats
     protocol_config: dict = field(default_factory=dict)
     image_size: int | None = None   # the side the classifiers trained and tested at
+    teacher_test_accuracy: float | None = None  # soft protocols: the teacher's own test accuracy
+    checks: list[list[tuple[int, float]]] | None = None  # report_best: per repeat, (epoch, test accuracy) checks
 
     def to_dict(self) -> dict:
-        """The result as plain JSON data."""
-        return asdict(self)
+        """The result as plain JSON data; with periodic checks, their summary under BEST_OF_CHECKS (and no
+        `checks` key without them, so default records are as before)."""
+        d = asdict(self)
+        del d["checks"]
+        if self.checks is not None:
+            d[BEST_OF_CHECKS] = best_of_checks(self.checks)
+        return d
+
+
+def best_of_checks(checks: list[list[tuple[int, float]]]) -> dict:
+    """The record of periodic test checks (fractions in [0, 1]): per repeat the best check, their mean and std,
+    the checked epochs and every check. For comparison with published tables only: the test set picked it."""
+    best = [max(a for _, a in c) for c in checks]
+    return {"mean": float(np.mean(best)), "std": float(np.std(best)), "runs": best,
+            "epochs_checked": [e for e, _ in checks[0]], "checks": [[a for _, a in c] for c in checks],
+            "note": "the test set picks the epoch here; the result is the final-epoch `mean`"}
+
+
+def _test_checker(at: list[int], x_test: torch.Tensor, y_test: torch.Tensor, num_classes: int, precision: str,
+                  log: list[tuple[int, float]]) -> Callable[[int, nn.Module], None]:
+    """An `after_epoch` that tests the model on (x_test, y_test) after each epoch in `at` but the last (the
+    final-epoch test gives that one), appending (epoch, accuracy) to `log`. The model is switched to eval mode
+    for the test and back: no normalisation statistic or random stream of the training moves."""
+    def check(epoch: int, model: nn.Module) -> None:
+        if epoch in at[:-1]:
+            model.eval()
+            log.append((epoch, accuracy(predict(model, x_test, precision), y_test, num_classes)[0]))
+            model.train()
+    return check
 
 
 def images_per_class(y: torch.Tensor, num_classes: int) -> int | None:
@@ -205,7 +313,8 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
                  repeats: int = 3, epochs: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
                  precision: str = "auto", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
                  compile: bool = False, image_size: int | None = None,
-                 teacher: nn.Module | None = None) -> EvalResult:
+                 teacher: nn.Module | None = None, teacher_test_accuracy: float | None = None,
+                 report_best: bool = False, check_every: int | None = None) -> EvalResult:
     """Train `repeats` classifiers on uint8 images x_train (N, C, H, W) with labels y_train and
     report their final test accuracy on (x_test, y_test).
 
@@ -216,8 +325,10 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     `teacher`: the frozen network a soft protocol learns from, at the same image size (see
     `reference_classifier.teacher_classifier`).
     Repeat r uses seed `seed + r` for initialisation, order and augmentation.
+    `report_best`: also test every `check_every` epochs (`check_epochs`) and record the best check beside the
+    result (`EvalResult.checks`, BEST_OF_CHECKS); off, the test set is touched only after the last epoch.
     """
-    protocol = protocol or PROTOCOLS["dc"]
+    protocol = for_classes(protocol or PROTOCOLS["dc"], num_classes)
     if repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {repeats}")
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -236,12 +347,16 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     xte = normalise(x_test, mean, std, device)                             # (M, C, H, W)
     t0 = time.time()
     done = {}
+    at = check_epochs(n_epochs, check_every) if report_best else []
     for r in range(dist.rank(), repeats, dist.world()):   # under torchrun, repeats are spread over ranks
+        log: list[tuple[int, float]] = []
         net = train_classifier(xtr, ytr, model, num_classes, protocol, n_epochs, seed + r, device, precision,
                                desc=f"{model} run {r + 1}/{repeats}", compile=compile, stats=(mean, std),
-                               teacher=teacher)
-        done[r] = accuracy(predict(net, xte, precision), y_test, num_classes)
-        progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {done[r][0]:.4f}")
+                               teacher=teacher,
+                               after_epoch=_test_checker(at, xte, y_test, num_classes, precision, log) if at else None)
+        acc, per = accuracy(predict(net, xte, precision), y_test, num_classes)
+        done[r] = acc, per, [*log, (n_epochs, acc)]
+        progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {acc:.4f}")
     if dist.world() > 1:
         for part in dist.all_gather_objects(done):
             done.update(part)
@@ -253,6 +368,8 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
         model=model, protocol=protocol.name, epochs=n_epochs, ipc=ipc, num_images=len(x_train),
         seed=seed, precision=precision, train_time_s=round(time.time() - t0, 2),
         protocol_config=protocol.to_dict(), image_size=int(x_train.shape[-1]),
+        teacher_test_accuracy=teacher_test_accuracy,
+        checks=[done[r][2] for r in range(repeats)] if report_best else None,
     )
 
 

@@ -91,8 +91,22 @@ class EvaluationConfig:
     soft_labels: bool = setting(False, help="also evaluate every set under the protocol's soft-label variant "
                                             "(<protocol>-soft: a teacher trained on the full data labels each "
                                             "augmented batch), reported in tables of its own")
+    soft_protocol: str | None = setting(None, choices=tuple(p for p in PROTOCOLS if PROTOCOLS[p].soft),
+                                        help="the soft-label protocol of soft_labels; null: <protocol>-soft. "
+                                             "rded: RDED's recipe, with DD-Ranking's LRS / ARS in the report")
     teacher_epochs: int | None = setting(default_of(EvaluateConfig, "teacher_epochs"), bounds=AT_LEAST_1,
-                                         help="epochs of the soft-label teacher; null: ~100k images seen (1-50)")
+                                         help="epochs of the soft-label teacher; null: its recipe's (~100k images "
+                                              "seen for *-soft, 200 for rded)")
+    teacher_file: str | None = setting(default_of(EvaluateConfig, "teacher_file"),
+                                       help="a torchvision-layout ResNet-18 state dict as the teacher (ImageNet "
+                                            "subsets)")
+    report_best: bool = setting(default_of(EvaluateConfig, "report_best"),
+                                help="also record the best of test checks every check_every epochs beside each "
+                                     "final-epoch row, as published tables report; not a result: never read by "
+                                     "choose, never in the accuracy tables (report.md lists it apart)")
+    check_every: int | None = setting(default_of(EvaluateConfig, "check_every"), bounds=AT_LEAST_1,
+                                      help="report_best: epochs between test checks (the last is always checked); "
+                                           "null: a tenth of the epochs")
 
 
 @dataclass(kw_only=True)

@@ -15,9 +15,10 @@ from minimaxdd.baselines.registry import BASELINES
 from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import load_synthetic
-from minimaxdd.evaluation import train_test
-from minimaxdd.evaluation.protocols import SOFT_SUFFIX, get_protocol
-from minimaxdd.evaluation.reference_classifier import generation_accuracy, teacher_classifier
+from minimaxdd.evaluation import ddranking, train_test
+from minimaxdd.evaluation.protocols import NO_AUG, SOFT_SUFFIX, get_protocol
+from minimaxdd.evaluation.reference_classifier import generation_accuracy
+from minimaxdd.evaluation.teachers import Teacher, get_teacher
 from minimaxdd.files import write_json
 from minimaxdd.pipeline.bookkeeping import key_of, say
 from minimaxdd.pipeline.config import DistillConfig, epochs_for, method_name
@@ -39,11 +40,23 @@ def _eval_items(cfg: DistillConfig, sample: dict | None, baselines: dict | None,
     return items
 
 
-def eval_protocols(cfg: DistillConfig) -> list[str]:
-    """The run's protocol and, with `evaluate.soft_labels`, its soft-label variant beside it."""
+def soft_protocol(cfg: DistillConfig) -> str | None:
+    """The soft-label protocol of the run: `evaluate.soft_protocol`, else `<protocol>-soft`; None without
+    `evaluate.soft_labels`."""
     ev = cfg.evaluate
-    soft = get_protocol(ev.protocol).hard_name + SOFT_SUFFIX
-    return [ev.protocol, soft] if ev.soft_labels and soft != ev.protocol else [ev.protocol]
+    if not ev.soft_labels:
+        return None
+    return ev.soft_protocol or get_protocol(ev.protocol).hard_name + SOFT_SUFFIX
+
+
+def eval_protocols(cfg: DistillConfig) -> list[str]:
+    """The run's protocol and, with `evaluate.soft_labels`, its soft-label protocol beside it, and that one's
+    no-augmentation arm where it has one (DD-Ranking's ARS needs it)."""
+    soft = soft_protocol(cfg)
+    out = [cfg.evaluate.protocol]
+    if soft is not None and soft != cfg.evaluate.protocol:
+        out += [soft, *([NO_AUG[soft]] if soft in NO_AUG else [])]
+    return out
 
 
 def _row_file(d: Path, cfg: DistillConfig, method: str, k: int | None, model: str, protocol: str) -> Path:
@@ -58,6 +71,10 @@ def _row_key(cfg: DistillConfig, src_key: str, method: str, k: int | None, model
     extra = [("image_size", ev.image_size)] if ev.image_size else []   # absent when unset: older keys hold
     if get_protocol(protocol).soft:
         extra.append(("teacher_epochs", ev.teacher_epochs))
+        if ev.teacher_file:
+            extra.append(("teacher_file", ev.teacher_file))
+    if ev.report_best:    # absent when off: keys of rows made without the checks hold
+        extra.append(("report_best", ev.check_every))
     return key_of(src_key, method, k, model, protocol, epochs, ev.repeats, ev.precision, cfg.seed, *extra)
 
 
@@ -101,7 +118,8 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
                 continue
             if not hard and teacher is None:
                 say(f"evaluate: the {protocol} teacher, {model} on the full training set (cached)")
-                teacher = teacher_classifier(ds, model, device, ev.image_size, ev.teacher_epochs, ev.precision)
+                teacher = get_teacher(get_protocol(protocol), ds, model, device, ev.image_size, ev.teacher_epochs,
+                                      ev.precision, ev.teacher_file)
             say(f"evaluate: {method} {'full data' if k is None else f'IPC {k}'} with {model}, {protocol} "
                 f"({ev.repeats} repeats, {ev.precision})")
             row = _evaluate_row(cfg, ds, stats, method, k, path, model, epochs, device, protocol, teacher,
@@ -111,9 +129,43 @@ def stage_evaluate(run: Path, cfg: DistillConfig, sample: dict | None, baselines
                 row["optional"] = True
             write_json(f, row)
             rows.append(row)
+    scores = ddranking_scores(cfg, rows)
+    if scores:
+        write_json(run / "ddranking.json", scores)
     if write_results:
-        write_json(run / "results.json", [{k: v for k, v in r.items() if k not in ("key", "per_class")} for r in rows])
+        by_row = {(s["method"], s["ipc"], s["model"], s["protocol"]): s for s in scores}
+        write_json(run / "results.json", [{**{k: v for k, v in r.items() if k not in ("key", "per_class")},
+                                           **({"ddranking": by_row[_id(r)]} if _id(r) in by_row else {})}
+                                          for r in rows])
     return rows
+
+
+def _id(r: dict) -> tuple:
+    return r["method"], r["ipc"], r["model"], r["protocol"]
+
+
+def ddranking_scores(cfg: DistillConfig, rows: list[dict]) -> list[dict]:
+    """DD-Ranking's HLR, IOR, LRS and ARS (`evaluation.ddranking`) of every non-random set under the run's soft
+    protocol, from the run's rows: the set and the random baseline at the same IPC under the soft protocol and
+    its no-augmentation arm, the set under the hard protocol, and the full-data hard row. A score whose rows
+    the run lacks is left out; none without soft labels."""
+    soft = soft_protocol(cfg)
+    if soft is None:
+        return []
+    hard, noaug = cfg.evaluate.protocol, NO_AUG.get(soft)
+    acc = {_id(r): r["mean"] for r in rows}
+    out = []
+    for r in rows:
+        if r["protocol"] != soft or r["method"] in ("random", "full") or r["ipc"] is None:
+            continue
+        k, m = r["ipc"], r["model"]
+        s = ddranking.scores(acc.get(("full", None, m, hard)), acc.get((r["method"], k, m, hard)), r["mean"],
+                             acc.get(("random", k, m, soft)), acc.get((r["method"], k, m, noaug)),
+                             acc.get(("random", k, m, noaug)))
+        if s:
+            out.append({"method": r["method"], "ipc": k, "model": m, "protocol": soft, "hard_protocol": hard,
+                        **s})
+    return out
 
 
 def _eval_todo(cfg: DistillConfig, items: list[tuple], data_key: str, full: bool, protocol: str) -> list[tuple]:
@@ -143,7 +195,7 @@ def _set_aside_stale(d: Path, expected: set[Path]) -> None:
 
 def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int | None, path: str | None,
                   model: str, epochs: int | None, device: torch.device, protocol_name: str,
-                  teacher: torch.nn.Module | None, generated: bool = False) -> dict:
+                  teacher: Teacher | None, generated: bool = False) -> dict:
     """Train `repeats` classifiers on one set, test them on the real test set: one results row; a `generated`
     set's row also has its generation accuracy (evaluate.generation_accuracy, hard-label protocols)."""
     ev = cfg.evaluate
@@ -157,10 +209,15 @@ def _evaluate_row(cfg: DistillConfig, ds: Any, stats: tuple, method: str, k: int
     # (the same weights to 1e-4, tests/evaluation)
     r = train_test.evaluate_set(x, y, ds.x_test, ds.y_test, ds.num_classes, model, protocol, ev.repeats, epochs,
                                 cfg.seed, device, ev.precision, stats=stats, compile=ev.compile,
-                                image_size=ev.image_size, teacher=teacher)
+                                image_size=ev.image_size, teacher=teacher.net if teacher else None,
+                                report_best=ev.report_best, check_every=ev.check_every)
     row = {"method": method, "ipc": k, "model": model, "protocol": protocol.name, "mean": r.mean,
            "std": r.std, "runs": r.runs, "epochs": r.epochs, "per_class": r.per_class,
            "time_s": r.train_time_s, "num_images": r.num_images, "set": path, "image_size": r.image_size}
+    if teacher is not None:
+        row.update(teacher.record())
+    if r.checks is not None:      # evaluate.report_best: beside the result, under a key that says it is not one
+        row[train_test.BEST_OF_CHECKS] = r.to_dict()[train_test.BEST_OF_CHECKS]
     if k is not None and generated and ev.generation_accuracy and not protocol.soft:
         g = generation_accuracy(ds, x, y, device=device)
         row["generation_accuracy"] = g["generation_accuracy"]

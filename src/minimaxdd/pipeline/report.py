@@ -12,7 +12,8 @@ from minimaxdd.data.grid import save_grid
 from minimaxdd.data.synthetic import load_synthetic
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.metrics import format_metrics
-from minimaxdd.evaluation.protocols import SOFT_SUFFIX
+from minimaxdd.evaluation.protocols import PROTOCOLS
+from minimaxdd.evaluation.train_test import BEST_OF_CHECKS
 from minimaxdd.files import write_text
 from minimaxdd.pipeline.bookkeeping import STAGES
 
@@ -37,7 +38,12 @@ def _method_order(rows: list[dict]) -> list[str]:
 def _groups(rows: list[dict]) -> list[tuple[str, str]]:
     """(model, protocol) of each table, hard-label protocols first: tables never mix protocols."""
     keys = list(dict.fromkeys((r["model"], r["protocol"]) for r in rows))
-    return sorted(keys, key=lambda mp: (mp[1].endswith(SOFT_SUFFIX), keys.index(mp)))
+    return sorted(keys, key=lambda mp: (_is_soft(mp[1]), keys.index(mp)))
+
+
+def _is_soft(protocol: str) -> bool:
+    """Whether rows under `protocol` learned from a teacher (a name no longer known counts as hard)."""
+    return protocol in PROTOCOLS and PROTOCOLS[protocol].soft
 
 
 def accuracy_tables(rows: list[dict]) -> str:
@@ -46,10 +52,12 @@ def accuracy_tables(rows: list[dict]) -> str:
     for model, proto in _groups(rows):
         rs = [r for r in rows if r["model"] == model and r["protocol"] == proto]
         ipcs = sorted({r["ipc"] for r in rs if r["ipc"] is not None})
-        soft = proto.endswith(SOFT_SUFFIX)
+        soft = _is_soft(proto)
+        tacc = rs[0].get("teacher_test_accuracy")
         note = (" Soft labels: a teacher trained on the full real training set labels every augmented batch and "
-                "the classifier learns its softened outputs (SRe2L / RDED / DD-Ranking); not comparable with the "
-                "hard-label tables." if soft else "")
+                "the classifier learns its softened outputs; not comparable with the hard-label tables."
+                + (f" Teacher: {rs[0].get('teacher', '?')}, {100 * tacc:.2f}% test accuracy." if tacc is not None
+                   else "") if soft else "")
         size = rs[0].get("image_size")
         out += [f"**{model}**, `{proto}` protocol{f' at {size} px' if size else ''}, final-epoch test accuracy (%), "
                 f"mean +- std over {len(rs[0]['runs'])} repeats (epochs in brackets).{note}", "",
@@ -63,6 +71,47 @@ def accuracy_tables(rows: list[dict]) -> str:
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def ddranking_table(scores: list[dict]) -> list[str]:
+    """DD-Ranking's scores per (classifier, set, IPC), from RUN/ddranking.json (`pipeline.evaluation`)."""
+    if not scores:
+        return []
+    out = ["## DD-Ranking scores", "",
+           "HLR = full-data hard accuracy - the set's hard accuracy, IOR = the set's soft accuracy - random real's "
+           "(percentage points); LRS = norm(0.5 IOR - 0.5 HLR), ARS = norm(0.5 gain over random with augmentation "
+           "+ 0.5 without), norm(a) = (e^a - e^-1) / (e - e^-1) on fractions, in percent (NUS-HPC-AI-Lab/"
+           "DD-Ranking). From our final-epoch accuracies, so not DD-Ranking's own numbers.", "",
+           "| classifier | protocols | method | IPC | HLR | IOR | LRS | ARS |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in scores:
+        cells = [f"{s[k]:.2f}" if k in s else "" for k in ("hlr", "ior", "lrs", "ars")]
+        out.append(f"| {s['model']} | {s['hard_protocol']} / {s['protocol']} | {s['method']} | {s['ipc']} | "
+                   + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def best_of_checks_table(rows: list[dict]) -> list[str]:
+    """`evaluate.report_best`: each row's final-epoch accuracy beside the best of its periodic test checks, in a
+    section apart from the accuracy tables; nothing when no row has checks."""
+    rs = [r for r in rows if BEST_OF_CHECKS in r]
+    if not rs:
+        return []
+    out = ["## For comparison with published tables only", "",
+           "SRe2L, RDED and DD-Ranking report the best test accuracy over periodic checks during training, which "
+           "lets the test set pick the epoch. Our result is the final-epoch accuracy (the tables above); the column "
+           "on the right is that published way of counting, given only to line our rows up with published ones. "
+           "Mean +- std over repeats (%).", "",
+           f"| classifier | protocol | method | IPC | final epoch (the result) | {BEST_OF_CHECKS} | epochs checked |",
+           "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+    for r in rs:
+        b = r[BEST_OF_CHECKS]
+        e = b["epochs_checked"]
+        checked = ", ".join(map(str, e)) if len(e) <= 4 else f"{e[0]}, {e[1]}, ..., {e[-1]}"
+        out.append(f"| {r['model']} | {r['protocol']} | {r['method']} | {'full' if r['ipc'] is None else r['ipc']} | "
+                   f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {100 * b['mean']:.2f} +- {100 * b['std']:.2f} | "
+                   f"{checked} |")
+    return [*out, ""]
 
 
 def generation_lines(rows: list[dict]) -> list[str]:
@@ -196,9 +245,12 @@ def write_report(run: str | Path) -> Path:
     else:
         main, optional = [r for r in rows if not r.get("optional")], [r for r in rows if r.get("optional")]
         lines += ["## Accuracy", "", accuracy_tables(main), *generation_lines(main)]
+        if (run / "ddranking.json").exists():
+            lines += ddranking_table(json.loads((run / "ddranking.json").read_text()))
         if optional:
             lines += ["## Optional rows (not the method's result)", "", OPTIONAL_NOTE, "",
                       accuracy_tables(optional), *generation_lines(optional)]
+        lines += best_of_checks_table(rows)
         plot = accuracy_plot(main, fig_dir / "accuracy.png")
         if plot:
             lines += [f"![accuracy]({plot.relative_to(run)})", ""]
