@@ -1,0 +1,100 @@
+"""Sets under hard labels and under RDED's soft-label protocol, with DD-Ranking's scores (issues 29 and 31).
+
+    python benchmarks/soft_labels.py --data fashion-mnist --teacher-epochs 10 \
+        --set random:10=RUN/baselines/random-ipc10 --set herding:10=RUN/baselines/herding-ipc10 \
+        --set minimax:10=RUN/sample/ipc10 ... --full-epochs 1 --out benchmarks/results/soft-fashion-mnist.json
+
+For every set (METHOD:IPC=PATH, a set folder, .pt or .npz): ConvNet-3 trained on it under `dc` (hard labels,
+the presets' shortened epochs: 300 at IPC 10, 100 at IPC 50, unless --hard-epochs says otherwise), under
+`rded` (RDED's student training on a fully trained teacher's soft labels, its 300 epochs) and under
+`rded-noaug` (the same without augmentation or mixing, the arm ARS needs); the full real training set under
+`dc` for HLR. Final-epoch test accuracy, mean and std over --repeats classifiers. Then, per set, DD-Ranking's
+HLR, IOR (against `random` at the same IPC), LRS and ARS (`minimaxdd.evaluation.ddranking`). The teacher
+(`evaluation.teachers`, recipe "full") is trained once on the whole training set and cached; its test
+accuracy is in the output. The test set selects nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from minimaxdd.data.dataset import channel_stats
+from minimaxdd.data.sources import load_dataset
+from minimaxdd.data.synthetic import conform, load_synthetic
+from minimaxdd.evaluation.ddranking import scores
+from minimaxdd.evaluation.protocols import get_protocol
+from minimaxdd.evaluation.teachers import get_teacher
+from minimaxdd.evaluation.train_test import evaluate_set
+from minimaxdd.files import write_json
+from minimaxdd.precision import machine_report
+
+HARD_EPOCHS = {10: 300, 50: 100}   # the small-data presets' shortened dc (fashion-mnist.json, cifar10-500pc.json)
+
+
+def parse_set(spec: str) -> tuple[str, int, str]:
+    """METHOD:IPC=PATH -> (method, ipc, path)."""
+    head, path = spec.split("=", 1)
+    method, ipc = head.rsplit(":", 1)
+    return method, int(ipc), path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--set", action="append", default=[], dest="sets", help="METHOD:IPC=PATH")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--teacher-epochs", type=int, default=None, help="override the teacher recipe's 200 epochs")
+    ap.add_argument("--hard-epochs", type=json.loads, default=None, help='{"10": 300, "50": 100}')
+    ap.add_argument("--full-epochs", type=int, default=10, help="dc epochs of the full-data row (HLR)")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    torch.set_flush_denormal(True)
+    t0 = time.time()
+    ds = load_dataset(a.data)
+    stats = channel_stats(ds.x_train)
+    hard_epochs = {int(k): v for k, v in (a.hard_epochs or HARD_EPOCHS).items()}
+    rded, noaug, dc = get_protocol("rded"), get_protocol("rded-noaug"), get_protocol("dc")
+    teacher = get_teacher(rded, ds, "convnet3", "cpu", epochs=a.teacher_epochs)
+    print(f"teacher: {teacher.description}, test accuracy {100 * teacher.test_accuracy:.2f}%", flush=True)
+
+    def run(x, y, protocol, epochs, soft):
+        r = evaluate_set(x, y, ds.x_test, ds.y_test, ds.num_classes, "convnet3", protocol, a.repeats, epochs, 0,
+                         "cpu", stats=stats, teacher=teacher.net if soft else None,
+                         teacher_test_accuracy=teacher.test_accuracy if soft else None)
+        return {"mean": r.mean, "std": r.std, "runs": r.runs, "epochs": r.epochs, "seconds": r.train_time_s}
+
+    rows = []
+    full = run(ds.x_train, ds.y_train, dc, a.full_epochs, False)
+    print(f"full dc: {100 * full['mean']:.2f} +- {100 * full['std']:.2f}", flush=True)
+    for spec in a.sets:
+        method, ipc, path = parse_set(spec)
+        s = conform(load_synthetic(path), ds.class_names, ds.channels, ds.size)
+        row = {"method": method, "ipc": ipc, "path": path,
+               "dc": run(s.images, s.labels, dc, hard_epochs[ipc], False),
+               "rded": run(s.images, s.labels, rded, None, True),
+               "rded-noaug": run(s.images, s.labels, noaug, None, True)}
+        rows.append(row)
+        print(f"{method} IPC {ipc}: " + ", ".join(f"{k} {100 * row[k]['mean']:.2f} +- {100 * row[k]['std']:.2f}"
+                                                 for k in ("dc", "rded", "rded-noaug")), flush=True)
+    for row in rows:
+        rnd = next((r for r in rows if r["method"] == "random" and r["ipc"] == row["ipc"]), None)
+        if rnd is not None:
+            row["ddranking"] = scores(full["mean"], row["dc"]["mean"], row["rded"]["mean"], rnd["rded"]["mean"],
+                                      row["rded-noaug"]["mean"], rnd["rded-noaug"]["mean"])
+            print(f"{row['method']} IPC {row['ipc']}: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                                     row["ddranking"].items()), flush=True)
+    if a.out:
+        write_json(a.out, {"command": "python benchmarks/soft_labels.py --data " + a.data + "".join(
+            f" --set {s}" for s in a.sets) + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs else "")
+            + f" --full-epochs {a.full_epochs} --repeats {a.repeats}",
+            "teacher": teacher.record(), "full_dc": full, "rows": rows, "seconds": round(time.time() - t0, 1),
+            "machine": machine_report(), "cpu": platform.processor() or platform.machine()})
+
+
+if __name__ == "__main__":
+    main()
