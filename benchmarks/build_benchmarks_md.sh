@@ -23,4 +23,6 @@ py=${PY:-.venv/bin/python}
   if [ -f benchmarks/BENCHMARKS.precision.md ]; then cat benchmarks/BENCHMARKS.precision.md; fi
   if [ -f benchmarks/BENCHMARKS.redesign.md ]; then cat benchmarks/BENCHMARKS.redesign.md; fi
   if [ -f benchmarks/BENCHMARKS.flips.md ]; then cat benchmarks/BENCHMARKS.flips.md; fi
+  if [ -f benchmarks/BENCHMARKS.coverage.md ]; then cat benchmarks/BENCHMARKS.coverage.md; fi
+  if [ -f benchmarks/BENCHMARKS.protocols.md ]; then cat benchmarks/BENCHMARKS.protocols.md; fi
 } > "$out"

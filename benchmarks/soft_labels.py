@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=None, help="override the teacher recipe's 200 epochs")
     ap.add_argument("--hard-epochs", type=json.loads, default=None, help='{"10": 300, "50": 100}')
     ap.add_argument("--full-epochs", type=int, default=10, help="dc epochs of the full-data row (HLR)")
+    ap.add_argument("--hard", action="append", default=[], help="METHOD:IPC=ROW.json: that set's dc row from a "
+                    "distill / ablation run (same protocol and epochs), instead of training it again")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     torch.set_flush_denormal(True)
@@ -68,6 +70,15 @@ def main() -> None:
                          teacher_test_accuracy=teacher.test_accuracy if soft else None)
         return {"mean": r.mean, "std": r.std, "runs": r.runs, "epochs": r.epochs, "seconds": r.train_time_s}
 
+    reused = {}
+    for spec in a.hard:
+        method, ipc, path = parse_set(spec)
+        r = json.loads(Path(path).read_text())
+        if r["protocol"] != "dc" or r["epochs"] != hard_epochs[ipc]:
+            raise SystemExit(f"{path}: a dc row at {hard_epochs[ipc]} epochs is needed, got {r['protocol']} "
+                             f"at {r['epochs']}")
+        reused[(method, ipc)] = {"mean": r["mean"], "std": r["std"], "runs": r["runs"], "epochs": r["epochs"],
+                                 "seconds": r.get("time_s"), "from": path}
     rows = []
     full = run(ds.x_train, ds.y_train, dc, a.full_epochs, False)
     print(f"full dc: {100 * full['mean']:.2f} +- {100 * full['std']:.2f}", flush=True)
@@ -75,7 +86,7 @@ def main() -> None:
         method, ipc, path = parse_set(spec)
         s = conform(load_synthetic(path), ds.class_names, ds.channels, ds.size)
         row = {"method": method, "ipc": ipc, "path": path,
-               "dc": run(s.images, s.labels, dc, hard_epochs[ipc], False),
+               "dc": reused.get((method, ipc)) or run(s.images, s.labels, dc, hard_epochs[ipc], False),
                "rded": run(s.images, s.labels, rded, None, True),
                "rded-noaug": run(s.images, s.labels, noaug, None, True)}
         rows.append(row)
@@ -90,7 +101,7 @@ def main() -> None:
                                                                      row["ddranking"].items()), flush=True)
     if a.out:
         write_json(a.out, {"command": "python benchmarks/soft_labels.py --data " + a.data + "".join(
-            f" --set {s}" for s in a.sets) + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs else "")
+            f" --set {s}" for s in a.sets) + "".join(f" --hard {h}" for h in a.hard) + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs else "")
             + f" --full-epochs {a.full_epochs} --repeats {a.repeats}",
             "teacher": teacher.record(), "full_dc": full, "rows": rows, "seconds": round(time.time() - t0, 1),
             "machine": machine_report(), "cpu": platform.processor() or platform.machine()})

@@ -31,8 +31,8 @@ def test_the_scale_restores_the_papers_gradient_ratio_at_every_level(t):
     x_t = ddpm.q_sample(x0, tt, noise)
     x0_hat = ddpm.predict_x0(x_t, tt, eps_hat)
     diff = ((eps_hat - noise) ** 2).mean()
-    paper = (torch.autograd.grad(_term(x0_hat), eps_hat)[0].norm()
-             / torch.autograd.grad(diff, eps_hat)[0].norm())
+    paper = (torch.autograd.grad(_term(x0_hat), eps_hat, retain_graph=True)[0].norm()
+             / torch.autograd.grad(diff, eps_hat, retain_graph=True)[0].norm())
     # EDM: x = x_t / sqrt(abar) = x0 + sigma n, and the F that gives the same estimate
     x = x0 + sigma * noise
     c_skip, c_out, _, _ = edm.precond(sigma)
@@ -42,9 +42,20 @@ def test_the_scale_restores_the_papers_gradient_ratio_at_every_level(t):
     loss = edm.loss_weight(sigma) * ((D - x0) ** 2).mean()
     g_diff = torch.autograd.grad(loss, F, retain_graph=True)[0].norm()
     native = torch.autograd.grad(_term(D), F, retain_graph=True)[0].norm() / g_diff
-    scaled = torch.autograd.grad(_term(scaled_gradient(D, edm.paper_term_scale(sigma.view(1)))), F)[0].norm() / g_diff
+    scaled = torch.autograd.grad(_term(scaled_gradient(D, edm.paper_term_scale(sigma.view(1)))), F,
+                                 retain_graph=True)[0].norm() / g_diff
     assert math.isclose(float(scaled), float(paper), rel_tol=1e-3)
     assert math.isclose(float(paper / native), float(edm.paper_term_scale(sigma)), rel_tol=1e-3)
+    # the transfer "paper": the paper's weighting on the diffusion loss and sigma / c_out on the term give F the
+    # very gradients the paper's loss gives epsilon, each of them, not only their ratio
+    ddpm_w = EDM(weighting="ddpm")
+    loss = ddpm_w.loss_weight(sigma) * ((D - x0) ** 2).mean()
+    g_diff_F = torch.autograd.grad(loss, F, retain_graph=True)[0]
+    g_term_F = torch.autograd.grad(_term(scaled_gradient(D, ddpm_w.paper_output_scale(sigma.view(1)))), F)[0]
+    g_diff_eps = torch.autograd.grad(diff, eps_hat, retain_graph=True)[0]
+    g_term_eps = torch.autograd.grad(_term(x0_hat), eps_hat)[0]
+    assert math.isclose(float(g_diff_F.norm()), float(g_diff_eps.norm()), rel_tol=1e-3)
+    assert math.isclose(float(g_term_F.norm()), float(g_term_eps.norm()), rel_tol=1e-3)
 
 
 def test_scaled_gradient_keeps_the_value_and_scales_each_samples_gradient():
@@ -65,19 +76,24 @@ def test_the_paper_levels_are_its_timesteps_mapped_to_sigma_and_the_lognormal_dr
     assert torch.equal(EDM().draw_level(64, g1), (P_MEAN + P_STD * torch.randn(64, generator=g2)).exp())
     with pytest.raises(ValueError, match="levels"):
         EDM(levels="uniform")
+    with pytest.raises(ValueError, match="weighting"):
+        EDM(weighting="uniform")
 
 
 class _Net(torch.nn.Module):
     num_classes, in_channels, input_size = 3, 1, 4
 
 
-@pytest.mark.parametrize("transfer, levels, scaled", [("paper", "ddpm", True), ("weight", "lognormal", True),
-                                                      ("native", "lognormal", False)])
-def test_each_transfer_sets_the_levels_and_the_scale_under_edm_and_nothing_under_ddpm(transfer, levels, scaled):
+@pytest.mark.parametrize("transfer, levels, weighting, scale", [
+    ("paper", "ddpm", "ddpm", "paper_output_scale"), ("weight", "lognormal", "edm", "paper_term_scale"),
+    ("native", "lognormal", "edm", None)])
+def test_each_transfer_sets_the_levels_weighting_and_scale_under_edm_and_nothing_under_ddpm(transfer, levels,
+                                                                                            weighting, scale):
     cfg = FinetuneConfig(ckpt="-", data="-", out="-", edm_transfer=transfer)
     edm = formulation_for(cfg, "edm")
-    assert isinstance(edm, EDM) and edm.levels == levels
-    assert (minimax_step(cfg, _Net(), [0, 1, 2], torch.device("cpu"), edm).grad_scale is not None) == scaled
+    assert isinstance(edm, EDM) and (edm.levels, edm.weighting) == (levels, weighting)
+    got = minimax_step(cfg, _Net(), [0, 1, 2], torch.device("cpu"), edm).grad_scale
+    assert (got is None) if scale is None else (got == getattr(edm, scale))
     ddpm = formulation_for(cfg, "ddpm")
     assert isinstance(ddpm, Diffusion)
     assert minimax_step(cfg, _Net(), [0, 1, 2], torch.device("cpu"), ddpm).grad_scale is None
@@ -141,5 +157,5 @@ def test_each_finetuning_variant_is_its_own_row():
     f = cfg.finetune
     import dataclasses
     assert method_name(dataclasses.replace(cfg, finetune=dataclasses.replace(f, embedding="centred"))) == "minimax+centred"
-    v = dataclasses.replace(cfg, finetune=dataclasses.replace(f, objective="simple", edm_transfer="native"))
-    assert method_name(v) == "simple+native-terms"
+    v = dataclasses.replace(cfg, finetune=dataclasses.replace(f, objective="simple", edm_transfer="paper"))
+    assert method_name(v) == "simple+paper-terms"

@@ -20,6 +20,7 @@ P_MEAN, P_STD = -1.2, 1.2   # ln(sigma) ~ N(P_MEAN, P_STD^2): Karras et al. 2022
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0   # sampling range: Karras et al. 2022, Table 1 ("Sampling"); edm generate.py
 RHO = 7.0               # time-step exponent of Eq. 5: Karras et al. 2022, Sec. 3 and Table 1
 LEVELS = ("lognormal", "ddpm")   # how training draws sigma: EDM's lognormal, or the paper's DDPM timesteps
+WEIGHTINGS = ("edm", "ddpm")     # the diffusion loss's weight: EDM's lambda(sigma), or the paper's L_simple
 
 
 def ddpm_sigmas(T: int = NUM_TIMESTEPS) -> torch.Tensor:
@@ -49,13 +50,17 @@ class EDM:
     noise_level_name = "sigma"
     sigma_data, p_mean, p_std = SIGMA_DATA, P_MEAN, P_STD
 
-    def __init__(self, levels: str = "lognormal") -> None:
+    def __init__(self, levels: str = "lognormal", weighting: str = "edm") -> None:
         """`levels`: how `draw_level` draws training noise levels (a value of LEVELS): EDM's lognormal, or
-        "ddpm", the paper's timesteps (uniform over its 1000 linear-beta steps) mapped to sigma (`ddpm_sigmas`),
-        which Minimax fine-tuning under EDM uses to give its terms the paper's noise levels."""
+        "ddpm", the paper's timesteps (uniform over its 1000 linear-beta steps) mapped to sigma (`ddpm_sigmas`).
+        `weighting` (a value of WEIGHTINGS): EDM's loss weight, or "ddpm", the weight that gives the network's
+        output F the gradient the paper's L_simple gives its epsilon (`loss_weight`). Minimax fine-tuning under
+        EDM uses both "ddpm" to train on the paper's objective (`training.finetune.EDM_TRANSFERS`)."""
         if levels not in LEVELS:
             raise ValueError(f"levels must be one of {LEVELS}, got {levels!r}")
-        self.levels = levels
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        self.levels, self.weighting = levels, weighting
 
     def precond(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """c_skip, c_out, c_in, c_noise at sigma (any shape, each the same shape): Karras et al. 2022, Table 1.
@@ -71,7 +76,13 @@ class EDM:
         return c_skip, c_out, c_in, c_noise
 
     def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2: a unit-weight loss on F (Table 1)."""
+        """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2: a unit-weight loss on F (Table 1).
+
+        With weighting "ddpm": 1 / (sigma c_out). The paper's L_simple is |eps_hat - eps|^2 = |D - x0|^2 /
+        sigma^2 on an epsilon with d D / d eps = -sigma, so its gradient on eps has norm 2 |D - x0| / sigma (per
+        element); this weight gives F (d D / d F = c_out) the same, at every sigma."""
+        if self.weighting == "ddpm":
+            return 1 / (sigma * self.precond(sigma)[1])
         return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
 
     def denoise(self, net: Backbone, x: torch.Tensor, sigma: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
@@ -96,6 +107,13 @@ class EDM:
         if self.levels == "ddpm":
             return ddpm_sigmas()[torch.randint(0, NUM_TIMESTEPS, (n,), generator=g)]
         return (self.p_mean + self.p_std * torch.randn(n, generator=g)).exp()
+
+    def paper_output_scale(self, sigma: torch.Tensor) -> torch.Tensor:
+        """sigma / c_out = sqrt(sigma^2 + sigma_data^2) / sigma_data (any shape): the factor that gives a term on
+        the clean-image estimate, through F, the gradient the paper's d x0_hat / d eps_hat = -sigma gives it through
+        epsilon. With weighting "ddpm" and the paper's levels, every per-sample gradient on the network's output
+        is then the paper's (the transfer `paper` of `training.finetune`)."""
+        return (sigma ** 2 + self.sigma_data ** 2).sqrt() / self.sigma_data
 
     def paper_term_scale(self, sigma: torch.Tensor) -> torch.Tensor:
         """(sigma / c_out)^2 = 1 + sigma^2 / sigma_data^2 (any shape): what the paper's DDPM formulation gives

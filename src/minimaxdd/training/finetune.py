@@ -39,13 +39,16 @@ from minimaxdd.training.loop import fit
 from minimaxdd.training.minimax import EMBEDDINGS, OBJECTIVES, REDUCTIONS, ClassMemory, MinimaxStep
 
 # How the minimax terms move to the EDM formulation (BENCHMARKS.md, "The minimax terms' gradient share"):
-#   paper   noise levels drawn as the paper draws them (uniform DDPM timesteps mapped to sigma) and the terms'
-#           gradient scaled by (sigma / c_out)^2 (`EDM.paper_term_scale`): at every level, the terms' gradient
-#           relative to the diffusion loss's is the paper's
-#   weight  the scale alone, at EDM's lognormal levels
-#   native  neither: the terms on EDM's D as is (before issue 29), one to two orders weaker than in the paper
+#   native  the terms on EDM's D as is, at EDM's levels and loss (the default; before issue 29): over the training
+#           levels, three orders of magnitude weaker than in the paper
+#   weight  the terms' gradient scaled by (sigma / c_out)^2 (`EDM.paper_term_scale`), at EDM's levels and loss:
+#           at every level the terms-to-diffusion ratio is the paper's, the levels are EDM's
+#   paper   the paper's objective on the network's output: its noise levels (uniform DDPM timesteps mapped to
+#           sigma), the diffusion loss weighted as L_simple weighs epsilon (`EDM(weighting="ddpm")`), and the
+#           terms' gradient scaled by sigma / c_out (`EDM.paper_output_scale`), so that every per-sample gradient
+#           on F is the one the paper's loss gives epsilon
 # The DDPM formulation is the paper's own: the setting changes nothing there.
-EDM_TRANSFERS = ("paper", "weight", "native")
+EDM_TRANSFERS = ("native", "weight", "paper")
 
 # Which parameters fine-tuning trains: Difffit's (Xie et al. 2023: biases, norms, the class embedding and
 # the per-block scales gamma), or all but the fixed sin-cos position embedding.
@@ -68,10 +71,10 @@ class FinetuneConfig(LoopConfig):
     reduction: str = setting("matrix", choices=REDUCTIONS,
                              help="matrix: one min / max per class over the whole similarity matrix (the reference "
                                   "code); sample: per prediction, then averaged (the paper's Eqs. 3-4)")
-    edm_transfer: str = setting("paper", choices=EDM_TRANSFERS,
-                                help="EDM bases only: paper (the paper's noise levels and its terms-to-diffusion "
-                                     "gradient ratio at each level), weight (that ratio at EDM's levels), native "
-                                     "(the terms on EDM's estimate as is)")
+    edm_transfer: str = setting("native", choices=EDM_TRANSFERS,
+                                help="EDM bases only: native (the terms on EDM's estimate as is), weight (the paper's "
+                                     "terms-to-diffusion gradient ratio at each level, EDM's levels), paper (the "
+                                     "paper's levels and per-sample gradients on the network's output)")
     embedding: str = setting("pixel", choices=EMBEDDINGS,
                              help="what the terms' cosines compare: pixel (the model-space estimate as is, the "
                                   "paper's), centred (minus the training set's mean sample), feature (the "
@@ -194,11 +197,20 @@ def select_trainable(model: nn.Module, mode: str) -> list[nn.Parameter]:
 
 
 def formulation_for(cfg: FinetuneConfig, formulation: str) -> Diffusion | EDM:
-    """The formulation fine-tuning trains under: the base's, with the paper's noise levels under EDM when
-    cfg.edm_transfer is "paper"."""
+    """The formulation fine-tuning trains under: the base's, with the paper's noise levels and loss weighting
+    under EDM when cfg.edm_transfer is "paper"."""
     if formulation == "edm":
-        return EDM(levels="ddpm" if cfg.edm_transfer == "paper" else "lognormal")
+        paper = cfg.edm_transfer == "paper"
+        return EDM(levels="ddpm" if paper else "lognormal", weighting="ddpm" if paper else "edm")
     return build_formulation(formulation)
+
+
+def term_scale(cfg: FinetuneConfig,
+               formulation: Diffusion | EDM | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The per-sample factor on the terms' gradient (`MinimaxStep.grad_scale`) that cfg.edm_transfer asks for."""
+    if not isinstance(formulation, EDM) or cfg.edm_transfer == "native":
+        return None
+    return formulation.paper_output_scale if cfg.edm_transfer == "paper" else formulation.paper_term_scale
 
 
 def cosine_space(cfg: FinetuneConfig, ds: Any, targets: Targets, codec: Any,
@@ -240,8 +252,7 @@ def minimax_step(cfg: FinetuneConfig, model: nn.Module, class_map: list[int], de
                        real=ClassMemory(len(used), cfg.memory, dim, device),
                        pred=ClassMemory(len(used), cfg.memory, dim, device), slot=slot,
                        gather=dist.all_gather_cat if cfg.sync_memory else None,
-                       grad_scale=(formulation.paper_term_scale if isinstance(formulation, EDM)
-                                   and cfg.edm_transfer != "native" else None), embed=embed)
+                       grad_scale=term_scale(cfg, formulation), embed=embed)
 
 
 def finetune(cfg: FinetuneConfig, defaults: dict | None = None) -> dict:
