@@ -56,7 +56,8 @@ def test_flip_probability_one_and_zero():
 def test_augmentation_registry():
     # the names an evaluation protocol's `augment` field may take, and what they run
     assert AUGMENTATIONS == {"dsa": augment.dsa, "dsa_noflip": augment.dsa_noflip, "rrc_flip": augment.rrc_flip,
-                             "idc": augment.idc, "none": augment.no_augmentation}
+                             "idc": augment.idc, "none": augment.no_augmentation, "flip": augment.flip_only,
+                             "rded_patch2": augment.rded_patch2}
     # the mirror test's classifier: every DSA op but the mirror (evaluation.symmetry)
     assert augment.DSA_NO_FLIP == ("color", "crop", "cutout", "scale", "rotate")
     x = _batch()
