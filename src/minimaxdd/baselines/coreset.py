@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from minimaxdd.data.clustering import kmeans_centres
 from minimaxdd.data.dataset import Dataset, channel_stats
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
@@ -82,22 +83,7 @@ def medoid_order(f: torch.Tensor, k: int, seed: int, iters: int = 20) -> torch.T
     """Indices of k distinct rows of f (n, D): k-means (k-means++ seeding from `seed`, Arthur & Vassilvitskii 2007;
     `iters` Lloyd steps; an emptied cluster keeps its centre), then for each centre in turn the nearest row not yet
     taken."""
-    if not 1 <= k <= len(f):
-        raise ValueError(f"need 1 <= k <= {len(f)} rows, got k={k}")
-    g = generator(seed)
-    centres = [f[int(torch.randint(len(f), (1,), generator=g))]]
-    d2 = ((f - centres[0]) ** 2).sum(1)                                            # (n,) to the nearest centre
-    for _ in range(k - 1):
-        p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(f))     # D^2 weighting
-        centres.append(f[int(torch.multinomial(p, 1, generator=g))])
-        d2 = torch.minimum(d2, ((f - centres[-1]) ** 2).sum(1))
-    c = torch.stack(centres).clone()                                               # (k, D)
-    for _ in range(iters):
-        assign = torch.cdist(f, c).argmin(1)                                       # (n,)
-        for j in range(k):
-            members = assign == j
-            if members.any():
-                c[j] = f[members].mean(0)
+    c = kmeans_centres(f, k, generator(seed), iters)                               # (k, D)
     d = torch.cdist(c, f)                                                          # (k, n)
     chosen: list[int] = []
     for j in range(k):

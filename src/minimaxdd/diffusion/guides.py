@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from minimaxdd.data.clustering import kmeans_centres
+
 # IGD keeps the last 64 samples of the class as the deviation term's memory (mchen725/DD_IGD sample.py,
 # --memory-size default 64).
 DEVIATION_MEMORY = 64
@@ -132,21 +134,7 @@ def kmeans(f: torch.Tensor, k: int, g: torch.Generator, iters: int = 20) -> torc
     """k centres of the rows of f (n, K): k-means++ seeding drawn from `g` (Arthur & Vassilvitskii 2007), then
     `iters` Lloyd steps (an emptied cluster keeps its centre); (k, K), ordered by cluster size, largest first
     (ties by index), so the same data and generator give the same centres in the same order."""
-    if not 1 <= k <= len(f):
-        raise ValueError(f"need 1 <= k <= {len(f)} rows, got k={k}")
-    centres = [f[int(torch.randint(len(f), (1,), generator=g))]]
-    d2 = ((f - centres[0]) ** 2).sum(1)                                        # (n,) to the nearest centre
-    for _ in range(k - 1):
-        p = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1 / len(f))  # D^2 weighting
-        centres.append(f[int(torch.multinomial(p, 1, generator=g))])
-        d2 = torch.minimum(d2, ((f - centres[-1]) ** 2).sum(1))
-    c = torch.stack(centres).clone()                                           # (k, K)
-    for _ in range(iters):
-        assign = torch.cdist(f, c).argmin(1)                                   # (n,)
-        for j in range(k):
-            members = assign == j
-            if members.any():
-                c[j] = f[members].mean(0)
+    c = kmeans_centres(f, k, g, iters)                                         # (k, K)
     sizes = torch.bincount(torch.cdist(f, c).argmin(1), minlength=k)           # (k,)
     order = sorted(range(k), key=lambda j: (-int(sizes[j]), j))
     return c[order]
