@@ -129,6 +129,18 @@ def test_the_guides_knobs_are_candidates_and_name_their_own_rows():
         build_config(None, {"data": "digits", "sample": {"deviation": -1}})
 
 
+def test_finetune_settings_added_later_stay_out_of_its_stage_key_at_the_value_older_runs_used():
+    """edm_transfer and embedding came after runs existed: at native / pixel the fine-tune key is the one those
+    runs recorded, so they resume instead of fine-tuning again; any other value keys (and reruns) its own stage."""
+    from minimaxdd.settings import to_dict
+    from minimaxdd.training.finetune import key_settings
+    settings = to_dict(build_config(None, {"data": "digits"}).finetune)
+    older = {k: v for k, v in settings.items() if k not in ("edm_transfer", "embedding")}
+    assert key_settings(settings) == older and len(older) == len(settings) - 2
+    for change in ({"edm_transfer": "paper"}, {"edm_transfer": "weight"}, {"embedding": "centred"}):
+        assert key_settings({**settings, **change}) == {**older, **change}
+
+
 @pytest.mark.slow      # a small pipeline run, about 20 s
 def test_a_mode_guided_run_samples_each_ipc_with_its_own_modes_and_reports_its_own_row(tmp_path):
     from minimaxdd.data.synthetic import load_synthetic

@@ -16,7 +16,7 @@ from minimaxdd.files import write_json
 from minimaxdd.pipeline.bookkeeping import StageRun, key_of, say
 from minimaxdd.pipeline.config import NO_FINETUNING, DistillConfig
 from minimaxdd.settings import to_dict
-from minimaxdd.training.finetune import FinetuneConfig, class_mapping, finetune, load_base, merge_defaults
+from minimaxdd.training.finetune import FinetuneConfig, class_mapping, finetune, key_settings, load_base, merge_defaults
 
 
 def stage_finetune(run: Path, cfg: DistillConfig, base: dict, force: bool, device: torch.device) -> dict:
@@ -24,7 +24,7 @@ def stage_finetune(run: Path, cfg: DistillConfig, base: dict, force: bool, devic
     f = to_dict(cfg.finetune)
     objective = cfg.finetune.objective
     phases = cfg.phases if objective != NO_FINETUNING else 1
-    key = key_of(base["key"], f, cfg.data, cfg.size, cfg.seed, *([phases] if phases > 1 else []))
+    key = key_of(base["key"], key_settings(f), cfg.data, cfg.size, cfg.seed, *([phases] if phases > 1 else []))
     st = StageRun(run, "finetune", key, {**f, "phases": phases} if phases > 1 else f, force)
 
     def body(st: StageRun) -> dict:

@@ -55,6 +55,16 @@ EDM_TRANSFERS = ("native", "weight", "paper")
 TRAINABLE = ("difffit", "full")
 
 
+# Settings added after runs existed, with the value those runs used: a stage key leaves them out at that value,
+# so a run made before them resumes its fine-tuning instead of training it again (tested).
+KEY_NEUTRAL = {"edm_transfer": "native", "embedding": "pixel"}
+
+
+def key_settings(settings: dict) -> dict:
+    """Fine-tune settings (a dict) less those of KEY_NEUTRAL left at their old value: what a stage key sees."""
+    return {k: v for k, v in settings.items() if k not in KEY_NEUTRAL or v != KEY_NEUTRAL[k]}
+
+
 @dataclass(kw_only=True)
 class FinetuneConfig(LoopConfig):
     """`minimaxdd finetune`. The defaults are the paper's (Gu et al. 2024, Sec. 4.1, and the reference
