@@ -53,7 +53,9 @@ def main() -> None:
     ap.add_argument("--full-epochs", type=int, default=10, help="dc epochs of the full-data row (HLR)")
     ap.add_argument("--hard", action="append", default=[], help="METHOD:IPC=ROW.json: that set's dc row from a "
                     "distill / ablation run (same protocol and epochs), instead of training it again")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--full", type=Path, default=None, help="a results.json (its `full` dc row) or a row .json: the "
+                    "full-data dc row of a distill run on the same data, instead of training it again")
+    ap.add_argument("--out", type=Path, help="written after every set, so a stopped run keeps what it measured")
     a = ap.parse_args()
     torch.set_flush_denormal(True)
     t0 = time.time()
@@ -79,9 +81,20 @@ def main() -> None:
                              f"at {r['epochs']}")
         reused[(method, ipc)] = {"mean": r["mean"], "std": r["std"], "runs": r["runs"], "epochs": r["epochs"],
                                  "seconds": r.get("time_s"), "from": path}
-    rows = []
-    full = run(ds.x_train, ds.y_train, dc, a.full_epochs, False)
+    rows: list[dict] = []
+    full = reused_full(a.full) if a.full else run(ds.x_train, ds.y_train, dc, a.full_epochs, False)
     print(f"full dc: {100 * full['mean']:.2f} +- {100 * full['std']:.2f}", flush=True)
+
+    def save(done: bool) -> None:
+        if a.out:
+            write_json(a.out, {"command": "python benchmarks/soft_labels.py --data " + a.data + "".join(
+                f" --set {s}" for s in a.sets) + "".join(f" --hard {h}" for h in a.hard)
+                + (f" --full {a.full}" if a.full else f" --full-epochs {a.full_epochs}")
+                + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs else "") + f" --repeats {a.repeats}",
+                "complete": done, "teacher": teacher.record(), "full_dc": full, "rows": rows,
+                "seconds": round(time.time() - t0, 1), "machine": machine_report(),
+                "cpu": platform.processor() or platform.machine()})
+
     for spec in a.sets:
         method, ipc, path = parse_set(spec)
         s = conform(load_synthetic(path), ds.class_names, ds.channels, ds.size)
@@ -92,6 +105,7 @@ def main() -> None:
         rows.append(row)
         print(f"{method} IPC {ipc}: " + ", ".join(f"{k} {100 * row[k]['mean']:.2f} +- {100 * row[k]['std']:.2f}"
                                                  for k in ("dc", "rded", "rded-noaug")), flush=True)
+        save(False)
     for row in rows:
         rnd = next((r for r in rows if r["method"] == "random" and r["ipc"] == row["ipc"]), None)
         if rnd is not None:
@@ -99,13 +113,19 @@ def main() -> None:
                                       row["rded-noaug"]["mean"], rnd["rded-noaug"]["mean"])
             print(f"{row['method']} IPC {row['ipc']}: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                      row["ddranking"].items()), flush=True)
-    if a.out:
-        write_json(a.out, {"command": "python benchmarks/soft_labels.py --data " + a.data + "".join(
-            f" --set {s}" for s in a.sets) + "".join(f" --hard {h}" for h in a.hard) + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs else "")
-            + f" --full-epochs {a.full_epochs} --repeats {a.repeats}",
-            "teacher": teacher.record(), "full_dc": full, "rows": rows, "seconds": round(time.time() - t0, 1),
-            "machine": machine_report(), "cpu": platform.processor() or platform.machine()})
+    save(True)
 
+
+def reused_full(path: Path) -> dict:
+    """The full-data dc row of a distill run: a results file (rows, one with method `full`) or the row itself."""
+    blob = json.loads(path.read_text())
+    rows = blob["rows"] if isinstance(blob, dict) and "rows" in blob else blob if isinstance(blob, list) else [blob]
+    full = [r for r in rows if r.get("method") == "full" and r.get("protocol") == "dc"]
+    if len(full) != 1:
+        raise SystemExit(f"{path}: expected one full-data dc row, found {len(full)}")
+    r = full[0]
+    return {"mean": r["mean"], "std": r["std"], "runs": r["runs"], "epochs": r["epochs"], "seconds": r.get("time_s"),
+            "from": str(path)}
 
 if __name__ == "__main__":
     main()

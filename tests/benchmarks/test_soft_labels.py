@@ -1,0 +1,33 @@
+"""benchmarks/soft_labels.py's inputs: the set specs and the reused full-data row of a distill run."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("soft_labels", ROOT / "benchmarks" / "soft_labels.py")
+soft_labels = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(soft_labels)
+
+FULL = {"method": "full", "ipc": None, "protocol": "dc", "mean": 0.86, "std": 0.005, "runs": [0.855, 0.86, 0.865],
+        "epochs": 1, "time_s": 242.0}
+
+
+def test_a_set_spec_names_method_ipc_and_path_and_the_path_may_hold_colons():
+    assert soft_labels.parse_set("minimax+modes:10=runs/a:b/sample/ipc10") == ("minimax+modes", 10,
+                                                                               "runs/a:b/sample/ipc10")
+
+
+def test_the_full_row_comes_from_a_results_file_a_row_list_or_the_row_itself(tmp_path):
+    other = {**FULL, "method": "random", "ipc": 10, "mean": 0.7}
+    soft = {**FULL, "protocol": "rded", "mean": 0.9}
+    for blob in ({"command": "distill", "rows": [other, FULL, soft]}, [other, FULL], FULL):
+        p = tmp_path / "r.json"
+        p.write_text(json.dumps(blob))
+        got = soft_labels.reused_full(p)
+        assert (got["mean"], got["runs"], got["epochs"], got["seconds"], got["from"]) == (
+            0.86, FULL["runs"], 1, 242.0, str(p))
+    p.write_text(json.dumps({"rows": [other, soft]}))
+    with pytest.raises(SystemExit, match="expected one full-data dc row, found 0"):
+        soft_labels.reused_full(p)
