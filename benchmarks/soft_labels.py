@@ -79,8 +79,7 @@ def main() -> None:
         if r["protocol"] != "dc" or r["epochs"] != hard_epochs[ipc]:
             raise SystemExit(f"{path}: a dc row at {hard_epochs[ipc]} epochs is needed, got {r['protocol']} "
                              f"at {r['epochs']}")
-        reused[(method, ipc)] = {"mean": r["mean"], "std": r["std"], "runs": r["runs"], "epochs": r["epochs"],
-                                 "seconds": r.get("time_s"), "from": path}
+        reused[(method, ipc)] = reused_row(r, path)
     rows: list[dict] = []
     full = reused_full(a.full) if a.full else run(ds.x_train, ds.y_train, dc, a.full_epochs, False)
     print(f"full dc: {100 * full['mean']:.2f} +- {100 * full['std']:.2f}", flush=True)
@@ -123,7 +122,11 @@ def reused_full(path: Path) -> dict:
     full = [r for r in rows if r.get("method") == "full" and r.get("protocol") == "dc"]
     if len(full) != 1:
         raise SystemExit(f"{path}: expected one full-data dc row, found {len(full)}")
-    r = full[0]
+    return reused_row(full[0], path)
+
+
+def reused_row(r: dict, path: str | Path) -> dict:
+    """A pipeline row (evaluate/*.json, results.json) in this script's row form, with the file it came from."""
     return {"mean": r["mean"], "std": r["std"], "runs": r["runs"], "epochs": r["epochs"], "seconds": r.get("time_s"),
             "from": str(path)}
 

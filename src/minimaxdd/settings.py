@@ -226,6 +226,12 @@ def to_dict(obj: Any) -> Any:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
+def without_values(settings: dict, values: dict) -> dict:
+    """`settings` less each entry that equals its value in `values`: what a stage key sees of settings added
+    after runs existed (at the value those runs used they stay out, so the runs' keys hold)."""
+    return {k: v for k, v in settings.items() if k not in values or v != values[k]}
+
+
 def default_of(cls: type, name: str) -> Any:
     """The default of field `name` of dataclass `cls` (so another config can share it without restating it)."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]

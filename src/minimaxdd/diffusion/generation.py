@@ -41,7 +41,16 @@ from minimaxdd.errors import UserError
 from minimaxdd.files import check_set_out, input_paths, manifest, reading, run_lock
 from minimaxdd.precision import describe_precision, precision_line, resolve_precision
 from minimaxdd.runtime import PRECISIONS, pick_device
-from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, run_field, setting
+from minimaxdd.settings import (
+    AT_LEAST_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Bounds,
+    run_field,
+    setting,
+    without_values,
+)
 
 SAMPLER_CHOICES = tuple(SAMPLERS)   # the CLI choices; each names one algorithm for every formulation
 # Guidance scales in use are 1-10 (DiT: 1.5 and 4; U-ViT: 0.4-3 as w + 1); far above, the guided prediction is
@@ -125,7 +134,7 @@ GUIDE_DEFAULTS = {"cfg_sigma_lo": 0.0, "cfg_sigma_hi": None, "mode_guidance": 0.
 
 def without_default_guides(settings: dict) -> dict:
     """Sampling settings (a dict) less the guide settings left at their defaults: what a stage key should see."""
-    return {k: v for k, v in settings.items() if k not in GUIDE_DEFAULTS or v != GUIDE_DEFAULTS[k]}
+    return without_values(settings, GUIDE_DEFAULTS)
 
 
 def guides_on(cfg: Any) -> dict[str, bool]:

@@ -32,7 +32,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.evaluation.reference_classifier import ReferenceConfig, reference_classifier
 from minimaxdd.files import input_paths, reading, refuse_overlap
 from minimaxdd.runtime import pick_device
-from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, run_field, setting
+from minimaxdd.settings import AT_LEAST_1, NON_NEGATIVE, run_field, setting, without_values
 from minimaxdd.training.config import LoopConfig, redefault, resolve_flip
 from minimaxdd.training.draws import Targets, make_targets
 from minimaxdd.training.loop import fit
@@ -62,7 +62,7 @@ KEY_NEUTRAL = {"edm_transfer": "native", "embedding": "pixel"}
 
 def key_settings(settings: dict) -> dict:
     """Fine-tune settings (a dict) less those of KEY_NEUTRAL left at their old value: what a stage key sees."""
-    return {k: v for k, v in settings.items() if k not in KEY_NEUTRAL or v != KEY_NEUTRAL[k]}
+    return without_values(settings, KEY_NEUTRAL)
 
 
 @dataclass(kw_only=True)
