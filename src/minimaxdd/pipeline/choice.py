@@ -39,23 +39,38 @@ def candidates(cfg: DistillConfig) -> list[dict[str, Any]]:
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-def _score(cfg: DistillConfig, ckpt: str, cand: dict, ds: Dataset, split: tuple, ipc: int, out: Path,
-           device: torch.device) -> float:
-    """Validation accuracy (mean over repeats) of a classifier trained on one candidate's samples."""
+def candidate_set(cfg: DistillConfig, ckpt: str, cand: dict, ipc: int, out: Path,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One candidate's small set, sampled with the candidates' own seed: (images, labels) as `sample_checkpoint`."""
     sample = dataclasses.replace(cfg.sample, **cand)
     # mode guidance takes its modes from the training part of the split only, never from the images that score
     s, _ = sample_checkpoint(SampleConfig(**to_dict(sample), ckpt=ckpt, out=str(out), ipc=ipc,
                                           seed=cfg.seed + CANDIDATE_SEED_OFFSET, device=str(device), data=cfg.data,
                                           size=cfg.size, holdout=[cfg.choose.val_fraction, cfg.seed]))
+    return s.images, s.labels
+
+
+def validation_accuracy(cfg: DistillConfig, ds: Dataset, split: tuple, images: torch.Tensor, labels: torch.Tensor,
+                        ipc: int, device: torch.device, epochs: int | None = None) -> float:
+    """Validation accuracy (mean over `choose.repeats`) of the run's first classifier trained on a set under the
+    run's hard-label protocol; `epochs` None: `choose.epochs`, else the run's evaluation epochs at this IPC."""
     tr, va = split
     ev = cfg.evaluate
+    if epochs is None:
+        epochs = cfg.choose.epochs if cfg.choose.epochs is not None else epochs_for(cfg, ipc)
     # the hard-label protocol: a soft one's teacher would have trained on the validation images
-    r = train_test.evaluate_set(s.images, s.labels, ds.x_train[va], ds.y_train[va], ds.num_classes, ev.models[0],
-                                get_protocol(get_protocol(ev.protocol).hard_name), cfg.choose.repeats,
-                                cfg.choose.epochs if cfg.choose.epochs is not None else epochs_for(cfg, ipc),
+    r = train_test.evaluate_set(images, labels, ds.x_train[va], ds.y_train[va], ds.num_classes, ev.models[0],
+                                get_protocol(get_protocol(ev.protocol).hard_name), cfg.choose.repeats, epochs,
                                 cfg.seed, device, ev.precision, stats=channel_stats(ds.x_train[tr]),
                                 image_size=ev.image_size)
     return r.mean
+
+
+def _score(cfg: DistillConfig, ckpt: str, cand: dict, ds: Dataset, split: tuple, ipc: int, out: Path,
+           device: torch.device) -> float:
+    """Validation accuracy of a classifier trained on one candidate's samples."""
+    images, labels = candidate_set(cfg, ckpt, cand, ipc, out, device)
+    return validation_accuracy(cfg, ds, split, images, labels, ipc, device)
 
 
 def choice_conf(cfg: DistillConfig) -> dict:
