@@ -26,6 +26,7 @@ from minimaxdd.diffusion.networks import build_denoiser
 from minimaxdd.diffusion.sampling import generate, image_seed
 from minimaxdd.diffusion.schedule import Diffusion
 from minimaxdd.files import write_json
+from minimaxdd.runtime import pick_device
 from minimaxdd.training.finetune import select_trainable
 from minimaxdd.training.loop import Batch
 from minimaxdd.training.minimax import ClassMemory, MinimaxStep
@@ -123,7 +124,7 @@ def vae_speed(device, n: int, size: int, batch: int) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default="cuda", help="cuda, cuda:1, cpu, or auto (cuda if available)")
     ap.add_argument("--model", default="dit-xl/2")
     ap.add_argument("--latent", type=int, default=32, help="latent side (256 px / 8)")
     ap.add_argument("--batches", default="1,8,32,64,128", help="sampling batch sizes")
@@ -132,7 +133,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny measurement sizes (smoke run)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    device = torch.device(a.device)
+    device = pick_device(a.device)
     if a.quick:
         a.images, a.steps, a.batches = 4, 2, "1,4"
     torch.manual_seed(0)
