@@ -7,6 +7,9 @@
 #   DATA=fashion-mnist:DIR OUT=DIR bash benchmarks/fm_gpu.sh          # on the GPU machine (device auto)
 #   TINY=1 DEVICE=cpu OUT=/tmp/smoke bash benchmarks/fm_gpu.sh        # a minute-scale smoke run of the path
 #
+# `python3 -m minimaxdd` must import: installed, or PYTHONPATH=src (as on the lent H200, whose python3 has torch
+# and the other dependencies but not this package).
+#
 # Every stage's records (no checkpoints) go to $OUT/results.tgz after each step, so a run stopped at its time
 # limit still returns what it finished. The test set is read only to report; choose uses the validation split.
 set -u
