@@ -48,7 +48,8 @@ step plain python3 -m minimaxdd distill --preset fashion-mnist --data "$DATA" --
 (cd "$RUNS" && tar czf "$OUT/models.tgz" $(ls plain/base/*.safetensors | tail -n 1) plain/base/*.json \
     $(ls plain/finetune/*.safetensors | tail -n 1) plain/finetune/*.json 2>/dev/null)
 
-# the same base and fine-tuned model (hard links; the stages' keys match), mode-guided sampling chosen at cfg 2
+# the same base and fine-tuned model (hard links; the stages' keys match), mode-guided sampling chosen at cfg 2;
+# stop 3.44 is MGD3's (diffusion.guides.MGD3_SIGMA_STOP, the default)
 mkdir -p "$RUNS/mode" && cp -al "$RUNS/plain/base" "$RUNS/plain/finetune" "$RUNS/mode/" 2>/dev/null
 step mode python3 -m minimaxdd distill --preset fashion-mnist --data "$DATA" --ipc "$IPCS" --device "$DEVICE" \
     --set 'choose.cfg=[]' --set sample.cfg=2.0 --set 'choose.mode_guidance=[0.5,1.0]' \

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from minimaxdd.data.sources import load_dataset
+from minimaxdd.diffusion.codecs import PixelCodec
 from minimaxdd.diffusion.guides import class_modes
 
 
@@ -25,13 +26,13 @@ def mode_sets(x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, ipcs
               ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{ipc: (uint8 images (n_classes * ipc, C, H, W), labels)}: each class's k-means modes (k = the largest IPC) of
     its uint8 training images in the pixel codec's [-1, 1], as the sampler computes them, the first `ipc` of each."""
-    x = x_train.float() / 127.5 - 1                                        # the pixel codec's [-1, 1]
+    codec = PixelCodec(x_train.shape[1], x_train.shape[-1])                # the sampler's pixel space, [-1, 1]
+    x = codec.encode(x_train)
     classes = list(range(n_classes))
     modes = class_modes(x, y_train, classes, max(ipcs), seed)             # {class: (k, C, H, W)}
     out = {}
     for ipc in sorted(ipcs):
-        imgs = torch.cat([modes[c][:ipc] for c in classes])
-        u8 = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        u8 = codec.decode(torch.cat([modes[c][:ipc] for c in classes])).numpy()
         out[ipc] = (u8, np.repeat(np.arange(n_classes), ipc))
     return out
 
