@@ -29,6 +29,7 @@ from minimaxdd.diffusion.generation import SampleConfig, run_sampling
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS
 from minimaxdd.evaluation.metrics import format_metrics, run_metrics
+from minimaxdd.evaluation.reference_classifier import reference_features
 from minimaxdd.evaluation.runner import EvaluateConfig, format_table, run_evaluation
 from minimaxdd.evaluation.train_test import BEST_OF_CHECKS
 from minimaxdd.files import input_paths, os_error_code, refuse_overlap, run_lock
@@ -376,7 +377,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
         raise UserError("sample needs --ipc K, or --budget-minutes M (optionally with --ipc as a cap)")
     if a.ipc is None:
         kw["ipc"] = 10**6                # no cap: the budget decides
-    path, info = run_sampling(build(SampleConfig, kw, allow_run=True))
+    path, info = run_sampling(build(SampleConfig, kw, allow_run=True), reference_features)
     if not dist.is_main():
         return 0
     b = info.get("budget")

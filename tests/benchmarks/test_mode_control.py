@@ -23,7 +23,7 @@ def clustered(n_classes=3, k=4, copies=5, seed=0):
     return x, y, protos
 
 
-def test_exact_clusters_give_their_images_back_and_smaller_ipcs_are_prefixes():
+def test_exact_clusters_give_their_images_back_and_each_ipc_clusters_with_its_own_k():
     x, y, protos = clustered()
     sets = mode_control.mode_sets(x, y, 3, [2, 4], seed=0)
     big, labels = sets[4]
@@ -33,8 +33,12 @@ def test_exact_clusters_give_their_images_back_and_smaller_ipcs_are_prefixes():
         got = sorted(map(bytes, big[4 * c:4 * c + 4]))
         assert got == sorted(map(bytes, protos[c].numpy()))
     small, small_labels = sets[2]
-    assert np.array_equal(small, big.reshape(3, 4, 1, 6, 6)[:, :2].reshape(6, 1, 6, 6))
     assert small_labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # k = 2 merges the four prototypes into two clusters: its modes are means, not two of the four images
+    x2 = torch.tensor(small.astype(np.float64) / 127.5 - 1)
+    want = class_modes(x.float() / 127.5 - 1, y, [0, 1, 2], 2, 0)
+    assert (x2 - torch.cat([want[c] for c in range(3)]).double()).abs().max() <= 0.5 / 127.5 + 1e-6
+    assert not np.array_equal(small, big.reshape(3, 4, 1, 6, 6)[:, :2].reshape(6, 1, 6, 6))
 
 
 def test_the_images_are_the_samplers_modes_in_its_order_and_seed():
@@ -57,3 +61,12 @@ def test_the_written_file_reads_back_as_a_synthetic_set(tmp_path):
     s = load_synthetic(f)
     assert s.class_names == ["a", "b", "c"] and s.images.shape == (6, 1, 6, 6)
     assert s.labels.tolist() == labels.tolist() and np.array_equal(s.images.numpy(), u8)
+
+
+def test_feature_modes_are_pixel_means_of_the_feature_clusters():
+    x, y, protos = clustered(n_classes=1, k=2, copies=6)
+    feats = torch.arange(12).float().unsqueeze(1) % 2                        # groups that mix both prototypes
+    u8, _ = mode_control.mode_sets(x, y, 1, [2], seed=0, feats=feats)[2]
+    mixed = (protos[0, 0].float() + protos[0, 1].float()) / 2                 # each group: 3 of each prototype
+    for m in u8:
+        assert np.abs(m.astype(np.float64) - mixed.numpy()).max() <= 1

@@ -205,6 +205,34 @@ def test_mode_guidance_takes_k_means_modes_of_the_class_and_one_per_image(traine
     assert not torch.equal(held[3], modes[3])                                   # choose's modes leave out val images
 
 
+def test_feature_space_modes_cluster_in_the_given_features_and_average_in_the_model_space(trained):
+    # strength 1, no stop: each image is its mode, the mean (in pixels) of a cluster found in `embed`'s features
+    model, meta = ckpt.load(trained, "ema")
+    cfg = SampleConfig(**_base(trained), mode_guidance=1.0, mode_stop=0.0, data="digits", classes=[3, 5],
+                       mode_space="features")
+    with pytest.raises(UserError, match="mode_space features"):
+        sample_checkpoint(cfg)                                                  # no feature space given
+
+    def ink(ds, device):                                                        # a 1-D feature: the ink per image
+        return ds.x_train.float().flatten(1).mean(1, keepdim=True)
+
+    s, _ = sample_checkpoint(cfg, embed=ink)
+    codec = PixelCodec(meta.channels, meta.image_size)
+    modes = real_modes(cfg, meta, codec, [3, 5], embed=ink)
+    assert torch.equal(s.images, codec.decode(torch.cat([modes[3], modes[5]])))
+    ds = load_dataset("digits", size=meta.image_size)
+    x3 = codec.encode(ds.x_train[ds.y_train == 3])
+    f3 = ds.x_train[ds.y_train == 3].float().flatten(1).mean(1)
+    x3 = x3[f3.argsort()]                                                       # rows by ink
+    def near(mode, i):                                                          # mode: the mean of one side of cut i
+        return min((mode - part).abs().max().item() for part in (x3[:i].mean(0), x3[i:].mean(0))) < 1e-5
+    cuts = [i for i in range(1, len(x3)) if near(modes[3][0], i) and near(modes[3][1], i)]
+    assert len(cuts) == 1                                                       # both modes: the two sides of one
+    assert not torch.equal(modes[3][0], modes[3][1])                            # cut along the ink axis
+    pixel = real_modes(dataclasses.replace(cfg, mode_space="model"), meta, codec, [3])
+    assert not torch.equal(pixel[3], modes[3])                                  # not the pixel-space k-means
+
+
 def test_the_deviation_term_samples_in_rounds_with_the_same_seeds(trained):
     base = {**_base(trained), "ipc": 3, "batch_size": 20, "sampler": "heun"}
     plain, _ = sample_checkpoint(SampleConfig(**base))

@@ -124,3 +124,16 @@ def test_kmeans_modes_are_deterministic_and_per_class():
     assert sorted(two.mean(1).sign().tolist()) == [-1.0, 1.0]                # the two blobs
     with pytest.raises(ValueError, match="fewer than the 30 modes"):
         class_modes(x, labels, [0], 30, seed=0)
+
+
+def test_modes_found_in_features_are_cluster_means_in_the_models_space():
+    # pixels say nothing about the hidden groups; the features do: each mode is its feature cluster's pixel mean
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 1, 3, 3, generator=g)
+    group = torch.arange(40) % 2                                                # 20 and 20, alternating
+    feats = torch.stack([group.float() * 10, torch.zeros(40)], 1) + 0.01 * torch.randn(40, 2, generator=g)
+    labels = torch.zeros(40, dtype=torch.long)
+    modes = class_modes(x, labels, [0], 2, seed=0, feats=feats)[0]
+    want = {tuple(x[group == k].mean(0).flatten().tolist()) for k in (0, 1)}
+    assert {tuple(m.flatten().tolist()) for m in modes} == want
+    assert not torch.allclose(modes, class_modes(x, labels, [0], 2, seed=0)[0])  # not the pixel k-means

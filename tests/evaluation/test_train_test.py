@@ -200,6 +200,8 @@ def test_format_table():
     assert len(lines) == 4 and "accuracy (%)" in lines[0]
     assert "herding" in lines[2] and "81.23 +- 1.23" in lines[2] and " 10 " in lines[2] and "1000" in lines[2]
     assert "full data" in lines[3] and "full" in lines[3].replace("full data", "") and "97.00 +- 0.00" in lines[3]
+    long = format_table([{**rows[0], "method": "minimax+feature-modes+deviation"}]).splitlines()
+    assert long[2].startswith("minimax+feature-modes+deviation ") and long[2].index("10 ") + 2 == long[0].index("ipc") + 3
 
 
 def test_protocol_augmentations_come_from_the_registry():

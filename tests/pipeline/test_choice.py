@@ -119,6 +119,9 @@ def test_the_guides_knobs_are_candidates_and_name_their_own_rows():
     assert candidates(cfg) == [{"cfg": c, "steps": None, "mode_guidance": m, "deviation": 0.2}
                                for c in (1.0, 2.0) for m in (0.0, 0.1)]
     assert method_name(cfg) == "minimax+modes+deviation"
+    assert method_name(build_config(None, {"data": "digits", "sample": {"mode_guidance": 0.5,
+                                                                        "mode_space": "features"}})) == \
+        "minimax+feature-modes"
     assert method_name(build_config(None, {"data": "digits", "finetune": {"objective": "none"},
                                            "sample": {"cfg_sigma_lo": 0.28, "cfg_sigma_hi": 5.42}})) == \
         "diffusion+interval"

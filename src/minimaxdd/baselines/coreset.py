@@ -18,12 +18,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from minimaxdd.data.clustering import kmeans_centres
-from minimaxdd.data.dataset import Dataset, channel_stats
+from minimaxdd.data.dataset import Dataset
 from minimaxdd.errors import UserError
-from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
+from minimaxdd.evaluation.reference_classifier import reference_features
 from minimaxdd.runtime import generator
 
 # pick(ds, ipc, seed, device, feature_epochs) -> indices (K * ipc,) into ds.x_train, class-major
@@ -97,8 +96,7 @@ def feature_indices(order: Callable[..., torch.Tensor], seeded: bool = False) ->
     """A selector that orders each class's reference-classifier features (n_k, D) by `order(f, k)`, or by
     `order(f, k, seed)` with a seed per class when `seeded`."""
     def pick(ds: Dataset, ipc: int, seed: int, device: torch.device, feature_epochs: int | None) -> torch.Tensor:
-        model = reference_classifier(ds, ReferenceConfig(epochs=feature_epochs, seed=seed), device)
-        feats = F.normalize(embed(model, ds.x_train, channel_stats(ds.x_train)), dim=1)  # (N, D), unit rows
+        feats = reference_features(ds, device, seed, feature_epochs)                 # (N, D), unit rows
         picks = []
         for k in range(ds.num_classes):
             idx = (ds.y_train == k).nonzero().squeeze(1)  # (n_k,)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from minimaxdd import distributed as dist
-from minimaxdd.data.dataset import validation_split
+from minimaxdd.data.dataset import Dataset, validation_split
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.diffusion import checkpoints as ckpt
@@ -60,6 +60,11 @@ GUIDANCE_SCALES = Bounds(0, 100)
 # images, both whole; ours: a quarter of a 64 GiB machine). ImageNet-1k at IPC 50, 256 px through the VAE:
 # about 11 GiB.
 MAX_SET_BYTES = 16 << 30
+# Where mode guidance clusters the real images (`SampleConfig.mode_space`).
+MODE_SPACES = ("model", "features")
+# embed(dataset, device) -> unit rows (N, D) of a feature space for its training images: the reference classifier's
+# (`evaluation.reference_classifier.reference_features`), handed down by the layers that may import it.
+Embed = Callable[[Dataset, torch.device], torch.Tensor]
 
 
 @dataclass(kw_only=True)
@@ -111,6 +116,10 @@ class SampleConfig:
     mode_stop: float = setting(MGD3_SIGMA_STOP, bounds=NON_NEGATIVE,
                                help="mode guidance acts while sigma is above this (MGD3's stop guidance: step 25 of "
                                     "DiT's 50, sigma 3.44)")
+    mode_space: str = setting("model", choices=MODE_SPACES,
+                              help="where mode guidance finds its k-means clusters: model (the model's space, "
+                                   "MGD3's), features (the reference classifier's embedding, the space herding "
+                                   "selects in; each mode is then its cluster's mean in the model's space)")
     deviation: float = setting(0.0, bounds=NON_NEGATIVE,
                                help="IGD's deviation term: each image's D turned away from the most cosine-similar "
                                     "earlier sample of its class (about this many radians times the sine of the "
@@ -129,7 +138,8 @@ class SampleConfig:
 # The guide settings and their defaults: at these a set is sampled as before the guides existed, and they stay out
 # of the stage keys (`guide_settings`) so that earlier runs' keys hold.
 GUIDE_DEFAULTS = {"cfg_sigma_lo": 0.0, "cfg_sigma_hi": None, "mode_guidance": 0.0, "mode_stop": MGD3_SIGMA_STOP,
-                  "deviation": 0.0, "deviation_sigma_lo": IGD_SIGMA_LO, "deviation_sigma_hi": IGD_SIGMA_HI}
+                  "mode_space": "model", "deviation": 0.0, "deviation_sigma_lo": IGD_SIGMA_LO,
+                  "deviation_sigma_hi": IGD_SIGMA_HI}
 
 
 def without_default_guides(settings: dict) -> dict:
@@ -244,9 +254,14 @@ def _generator(cfg: SampleConfig, formulation: str, clip: bool, device: torch.de
     return gen, f"{sampler} {steps} steps" + ("" if formulation == "ddpm" else f" ({formulation})")
 
 
-def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
-    """IPC images per class (or a time budget's worth) from a checkpoint, with timing and provenance."""
+def sample_checkpoint(cfg: SampleConfig, embed: Embed | None = None) -> tuple[SyntheticSet, dict]:
+    """IPC images per class (or a time budget's worth) from a checkpoint, with timing and provenance. `embed`: the
+    feature space of mode guidance's clusters when cfg.mode_space is "features" (`Embed`)."""
     check_sample_config(cfg)
+    if cfg.mode_guidance > 0 and cfg.mode_space == "features" and embed is None:
+        raise UserError("mode_space features clusters in the reference classifier's features: sample through "
+                        "`minimaxdd sample` or `distill`, or pass embed=reference_features to sample_checkpoint; "
+                        "or set mode_space to model")
     device = dist.setup(pick_device(cfg.device))
     file = ckpt.resolve(cfg.ckpt)
     fix = ("re-download it, or re-run the training that wrote it (a run's older checkpoint also serves: name it "
@@ -282,7 +297,7 @@ def sample_checkpoint(cfg: SampleConfig) -> tuple[SyntheticSet, dict]:
         # Seeds are keyed by the network class, so the same class gets the same noise in any subset.
         seeds = [image_seed(cfg.seed, c, i % cfg.ipc) for i, c in enumerate(net_labels.tolist())]
         if any(guides_on(cfg).values()):
-            x = _guided(model, codec, labels, meta, cfg, gen, what)
+            x = _guided(model, codec, labels, meta, cfg, gen, what, embed, device)
         else:
             x = gen(model, net_labels, seeds, desc=f"sample {what}")
         images = codec.decode(finite_samples(x, cfg, file))
@@ -372,11 +387,12 @@ def finite_samples(x: torch.Tensor, cfg: SampleConfig, file: str | Path) -> torc
                     f"written as black images; nothing was written. Likely cause: {cause}")
 
 
-def real_modes(cfg: SampleConfig, meta: ckpt.CheckpointMeta, codec: Codec, labels: list[int]
-               ) -> dict[int, torch.Tensor]:
+def real_modes(cfg: SampleConfig, meta: ckpt.CheckpointMeta, codec: Codec, labels: list[int],
+               embed: Embed | None = None, device: torch.device | None = None) -> dict[int, torch.Tensor]:
     """{checkpoint class: its cfg.ipc modes (ipc, C, H, W) in the model's space}: k-means of the class's real training
     images of cfg.data, as pixels in [-1, 1] for pixel models, as the codec's (cached) posterior-mean latents for
-    latent ones (`guides.class_modes`, seeded from cfg.seed)."""
+    latent ones (`guides.class_modes`, seeded from cfg.seed); with cfg.mode_space "features", clustered in
+    `embed`'s features of the images instead, each mode its cluster's mean in the model's space."""
     ds = load_dataset(cfg.data, size=cfg.size or meta.image_size)
     missing = [n for n in meta.class_names if n not in ds.class_names]
     if missing:
@@ -387,19 +403,26 @@ def real_modes(cfg: SampleConfig, meta: ckpt.CheckpointMeta, codec: Codec, label
         local[ds.y_train == list(ds.class_names).index(meta.class_names[c])] = c
     if cfg.holdout is not None:                                 # `choose` scores on these: they give no mode
         local[validation_split(ds, cfg.holdout[0], int(cfg.holdout[1]))[1]] = -1
+    feats = None
+    if cfg.mode_space == "features":
+        if embed is None:
+            raise UserError("mode_space features needs the reference classifier's features (embed); or set "
+                            "mode_space to model")
+        feats = embed(ds, device or torch.device("cpu")).cpu()                       # (N, D), every training image
+    keep = (local >= 0).nonzero().squeeze(1)
     if isinstance(codec, PixelCodec):
-        keep = (local >= 0).nonzero().squeeze(1)
-        x, y = codec.encode(ds.x_train[keep]), local[keep]      # (n, C, H, W) in [-1, 1]
+        x = codec.encode(ds.x_train[keep])                      # (n, C, H, W) in [-1, 1]
     else:
-        x, y = encode_dataset(codec, ds.x_train, ds.fingerprint())["mean"][:, 0].float(), local   # unmirrored
+        x = encode_dataset(codec, ds.x_train, ds.fingerprint())["mean"][keep, 0].float()   # unmirrored latents
     try:
-        return class_modes(x, y, labels, cfg.ipc, cfg.seed)
+        return class_modes(x, local[keep], labels, cfg.ipc, cfg.seed, None if feats is None else feats[keep])
     except ValueError as e:
         raise UserError(f"mode guidance: {e}; lower --ipc or set mode_guidance to 0") from None
 
 
 def _guided(model: nn.Module, codec: Codec, labels: list[int], meta: ckpt.CheckpointMeta, cfg: SampleConfig,
-            gen: Callable, what: str) -> torch.Tensor:
+            gen: Callable, what: str, embed: Embed | None = None, device: torch.device | None = None
+            ) -> torch.Tensor:
     """cfg.ipc samples per class (class-major, the model's space, float) with the guides cfg turns on. Each image keeps
     its seed (cfg.seed, class, index). Image i of a class is guided to the class's mode i. With the deviation term the
     set is made in rounds, round i generating image i of every class, so that every image has its class's earlier
@@ -407,7 +430,7 @@ def _guided(model: nn.Module, codec: Codec, labels: list[int], meta: ckpt.Checkp
     base = Guides(cfg_lo=cfg.cfg_sigma_lo, cfg_hi=cfg.cfg_sigma_hi, mode_strength=cfg.mode_guidance,
                   mode_stop=cfg.mode_stop, deviation=cfg.deviation, dev_lo=cfg.deviation_sigma_lo,
                   dev_hi=cfg.deviation_sigma_hi)
-    modes = real_modes(cfg, meta, codec, labels) if cfg.mode_guidance > 0 else None
+    modes = real_modes(cfg, meta, codec, labels, embed, device) if cfg.mode_guidance > 0 else None
     net = torch.as_tensor(meta.class_map)[torch.tensor(labels)]                       # (K,) the network's classes
     if cfg.deviation == 0:
         net_labels = net.repeat_interleave(cfg.ipc)                                   # (K * ipc,) class-major
@@ -463,14 +486,14 @@ def _budgeted(model: nn.Module, codec: Codec, labels: list[int], class_map: list
                                 "rounds": -(-done // per_round), "stopped": "budget" if done < cfg.ipc else "ipc cap"}
 
 
-def run_sampling(cfg: SampleConfig) -> tuple[Path, dict]:
+def run_sampling(cfg: SampleConfig, embed: Embed | None = None) -> tuple[Path, dict]:
     """`minimaxdd sample`: sample, then write the set (rank 0) with its manifest."""
     t0 = time.time()
     out = Path(cfg.out)
     if dist.is_main():                     # fail before the work, not after it
         check_set_out(out, cfg.overwrite, input_paths(cfg.ckpt))
     with run_lock(out, enabled=dist.is_main()):
-        s, info = sample_checkpoint(cfg)
+        s, info = sample_checkpoint(cfg, embed)
         if not dist.is_main():
             return out, info
         path = write_synthetic(out, s, manifest(asdict(cfg), cfg.seed, time.time() - t0, **info), cfg.overwrite)

@@ -134,21 +134,45 @@ def kmeans(f: torch.Tensor, k: int, g: torch.Generator, iters: int = 20) -> torc
     """k centres of the rows of f (n, K): k-means++ seeding drawn from `g` (Arthur & Vassilvitskii 2007), then
     `iters` Lloyd steps (an emptied cluster keeps its centre); (k, K), ordered by cluster size, largest first
     (ties by index), so the same data and generator give the same centres in the same order."""
+    return kmeans_clusters(f, k, g, iters)[0]
+
+
+def kmeans_clusters(f: torch.Tensor, k: int, g: torch.Generator, iters: int = 20
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`kmeans`'s centres (k, K), largest cluster first, and each row's cluster in that order (n,)."""
     c = kmeans_centres(f, k, g, iters)                                         # (k, K)
-    sizes = torch.bincount(torch.cdist(f, c).argmin(1), minlength=k)           # (k,)
+    assign = torch.cdist(f, c).argmin(1)                                       # (n,)
+    sizes = torch.bincount(assign, minlength=k)                                # (k,)
     order = sorted(range(k), key=lambda j: (-int(sizes[j]), j))
-    return c[order]
+    rank = torch.empty(k, dtype=torch.long)
+    rank[torch.tensor(order)] = torch.arange(k)
+    return c[order], rank[assign]
 
 
-def class_modes(x: torch.Tensor, labels: torch.Tensor, classes: list[int], k: int, seed: int
-                ) -> dict[int, torch.Tensor]:
-    """{class: its k modes (k, C, H, W)}: k-means of the class's rows of x (N, C, H, W, in the model's space), each
-    class from its own generator (seed, class), so a class's modes do not depend on which other classes are asked."""
+def class_modes(x: torch.Tensor, labels: torch.Tensor, classes: list[int], k: int, seed: int,
+                feats: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """{class: its k modes (k, C, H, W) in x's space}, x (N, C, H, W) in the model's space, each class from its own
+    generator (seed, class), so a class's modes do not depend on which other classes are asked.
+
+    feats None: the k-means centres of the class's rows of x (MGD3's modes, in the model's space).
+    feats (N, D), rows aligned with x: the clusters are found by k-means on the class's feature rows, and each mode
+    is the mean of its cluster's members in x's space (a cluster left empty by the last assignment, which only
+    duplicate rows cause, takes the member nearest its feature centre)."""
     out = {}
     for c in classes:
-        rows = x[labels == c].flatten(1).float()                               # (n_c, K)
+        members = labels == c
+        rows = x[members].flatten(1).float()                                   # (n_c, K)
         if len(rows) < k:
             raise ValueError(f"class {c} has {len(rows)} training images, fewer than the {k} modes asked")
         g = torch.Generator().manual_seed(seed * 1_000_003 + c)
-        out[c] = kmeans(rows, k, g).view(k, *x.shape[1:])
+        if feats is None:
+            out[c] = kmeans(rows, k, g).view(k, *x.shape[1:])
+            continue
+        f = feats[members].float()                                             # (n_c, D)
+        centres, assign = kmeans_clusters(f, k, g)                             # (k, D), (n_c,)
+        modes = torch.empty(k, rows.shape[1])
+        for j in range(k):
+            mine = assign == j
+            modes[j] = rows[mine].mean(0) if mine.any() else rows[torch.cdist(centres[j:j + 1], f).argmin()]
+        out[c] = modes.view(k, *x.shape[1:])
     return out

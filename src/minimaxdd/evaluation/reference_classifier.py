@@ -93,6 +93,14 @@ def teacher_classifier(ds: Dataset, model: str, device: str | torch.device = "cp
     return net.eval().requires_grad_(False)
 
 
+def reference_features(ds: Dataset, device: str | torch.device = "cpu", seed: int = 0,
+                       epochs: int | None = None) -> torch.Tensor:
+    """Unit rows (N, D) of the reference classifier's embedding of ds's training images: the space herding,
+    k-center and feature-space mode guidance work in (the classifier trained, or loaded from the cache, first)."""
+    model = reference_classifier(ds, ReferenceConfig(epochs=epochs, seed=seed), device)
+    return torch.nn.functional.normalize(embed(model, ds.x_train, channel_stats(ds.x_train)), dim=1)
+
+
 @torch.no_grad()
 def embed(model: nn.Module, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor],
           batch_size: int = 512) -> torch.Tensor:

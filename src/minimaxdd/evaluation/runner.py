@@ -104,12 +104,15 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table of results: method, IPC, model, protocol, epochs, accuracy mean +- std (%)."""
-    head = f"{'method':<14}{'ipc':>6}  {'model':<11}{'protocol':<9}{'epochs':>7}  {'accuracy (%)':>15}"
+    """A plain-text table of results: method, IPC, model, protocol, epochs, accuracy mean +- std (%); the method
+    column as wide as its longest name (at least 14), never cut."""
+    names = [str(r.get("method", r.get("synth", "?"))) for r in rows]
+    w = max([14, *(len(n) + 1 for n in names)])
+    head = f"{'method':<{w}}{'ipc':>6}  {'model':<11}{'protocol':<9}{'epochs':>7}  {'accuracy (%)':>15}"
     lines = [head, "-" * len(head)]
-    for r in rows:
+    for name, r in zip(names, rows):
         full = r.get("synth") == "full" or r.get("method") == "full"
         ipc = "full" if full else ("-" if r.get("ipc") is None else str(r["ipc"]))
-        lines.append(f"{r.get('method', r.get('synth', '?'))!s:<14.14}{ipc:>6}  {r['model']:<11}{r['protocol']:<9}"
+        lines.append(f"{name:<{w}}{ipc:>6}  {r['model']:<11}{r['protocol']:<9}"
                      f"{r['epochs']:>7}  {100 * r['mean']:>8.2f} +- {100 * r['std']:.2f}")
     return "\n".join(lines)

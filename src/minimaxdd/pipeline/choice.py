@@ -23,6 +23,7 @@ from minimaxdd.data.sources import load_dataset
 from minimaxdd.diffusion.generation import SampleConfig, sample_checkpoint, without_default_guides
 from minimaxdd.evaluation import train_test
 from minimaxdd.evaluation.protocols import get_protocol
+from minimaxdd.evaluation.reference_classifier import reference_features
 from minimaxdd.pipeline.bookkeeping import StageRun, key_of, precision_part, say
 from minimaxdd.pipeline.config import GUIDE_KNOBS, DistillConfig, epochs_for
 from minimaxdd.settings import to_dict
@@ -46,7 +47,8 @@ def candidate_set(cfg: DistillConfig, ckpt: str, cand: dict, ipc: int, out: Path
     # mode guidance takes its modes from the training part of the split only, never from the images that score
     s, _ = sample_checkpoint(SampleConfig(**to_dict(sample), ckpt=ckpt, out=str(out), ipc=ipc,
                                           seed=cfg.seed + CANDIDATE_SEED_OFFSET, device=str(device), data=cfg.data,
-                                          size=cfg.size, holdout=[cfg.choose.val_fraction, cfg.seed]))
+                                          size=cfg.size, holdout=[cfg.choose.val_fraction, cfg.seed]),
+                              reference_features)
     return s.images, s.labels
 
 

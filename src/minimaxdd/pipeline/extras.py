@@ -27,7 +27,7 @@ from minimaxdd.data.dataset import channel_stats
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.data.synthetic import SyntheticSet, load_synthetic, write_synthetic
 from minimaxdd.diffusion.generation import SampleConfig, from_real_images, sample_checkpoint, without_default_guides
-from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier
+from minimaxdd.evaluation.reference_classifier import ReferenceConfig, embed, reference_classifier, reference_features
 from minimaxdd.files import manifest
 from minimaxdd.pipeline.bookkeeping import StageRun, key_of, say
 from minimaxdd.pipeline.config import DistillConfig, method_name
@@ -118,6 +118,6 @@ def _pool(path: Path, base: SampleConfig, n: int) -> SyntheticSet:
         return load_synthetic(path)
     say(f"extras: sampling a pool of {n} images per class")
     t0 = time.time()
-    s, info = sample_checkpoint(dataclasses.replace(base, ipc=n))
+    s, info = sample_checkpoint(dataclasses.replace(base, ipc=n), reference_features)
     write_synthetic(path, s, manifest(to_dict(base), base.seed, time.time() - t0, **info), overwrite=True)
     return s

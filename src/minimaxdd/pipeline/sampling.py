@@ -13,6 +13,7 @@ import torch
 from minimaxdd.data.grid import save_grid
 from minimaxdd.data.synthetic import SyntheticSet, write_synthetic
 from minimaxdd.diffusion.generation import SampleConfig, guides_on, sample_checkpoint, without_default_guides
+from minimaxdd.evaluation.reference_classifier import reference_features
 from minimaxdd.files import manifest
 from minimaxdd.pipeline.bookkeeping import StageRun, key_of, say
 from minimaxdd.pipeline.config import DistillConfig
@@ -61,7 +62,7 @@ def _sample_sets(st: StageRun, cfg: DistillConfig, ft: dict, device: torch.devic
     if ft.get("phases"):
         full, info = _sample_phases(cfg, ft, st.dir, device)
     else:
-        full, info = sample_checkpoint(_sample_config(cfg, ft["checkpoint"], st.dir, device))
+        full, info = sample_checkpoint(_sample_config(cfg, ft["checkpoint"], st.dir, device), reference_features)
     s, sets = without_default_guides(to_dict(cfg.sample)), {}
     for k in cfg.ipc:
         man = manifest({**s, "ipc": k}, cfg.seed, time.time() - st.t0, **info)
@@ -107,7 +108,7 @@ def _sample_phases(cfg: DistillConfig, ft: dict, out: Path, device: torch.device
     images, labels, class_map, t, steps = [], [], [None] * len(names), 0.0, []
     for rec in ft["phases"]:
         say(f"sample: phase {rec['phase'] + 1}/{len(ft['phases'])} from {rec['checkpoint']}")
-        part, info = sample_checkpoint(_sample_config(cfg, rec["checkpoint"], out, device))
+        part, info = sample_checkpoint(_sample_config(cfg, rec["checkpoint"], out, device), reference_features)
         glob = torch.tensor([names.index(n) for n in part.class_names])
         images.append(part.images)
         labels.append(glob[part.labels])
