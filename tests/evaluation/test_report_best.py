@@ -80,7 +80,7 @@ def test_choose_never_asks_for_the_checks(digits, monkeypatch, tmp_path):
     from minimaxdd.pipeline.config import build_config
     idx = random_indices(digits.y_train, digits.num_classes, 2, 0)
     monkeypatch.setattr(choice, "sample_checkpoint",
-                        lambda c: (SimpleNamespace(images=digits.x_train[idx], labels=digits.y_train[idx]), None))
+                        lambda c, embed=None: (SimpleNamespace(images=digits.x_train[idx], labels=digits.y_train[idx]), None))
     asked, real = [], train_test.evaluate_set
 
     def spy(*a, **kw):
