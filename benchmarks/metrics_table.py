@@ -80,8 +80,8 @@ def main() -> None:
             link.symlink_to(Path(s["path"]).resolve())
             links.append(str(link))
         m = metrics.run_metrics(links, a.data, device=a.device)
-    for s, link in zip(sets, links):
-        got = m["sets"][Path(link).name]
+    for s, name in zip(sets, metrics.set_names(links)):
+        got = m["sets"][name]
         s["metrics"] = {k: got[k] for k in KEYS}
         s["per_class"] = got.get("per_class")
     result = {"features": m["features"], "real": a.data, "sets": sets}

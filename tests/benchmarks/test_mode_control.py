@@ -70,3 +70,12 @@ def test_feature_modes_are_pixel_means_of_the_feature_clusters():
     mixed = (protos[0, 0].float() + protos[0, 1].float()) / 2                 # each group: 3 of each prototype
     for m in u8:
         assert np.abs(m.astype(np.float64) - mixed.numpy()).max() <= 1
+
+
+def test_medoid_controls_are_training_images_of_their_class():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (60, 1, 5, 5), generator=g, dtype=torch.uint8)
+    y = torch.arange(3).repeat_interleave(20)
+    u8, labels = mode_control.mode_sets(x, y, 3, [4], seed=0, medoid=True)[4]
+    for img, c in zip(u8, labels):       # exact bytes of one of its own class's images: no rounding, no average
+        assert any(np.array_equal(img, r) for r in x[y == int(c)].numpy())

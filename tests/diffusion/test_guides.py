@@ -137,3 +137,25 @@ def test_modes_found_in_features_are_cluster_means_in_the_models_space():
     want = {tuple(x[group == k].mean(0).flatten().tolist()) for k in (0, 1)}
     assert {tuple(m.flatten().tolist()) for m in modes} == want
     assert not torch.allclose(modes, class_modes(x, labels, [0], 2, seed=0)[0])  # not the pixel k-means
+
+
+def test_medoid_modes_are_the_member_images_nearest_each_centre_in_the_space_clustered():
+    g = torch.Generator().manual_seed(3)
+    # two blobs in pixels; each medoid mode is one of the class's own images, the one nearest its blob's centre
+    x = torch.cat([torch.randn(12, 1, 2, 2, generator=g) - 3, torch.randn(12, 1, 2, 2, generator=g) + 3])
+    labels = torch.zeros(24, dtype=torch.long)
+    centres = class_modes(x, labels, [0], 2, seed=5)[0]
+    medoids = class_modes(x, labels, [0], 2, seed=5, medoid=True)[0]
+    rows = x.flatten(1)
+    for c, m in zip(centres.flatten(1), medoids.flatten(1)):
+        blob = rows[(rows.mean(1) > 0) == (c.mean() > 0)]                    # the centre's own blob
+        assert torch.equal(m, blob[torch.cdist(c[None], blob).argmin()])    # a real image, nearest its centre
+    assert not torch.allclose(medoids, centres)
+    # clustered in features: the medoid is the member nearest the feature centre, whatever its pixels
+    group = torch.arange(24) % 2
+    feats = torch.stack([group.float() * 10, torch.zeros(24)], 1) + 0.01 * torch.randn(24, 2, generator=g)
+    feats[4] = torch.tensor([0.0, 0.0])                                        # group 0's exact centre, near enough
+    fm = class_modes(x, labels, [0], 2, seed=0, feats=feats, medoid=True)[0].flatten(1)
+    assert any(torch.equal(m, rows[4]) for m in fm)
+    assert all(any(torch.equal(m, r) for r in rows[group == k]) for m, k in zip(fm, (0, 1))) or \
+        all(any(torch.equal(m, r) for r in rows[group == k]) for m, k in zip(fm, (1, 0)))

@@ -210,7 +210,7 @@ def test_metrics_checks_every_input_before_training_the_reference(tmp_path, monk
              ([str(good)], {"features": "inception"}, "--features must be"),
              ([str(good)], {"tsne": str(tmp_path / "t.gif")}, "--tsne"),
              ([str(good)], {"out": str(tmp_path / "other")}, "is a directory"),
-             ([str(good), str(tmp_path / "x" / "good")], {}, "comes twice"),
+             ([str(good), str(tmp_path / "x" / ".." / "good")], {}, "given twice"),   # one folder, two spellings
              ([], {}, "at least one")]
     for sets, kw, needle in cases:
         with pytest.raises(UserError, match=needle):
@@ -225,3 +225,27 @@ def test_results_written_before_the_rename_still_show_their_spread():
     row = next(line for line in metrics.format_metrics(old).splitlines() if line.startswith(f"| {name} |"))
     assert row.split("|")[-2].strip() == f"{entry['diversity']:.4f}"
     assert metrics.metric({"spread": 0.5, "diversity": 0.1}, "spread") == 0.5      # the new name wins
+
+
+def test_sets_in_folders_of_one_name_are_named_by_the_path_that_tells_them_apart(tmp_path):
+    a, b = tmp_path / "plain" / "sample" / "ipc10", tmp_path / "modes" / "sample" / "ipc10"
+    assert metrics.set_names([str(a), str(b)]) == ["plain/sample/ipc10", "modes/sample/ipc10"]
+    assert metrics.set_names([str(a), str(tmp_path / "random-ipc10")]) == ["ipc10", "random-ipc10"]
+    assert metrics.set_names([str(a)]) == ["ipc10"]
+
+
+def test_two_runs_ipc10_sets_are_measured_side_by_side(tmp_path, monkeypatch, digits):
+    from minimaxdd.baselines.registry import select
+    from minimaxdd.data.synthetic import write_synthetic
+    from minimaxdd.evaluation.classifiers import ConvNet
+    from minimaxdd.files import manifest
+
+    paths = [tmp_path / run / "sample" / "ipc10" for run in ("plain", "modes")]
+    for seed, p in enumerate(paths):
+        write_synthetic(p, select(digits, "random", 2, seed=seed), manifest({}, 0, 0))
+    monkeypatch.setattr(metrics, "reference_classifier",      # untrained and narrow: the naming is under test
+                        lambda ds, cfg, device: ConvNet(ds.channels, ds.num_classes, ds.size, width=8).eval())
+    m = metrics.run_metrics([str(p) for p in paths], "digits", device="cpu")
+    assert {n: e["path"] for n, e in m["sets"].items()} == {"plain/sample/ipc10": str(paths[0]),
+                                                            "modes/sample/ipc10": str(paths[1])}
+    assert m["sets"]["plain/sample/ipc10"]["mmd"] != m["sets"]["modes/sample/ipc10"]["mmd"]

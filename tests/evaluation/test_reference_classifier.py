@@ -41,3 +41,32 @@ def test_the_soft_label_teacher_is_cached_frozen_and_never_reads_the_test_set(di
     # at another evaluation size the teacher is another network (it sees that size), so it trains
     with pytest.raises(AssertionError, match="retrained"):
         teacher_classifier(digits, "convnet3", image_size=16, epochs=1, precision="fp32")
+
+
+def test_reference_features_are_embedded_once_per_process_and_per_dataset(digits, tmp_path, monkeypatch):
+    import torch
+
+    import minimaxdd.evaluation.reference_classifier as reference
+    from minimaxdd.data.dataset import Dataset
+
+    monkeypatch.setenv("MINIMAXDD_CACHE", str(tmp_path))
+    calls = []
+    real_embed = reference.embed
+
+    def counted(model, x, stats, batch_size=512):
+        calls.append(len(x))
+        return real_embed(model, x, stats, batch_size)
+
+    monkeypatch.setattr(reference, "embed", counted)
+    first = reference.reference_features(digits, "cpu", epochs=1)
+    again = reference.reference_features(digits, "cpu", epochs=1)
+    assert calls == [len(digits.x_train)] and again is first          # the second call embeds nothing
+    assert torch.allclose(first.norm(dim=1), torch.ones(len(first)))   # unit rows
+    # other training images are another dataset: embedded afresh, never served the first one's rows
+    fewer = Dataset(digits.name, digits.x_train[:300], digits.y_train[:300], digits.x_test, digits.y_test,
+                    list(digits.class_names))
+    other = reference.reference_features(fewer, "cpu", epochs=1)
+    assert calls == [len(digits.x_train), 300] and other.shape[0] == 300
+    # another classifier schedule is another classifier: embedded afresh
+    reference.reference_features(digits, "cpu", epochs=2)
+    assert len(calls) == 3

@@ -122,6 +122,10 @@ def test_the_guides_knobs_are_candidates_and_name_their_own_rows():
     assert method_name(build_config(None, {"data": "digits", "sample": {"mode_guidance": 0.5,
                                                                         "mode_space": "features"}})) == \
         "minimax+feature-modes"
+    for space, name in (("model", "minimax+medoid-modes"), ("features", "minimax+feature-medoid-modes")):
+        medoid = build_config(None, {"data": "digits", "choose": {"mode_guidance": [0.5, 1.0]},
+                                     "sample": {"mode_space": space, "mode_target": "medoid"}})
+        assert method_name(medoid) == name
     assert method_name(build_config(None, {"data": "digits", "finetune": {"objective": "none"},
                                            "sample": {"cfg_sigma_lo": 0.28, "cfg_sigma_hi": 5.42}})) == \
         "diffusion+interval"

@@ -62,6 +62,8 @@ GUIDANCE_SCALES = Bounds(0, 100)
 MAX_SET_BYTES = 16 << 30
 # Where mode guidance clusters the real images (`SampleConfig.mode_space`).
 MODE_SPACES = ("model", "features")
+# What each mode is (`SampleConfig.mode_target`): its cluster's centre (MGD3's) or the member image nearest it.
+MODE_TARGETS = ("centre", "medoid")
 # embed(dataset, device) -> unit rows (N, D) of a feature space for its training images: the reference classifier's
 # (`evaluation.reference_classifier.reference_features`), handed down by the layers that may import it.
 Embed = Callable[[Dataset, torch.device], torch.Tensor]
@@ -120,6 +122,10 @@ class SampleConfig:
                               help="where mode guidance finds its k-means clusters: model (the model's space, "
                                    "MGD3's), features (the reference classifier's embedding, the space herding "
                                    "selects in; each mode is then its cluster's mean in the model's space)")
+    mode_target: str = setting("centre", choices=MODE_TARGETS,
+                               help="what each mode is: centre (its cluster's k-means centre, MGD3's; with "
+                                    "mode_space features, the mean of its members) or medoid (the real training "
+                                    "image of the cluster nearest that centre, in the space it was clustered in)")
     deviation: float = setting(0.0, bounds=NON_NEGATIVE,
                                help="IGD's deviation term: each image's D turned away from the most cosine-similar "
                                     "earlier sample of its class (about this many radians times the sine of the "
@@ -138,7 +144,7 @@ class SampleConfig:
 # The guide settings and their defaults: at these a set is sampled as before the guides existed, and they stay out
 # of the stage keys (`guide_settings`) so that earlier runs' keys hold.
 GUIDE_DEFAULTS = {"cfg_sigma_lo": 0.0, "cfg_sigma_hi": None, "mode_guidance": 0.0, "mode_stop": MGD3_SIGMA_STOP,
-                  "mode_space": "model", "deviation": 0.0, "deviation_sigma_lo": IGD_SIGMA_LO,
+                  "mode_space": "model", "mode_target": "centre", "deviation": 0.0, "deviation_sigma_lo": IGD_SIGMA_LO,
                   "deviation_sigma_hi": IGD_SIGMA_HI}
 
 
@@ -392,7 +398,8 @@ def real_modes(cfg: SampleConfig, meta: ckpt.CheckpointMeta, codec: Codec, label
     """{checkpoint class: its cfg.ipc modes (ipc, C, H, W) in the model's space}: k-means of the class's real training
     images of cfg.data, as pixels in [-1, 1] for pixel models, as the codec's (cached) posterior-mean latents for
     latent ones (`guides.class_modes`, seeded from cfg.seed); with cfg.mode_space "features", clustered in
-    `embed`'s features of the images instead, each mode its cluster's mean in the model's space."""
+    `embed`'s features of the images instead, each mode its cluster's mean in the model's space; with
+    cfg.mode_target "medoid", each mode the cluster's member nearest its centre."""
     ds = load_dataset(cfg.data, size=cfg.size or meta.image_size)
     missing = [n for n in meta.class_names if n not in ds.class_names]
     if missing:
@@ -415,7 +422,8 @@ def real_modes(cfg: SampleConfig, meta: ckpt.CheckpointMeta, codec: Codec, label
     else:
         x = encode_dataset(codec, ds.x_train, ds.fingerprint())["mean"][keep, 0].float()   # unmirrored latents
     try:
-        return class_modes(x, local[keep], labels, cfg.ipc, cfg.seed, None if feats is None else feats[keep])
+        return class_modes(x, local[keep], labels, cfg.ipc, cfg.seed, None if feats is None else feats[keep],
+                           medoid=cfg.mode_target == "medoid")
     except ValueError as e:
         raise UserError(f"mode guidance: {e}; lower --ipc or set mode_guidance to 0") from None
 

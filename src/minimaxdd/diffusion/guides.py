@@ -150,14 +150,16 @@ def kmeans_clusters(f: torch.Tensor, k: int, g: torch.Generator, iters: int = 20
 
 
 def class_modes(x: torch.Tensor, labels: torch.Tensor, classes: list[int], k: int, seed: int,
-                feats: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+                feats: torch.Tensor | None = None, medoid: bool = False) -> dict[int, torch.Tensor]:
     """{class: its k modes (k, C, H, W) in x's space}, x (N, C, H, W) in the model's space, each class from its own
     generator (seed, class), so a class's modes do not depend on which other classes are asked.
 
-    feats None: the k-means centres of the class's rows of x (MGD3's modes, in the model's space).
-    feats (N, D), rows aligned with x: the clusters are found by k-means on the class's feature rows, and each mode
-    is the mean of its cluster's members in x's space (a cluster left empty by the last assignment, which only
-    duplicate rows cause, takes the member nearest its feature centre)."""
+    feats None: the class's rows of x are clustered by k-means (MGD3's modes, in the model's space).
+    feats (N, D), rows aligned with x: the clusters are found by k-means on the class's feature rows instead.
+    Each mode is then, medoid False, its cluster's centre in x's space (the k-means centre; with feats, the mean of
+    the cluster's members), or, medoid True, the member nearest that centre in the space it was clustered in: a real
+    image, not an average. A cluster left empty by the last assignment (only duplicate rows do that) takes the
+    member nearest its centre."""
     out = {}
     for c in classes:
         members = labels == c
@@ -165,14 +167,19 @@ def class_modes(x: torch.Tensor, labels: torch.Tensor, classes: list[int], k: in
         if len(rows) < k:
             raise ValueError(f"class {c} has {len(rows)} training images, fewer than the {k} modes asked")
         g = torch.Generator().manual_seed(seed * 1_000_003 + c)
-        if feats is None:
-            out[c] = kmeans(rows, k, g).view(k, *x.shape[1:])
+        space = rows if feats is None else feats[members].float()              # (n_c, K) or (n_c, D)
+        centres, assign = kmeans_clusters(space, k, g)                         # (k, K or D), (n_c,)
+        if feats is None and not medoid:
+            out[c] = centres.view(k, *x.shape[1:])
             continue
-        f = feats[members].float()                                             # (n_c, D)
-        centres, assign = kmeans_clusters(f, k, g)                             # (k, D), (n_c,)
         modes = torch.empty(k, rows.shape[1])
         for j in range(k):
-            mine = assign == j
-            modes[j] = rows[mine].mean(0) if mine.any() else rows[torch.cdist(centres[j:j + 1], f).argmin()]
+            mine = (assign == j).nonzero().squeeze(1)                           # (m,) the cluster's members
+            if len(mine) == 0:
+                mine = torch.cdist(centres[j:j + 1], space).argmin(1)           # (1,)
+            if medoid:
+                modes[j] = rows[mine[torch.cdist(centres[j:j + 1], space[mine]).argmin()]]
+            else:
+                modes[j] = rows[mine].mean(0)
         out[c] = modes.view(k, *x.shape[1:])
     return out

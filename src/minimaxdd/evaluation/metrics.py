@@ -30,6 +30,7 @@ blocks, the Frechet distance in the smaller of feature and sample space.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -329,15 +330,25 @@ def _fmt(v: float) -> str:
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")   # formats the t-SNE figure is written in (matplotlib's, by suffix)
 
 
+def set_names(synth: list[str]) -> list[str]:
+    """Each set's name in the tables: the fewest trailing path components that tell the sets apart (`ipc10` alone,
+    `plain/sample/ipc10` beside `modes/sample/ipc10`). UserError if one folder is given twice."""
+    parts = [Path(os.path.abspath(p)).parts for p in synth]
+    twice = sorted({p for p, q in zip(synth, parts) if parts.count(q) > 1})
+    if twice:
+        raise UserError(f"the set {', '.join(twice)} is given twice; give each set once")
+    for k in range(1, max(len(q) for q in parts) + 1):
+        names = ["/".join(q[-k:]) for q in parts]
+        if len(set(names)) == len(names):
+            return names
+    raise AssertionError("distinct absolute paths always differ in some trailing component")
+
+
 def _check_inputs(synth: list[str], features: str, out: str | None, tsne: str | None) -> None:
     """Every check that needs no data, before anything is loaded or trained (UserError names the fix)."""
     if not synth:
         raise UserError("metrics needs at least one synthetic set")
-    names = [Path(p).name for p in synth]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UserError(f"sets are named by their last path component, and {', '.join(twice)} comes twice; "
-                        "copy or link one under another name")
+    set_names(synth)
     missing = [p for p in synth if not Path(p).exists()]
     if missing:
         raise UserError(f"synthetic set(s) {', '.join(missing)} do not exist")
@@ -361,8 +372,8 @@ def run_metrics(synth: list[str], real: str, out: str | None = None, features: s
     dev = pick_device(device)
     ds = load_dataset(real, size=size)
     # a class a set lacks is reported per class (None), with conform's warning
-    sets = {Path(p).name: (p, conform(load_synthetic(p), ds.class_names, ds.channels, ds.size, allow_missing=True))
-            for p in synth}
+    sets = {name: (p, conform(load_synthetic(p), ds.class_names, ds.channels, ds.size, allow_missing=True))
+            for name, p in zip(set_names(synth), synth)}
     empty = [name for name, (_, s) in sets.items() if len(s.labels) == 0]
     if empty:
         raise UserError(f"set(s) {', '.join(empty)} hold no images")

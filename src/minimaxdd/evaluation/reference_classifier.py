@@ -93,12 +93,27 @@ def teacher_classifier(ds: Dataset, model: str, device: str | torch.device = "cp
     return net.eval().requires_grad_(False)
 
 
+# The last reference_features result of this process: {(cache folder, classifier's key, device): (N, D) rows}.
+# Sampling with feature-space modes asks for it once per candidate and IPC; embedding 60k images costs ~90 s
+# on 2 cores.
+_FEATURES: dict[tuple[str, str, str], torch.Tensor] = {}
+
+
 def reference_features(ds: Dataset, device: str | torch.device = "cpu", seed: int = 0,
                        epochs: int | None = None) -> torch.Tensor:
     """Unit rows (N, D) of the reference classifier's embedding of ds's training images: the space herding,
-    k-center and feature-space mode guidance work in (the classifier trained, or loaded from the cache, first)."""
-    model = reference_classifier(ds, ReferenceConfig(epochs=epochs, seed=seed), device)
-    return torch.nn.functional.normalize(embed(model, ds.x_train, channel_stats(ds.x_train)), dim=1)
+    k-center and feature-space mode guidance work in (the classifier trained, or loaded from the cache, first).
+    The last result is kept for the process (keyed by the data's fingerprint and the classifier's config): callers
+    index it and must not write into it."""
+    device = torch.device(device)
+    cfg = ReferenceConfig(epochs=epochs, seed=seed)
+    key = (str(cache_dir()), _key(ds, replace(cfg, precision=resolve_precision(cfg.precision, device))), str(device))
+    if key not in _FEATURES:
+        model = reference_classifier(ds, cfg, device)
+        feats = torch.nn.functional.normalize(embed(model, ds.x_train, channel_stats(ds.x_train)), dim=1)
+        _FEATURES.clear()                 # one entry: a dataset's features can be hundreds of MB
+        _FEATURES[key] = feats
+    return _FEATURES[key]
 
 
 @torch.no_grad()

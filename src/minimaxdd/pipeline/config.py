@@ -304,14 +304,17 @@ def set_name(objective: str) -> str:
 
 
 def guide_suffix(cfg: DistillConfig) -> str:
-    """"+interval", "+modes" (or "+feature-modes", clustered in the reference features), "+deviation" for each
+    """"+interval", "+modes" (or "+feature-modes", clustered in the reference features; "+medoid-modes" or
+    "+feature-medoid-modes" when each mode is a real image), "+deviation" for each
     sampling guide the run's sample section, or any candidate of `choose`, turns on ("" for none): a set sampled
     with a guide is its own row, never the method's."""
     c, on = cfg.choose, guides_on(cfg.sample)
     on["interval"] |= any(v > 0 for v in c.cfg_sigma_lo) or bool(c.cfg_sigma_hi)
     on["modes"] |= any(v > 0 for v in c.mode_guidance)
     on["deviation"] |= any(v > 0 for v in c.deviation)
-    names = {"modes": "feature-modes" if cfg.sample.mode_space == "features" else "modes"}
+    s = cfg.sample
+    names = {"modes": ("feature-" if s.mode_space == "features" else "")
+             + ("medoid-" if s.mode_target == "medoid" else "") + "modes"}
     return "".join(f"+{names.get(name, name)}" for name, v in on.items() if v)
 
 

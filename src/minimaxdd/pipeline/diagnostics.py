@@ -35,8 +35,8 @@ def stage_metrics(run: Path, cfg: DistillConfig, sample: dict, baselines: dict, 
     m = metrics.run_metrics(list(sets.values()), cfg.data, size=cfg.size, device=str(device), seed=cfg.seed,
                     tsne=str(run / "figures" / "tsne.png"))
     named = {}
-    for method, path in sets.items():
-        entry = m["sets"][Path(path).name]
+    for method, name in zip(sets, metrics.set_names(list(sets.values()))):
+        entry = m["sets"][name]
         accs = [r for r in rows if r["method"] == method and r["ipc"] == k]
         entry["accuracy"] = ({"mean": accs[0]["mean"], "std": accs[0]["std"], "model": accs[0]["model"]}
                              if accs else None)
