@@ -74,6 +74,22 @@ def test_collapsed_set_is_less_diverse_and_covers_less():
     assert len(good["per_class"]) == 3
 
 
+def test_sets_measured_against_shared_real_sides_get_the_same_numbers_and_one_real_pass(monkeypatch):
+    x, y = blobs(100)
+    g = torch.Generator().manual_seed(5)
+    picks = [torch.randperm(300, generator=g)[:30] for _ in range(3)]
+    alone = [metrics.set_metrics(x, y, x[p] + 0.1, y[p], 3, seed=2, max_real=60) for p in picks]
+    passes = []
+    real_knn = metrics._knn_radius
+    monkeypatch.setattr(metrics, "_knn_radius", lambda a, k: passes.append(len(a)) or real_knn(a, k))
+    sides = metrics.real_sides(x, y, 3, seed=2, max_real=60)
+    shared = [metrics.set_metrics(x, y, x[p] + 0.1, y[p], 3, seed=2, max_real=60, sides=sides) for p in picks]
+    assert shared == alone                                   # every number, every class, bit for bit
+    # the real radii (k = 3 and 5, three classes of 60 and the 180 pooled) once, then only the sets' own radii
+    assert sorted(n for n in passes if n >= 60) == [60] * 6 + [180] * 2
+    assert all(n <= 30 for n in passes if n < 60)           # the rest: the sets' own radii (30 pooled, per class)
+
+
 @pytest.mark.slow   # trains the 50-epoch reference classifier on digits: ~20 s on a 2-core CPU
 def test_real_subset_beats_noise_on_digits(tmp_path):
     from minimaxdd.baselines.registry import select

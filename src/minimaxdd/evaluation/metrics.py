@@ -80,17 +80,50 @@ def _kernel_mean(a: torch.Tensor, b: torch.Tensor, g: float) -> float:
     return float(sum(torch.exp(g * d ** 2).sum() for _, d in _row_blocks(a, b))) / (len(a) * len(b))
 
 
-def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
-    """Biased squared MMD with a Gaussian kernel exp(-d^2 / (2 s^2)); s = median real distance.
+class Real:
+    """Real features x (N, D) with what every comparison against them shares: the k-NN radii, the MMD bandwidth
+    and the real-real kernel mean, each computed on first use and kept. These are the real-real distance passes,
+    O(N^2 D) and the bulk of the cost at N = 20000; a run that compares several sets with one Real pays them once.
+    Every metric takes a Real or a plain tensor (a tensor is a Real used once)."""
 
-    The median is over all pairs of real rows for up to BANDWIDTH_ROWS of them (every class alone);
-    beyond that (all classes pooled) over an evenly strided subset of that size, to bound memory."""
-    if bandwidth is None:
-        sub = x[::math.ceil(len(x) / BANDWIDTH_ROWS)]   # (<= BANDWIDTH_ROWS, D)
-        d = _pdist(sub, sub)                              # (S, S)
-        bandwidth = float(d[d > 0].median()) if (d > 0).any() else 1.0
-    g = -1.0 / (2 * bandwidth ** 2)
-    return max(0.0, _kernel_mean(x, x, g) + _kernel_mean(y, y, g) - 2 * _kernel_mean(x, y, g))
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self._radius: dict[int, torch.Tensor] = {}
+        self._bandwidth: float | None = None
+        self._kxx: dict[float, float] = {}
+
+    def radius(self, k: int) -> torch.Tensor:
+        """(N,) each row's distance to its k-th nearest other row (`_knn_radius`)."""
+        if k not in self._radius:
+            self._radius[k] = _knn_radius(self.x, k)
+        return self._radius[k]
+
+    def bandwidth(self) -> float:
+        """The median heuristic: the median distance over all pairs of up to BANDWIDTH_ROWS real rows (every
+        class alone); beyond that (all classes pooled) over an evenly strided subset of that size (memory)."""
+        if self._bandwidth is None:
+            sub = self.x[::math.ceil(len(self.x) / BANDWIDTH_ROWS)]    # (<= BANDWIDTH_ROWS, D)
+            d = _pdist(sub, sub)                                       # (S, S)
+            self._bandwidth = float(d[d > 0].median()) if (d > 0).any() else 1.0
+        return self._bandwidth
+
+    def kernel_mean(self, bandwidth: float) -> float:
+        """The mean of exp(-d^2 / (2 s^2)) over all pairs of real rows, s = bandwidth."""
+        if bandwidth not in self._kxx:
+            self._kxx[bandwidth] = _kernel_mean(self.x, self.x, -1.0 / (2 * bandwidth ** 2))
+        return self._kxx[bandwidth]
+
+
+def as_real(x: torch.Tensor | Real) -> Real:
+    return x if isinstance(x, Real) else Real(x)
+
+
+def mmd2(x: torch.Tensor | Real, y: torch.Tensor, bandwidth: float | None = None) -> float:
+    """Biased squared MMD with a Gaussian kernel exp(-d^2 / (2 s^2)); s = median real distance (`Real.bandwidth`)."""
+    r = as_real(x)
+    s = r.bandwidth() if bandwidth is None else bandwidth
+    g = -1.0 / (2 * s ** 2)
+    return max(0.0, r.kernel_mean(s) + _kernel_mean(y, y, g) - 2 * _kernel_mean(r.x, y, g))
 
 
 def _centred(a: torch.Tensor) -> torch.Tensor:
@@ -133,10 +166,11 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return max(0.0, mean_term + traces - 2 * _trace_sqrt_product(a, b))
 
 
-def precision_recall(x: torch.Tensor, y: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
+def precision_recall(x: torch.Tensor | Real, y: torch.Tensor, k: int = PR_K) -> tuple[float, float]:
     """k-NN precision (synthetic inside the real manifold) and recall (real inside the synthetic one)
     of real features x (N, D) and synthetic features y (M, D)."""
-    rx, ry = _knn_radius(x, k), _knn_radius(y, k)
+    r = as_real(x)
+    x, rx, ry = r.x, r.radius(k), _knn_radius(y, k)
     inside_real = torch.zeros(len(y), dtype=torch.bool)    # synthetic inside some real ball
     recalled = torch.zeros(len(x), dtype=torch.bool)       # real inside some synthetic ball
     for i, d in _row_blocks(x, y):                         # blocks of the (N real, M synthetic) distances
@@ -145,9 +179,10 @@ def precision_recall(x: torch.Tensor, y: torch.Tensor, k: int = PR_K) -> tuple[f
     return float(inside_real.double().mean()), float(recalled.double().mean())
 
 
-def density_coverage(x: torch.Tensor, y: torch.Tensor, k: int = DC_K) -> tuple[float, float]:
+def density_coverage(x: torch.Tensor | Real, y: torch.Tensor, k: int = DC_K) -> tuple[float, float]:
     """Density and coverage (Naeem et al. 2020) of synthetic y (M, D) against the real k-NN balls of x (N, D)."""
-    rx = _knn_radius(x, k)
+    r = as_real(x)
+    x, rx = r.x, r.radius(k)
     count, covered = 0.0, 0
     for i, d in _row_blocks(x, y):
         inside = d <= rx[i:i + len(d), None]               # (rows of real, M synthetic)
@@ -177,38 +212,48 @@ def spread(y: torch.Tensor) -> float:
     return float(1 - (s.sum() - s.diagonal().sum()) / (m * (m - 1)))
 
 
-def compare(x: torch.Tensor, y: torch.Tensor) -> dict:
+def compare(x: torch.Tensor | Real, y: torch.Tensor) -> dict:
     """Every metric between real features x and synthetic features y (one class, or pooled).
 
     The cosine-based terms use features centred on the real mean: post-ReLU features share a large
     positive component, which makes raw cosines all close to 1 and hides the differences."""
-    p, r = precision_recall(x, y)
-    d, c = density_coverage(x, y)
+    real = as_real(x)
+    p, r = precision_recall(real, y)
+    d, c = density_coverage(real, y)
+    x = real.x
     mu = x.mean(0, keepdim=True)
-    return {"mmd": mmd2(x, y), "fid": frechet_distance(x, y), "precision": p, "recall": r, "density": d,
+    return {"mmd": mmd2(real, y), "fid": frechet_distance(x, y), "precision": p, "recall": r, "density": d,
             "coverage": c, "representativeness": representativeness(x - mu, y - mu), "spread": spread(y - mu)}
 
 
+def real_sides(real_f: torch.Tensor, real_y: torch.Tensor, num_classes: int, seed: int = 0,
+               max_real: int = MAX_REAL_PER_CLASS) -> tuple[list[Real], Real]:
+    """The real side of `set_metrics`: each class's real features subsampled to `max_real` (seeded), and all of
+    those pooled, as `Real`s, to share between the sets compared with the same real data."""
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in range(num_classes):
+        xi = (real_y == c).nonzero().squeeze(1)
+        keep.append(xi[torch.randperm(len(xi), generator=g)[:max_real]])
+    return [Real(real_f[xi]) for xi in keep], Real(real_f[torch.cat(keep)])
+
+
 def set_metrics(real_f: torch.Tensor, real_y: torch.Tensor, syn_f: torch.Tensor, syn_y: torch.Tensor,
-                num_classes: int, seed: int = 0, max_real: int = MAX_REAL_PER_CLASS) -> dict:
-    """Per-class and overall metrics. Real features are subsampled to `max_real` per class (seeded).
+                num_classes: int, seed: int = 0, max_real: int = MAX_REAL_PER_CLASS,
+                sides: tuple[list[Real], Real] | None = None) -> dict:
+    """Per-class and overall metrics. Real features are subsampled to `max_real` per class (seeded); `sides`,
+    `real_sides` of the same arguments, when several sets are measured against them (the same numbers, the
+    real-real distances computed once).
 
     Overall: mmd, fid, precision, recall, density and coverage on all features pooled (class-blind);
     representativeness and spread are per-class quantities, averaged over classes.
     """
-    g = torch.Generator().manual_seed(seed)
-    keep, per_class = [], []
-    for c in range(num_classes):
-        xi = (real_y == c).nonzero().squeeze(1)
-        xi = xi[torch.randperm(len(xi), generator=g)[:max_real]]
+    per_real, pooled = sides or real_sides(real_f, real_y, num_classes, seed, max_real)
+    per_class = []
+    for c, xs in enumerate(per_real):
         yi = (syn_y == c).nonzero().squeeze(1)
-        keep.append(xi)
-        if len(xi) < 2 or len(yi) < 1:
-            per_class.append(None)
-            continue
-        per_class.append(compare(real_f[xi], syn_f[yi]))
-    xs = real_f[torch.cat(keep)]
-    overall = compare(xs, syn_f)
+        per_class.append(None if len(xs.x) < 2 or len(yi) < 1 else compare(xs, syn_f[yi]))
+    overall = compare(pooled, syn_f)
     valid = [m for m in per_class if m is not None]
     for k in ("representativeness", "spread"):
         overall[k] = float(np.mean([m[k] for m in valid])) if valid else float("nan")
@@ -383,11 +428,12 @@ def run_metrics(synth: list[str], real: str, out: str | None = None, features: s
               "k_density_coverage": DC_K, "max_real_per_class": MAX_REAL_PER_CLASS,
               "class_names": list(ds.class_names), "sets": {}}
     feats = {}
+    sides = real_sides(real_f, ds.y_train, ds.num_classes, seed)         # the real-real distances: once for all sets
     for name, (path, s) in sets.items():
         f = fx(s.images)
         feats[name] = (f, s.labels)
         result["sets"][name] = {"path": str(path), "num_images": len(s.labels),
-                                **set_metrics(real_f, ds.y_train, f, s.labels, ds.num_classes, seed)}
+                                **set_metrics(real_f, ds.y_train, f, s.labels, ds.num_classes, seed, sides=sides)}
     if len(synth) == 1:   # the single-set form: metrics at the top level, as `m.json` users expect
         result.update({k: v for k, v in next(iter(result["sets"].values())).items()})
     if tsne:
