@@ -85,3 +85,19 @@ def test_nested_lists_and_dicts_are_checked_item_by_item():
     with pytest.raises(UserError, match=r"^choose\.cfg must be in \[0, 100\], got 1000"):
         build(DistillConfig, {"choose": {"cfg": [1.5, 1000]}})
     assert build(DistillConfig, {"ipc": [1, 10], "evaluate": {"epochs": {"10": 300}}}).ipc == [1, 10]
+
+
+def test_a_bracketed_list_of_bare_words_is_that_list():
+    from minimaxdd.pipeline.config import build_config, parse_set
+
+    # `--set 'evaluate.baselines=[medoids]'` was refused as the text "[medoids]": the shell ate no quotes, the
+    # user wrote none; JSON still wins where it parses, and anything else stays text for the type check
+    sets = parse_set(["evaluate.baselines=[medoids, herding]", "choose.cfg=[1.5,2]", "sample.mode_space=features",
+                      "choose.mode_stop=[]", "evaluate.models=[\"convnet3\"]"])
+    assert sets == {"evaluate": {"baselines": ["medoids", "herding"], "models": ["convnet3"]},
+                    "choose": {"cfg": [1.5, 2], "mode_stop": []}, "sample": {"mode_space": "features"}}
+    cfg = build_config(None, {"data": "digits", **sets})
+    assert cfg.evaluate.baselines == ["medoids", "herding"] and cfg.choose.cfg == [1.5, 2.0]
+    with pytest.raises(UserError, match="allowed: random, herding"):
+        build_config(None, {"data": "digits", **parse_set(["evaluate.baselines=[medoid]"])})   # a typo still says so
+    assert parse_set(["sample.ckpt=[a]b"]) == {"sample": {"ckpt": "[a]b"}}       # not a list: text as given

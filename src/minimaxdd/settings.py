@@ -167,11 +167,16 @@ def coerce(key: str, value: Any, tp: Any, choices: tuple[str, ...] | None = None
 
 
 def parse_text(raw: str) -> Any:
-    """A command-line value: JSON when it parses (10, 1e-3, null, true, [10, 50]), else the text itself."""
+    """A command-line value: JSON when it parses (10, 1e-3, null, true, [10, 50]), a list of bare words when it is
+    bracketed ([herding, kcenter] for ["herding", "kcenter"]; each item parsed as a value itself), else the text."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        return raw
+        pass
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]") and not any(c in text[1:-1] for c in "[]{}\"'"):
+        return [parse_text(item.strip()) for item in text[1:-1].split(",")] if text[1:-1].strip() else []
+    return raw
 
 
 def build(cls: type, values: dict[str, Any], where: str = "", allow_run: bool = False) -> Any:

@@ -191,7 +191,8 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def parse_set(items: list[str]) -> dict:
-    """`--set a.b=v` pairs as a nested dict; v is read as JSON when it parses (10, null, [10,50], true)."""
+    """`--set a.b=v` pairs as a nested dict; v is read as JSON when it parses (10, null, [10,50], true), a bracketed
+    list of bare words as that list ([herding, kcenter]), else as text (`settings.parse_text`)."""
     out: dict = {}
     for item in items:
         key, eq, raw = item.partition("=")
