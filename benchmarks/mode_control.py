@@ -24,7 +24,7 @@ import torch
 
 from minimaxdd.data.sources import load_dataset
 from minimaxdd.diffusion.codecs import PixelCodec
-from minimaxdd.diffusion.generation import MODE_SPACES, MODE_TARGETS
+from minimaxdd.diffusion.generation import MODE_SPACES, MODE_TARGETS, modes_name
 from minimaxdd.diffusion.guides import class_modes
 from minimaxdd.evaluation.reference_classifier import reference_features
 from minimaxdd.runtime import pick_device
@@ -62,7 +62,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     feats = reference_features(ds, pick_device(a.device)).cpu() if a.space == "features" else None
-    stem = ("feature-" if a.space == "features" else "") + ("medoid-" if a.target == "medoid" else "") + "modes"
+    stem = modes_name(a.space, a.target)
     for ipc, (u8, labels) in mode_sets(ds.x_train, ds.y_train, len(ds.class_names),
                                        [int(i) for i in a.ipc.split(",")], a.seed, feats,
                                        a.target == "medoid").items():

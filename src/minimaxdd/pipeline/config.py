@@ -22,7 +22,7 @@ from typing import Any
 
 from minimaxdd.baselines.distribution_matching import DMConfig
 from minimaxdd.baselines.registry import BASELINES
-from minimaxdd.diffusion.generation import GUIDANCE_SCALES, SampleConfig, guides_on
+from minimaxdd.diffusion.generation import GUIDANCE_SCALES, SampleConfig, guides_on, modes_name
 from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import CLASSIFIERS as MODELS
 from minimaxdd.evaluation.protocols import PROTOCOLS
@@ -313,9 +313,7 @@ def guide_suffix(cfg: DistillConfig) -> str:
     on["interval"] |= any(v > 0 for v in c.cfg_sigma_lo) or bool(c.cfg_sigma_hi)
     on["modes"] |= any(v > 0 for v in c.mode_guidance)
     on["deviation"] |= any(v > 0 for v in c.deviation)
-    s = cfg.sample
-    names = {"modes": ("feature-" if s.mode_space == "features" else "")
-             + ("medoid-" if s.mode_target == "medoid" else "") + "modes"}
+    names = {"modes": modes_name(cfg.sample.mode_space, cfg.sample.mode_target)}
     return "".join(f"+{names.get(name, name)}" for name, v in on.items() if v)
 
 
