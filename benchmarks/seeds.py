@@ -38,7 +38,7 @@ from minimaxdd.pipeline.config import DistillConfig, build_config, resolve_preci
 from minimaxdd.pipeline.evaluation import stage_evaluate
 from minimaxdd.pipeline.extras import stage_extras
 from minimaxdd.pipeline.sampling import stage_sample
-from minimaxdd.runtime import flush_denormals, pick_device
+from minimaxdd.runtime import flush_denormals, keep_freed_memory, pick_device
 
 
 def seeds_config(run: Path, ipcs: list[int] | None, pool: int, prototypes: float | None,
@@ -96,6 +96,7 @@ def main() -> None:
     if a.extras_only and not (a.pool or a.prototypes):
         ap.error("--extras-only needs --pool K and/or --prototypes SIGMA")
     flush_denormals()
+    keep_freed_memory()     # as the command line does
     if a.threads:
         torch.set_num_threads(a.threads)
     run = Path(a.run)

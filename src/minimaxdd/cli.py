@@ -51,7 +51,7 @@ from minimaxdd.pipeline.distill import distill
 from minimaxdd.pipeline.presets import describe, list_presets, load_preset
 from minimaxdd.pipeline.report import write_report
 from minimaxdd.precision import machine_report
-from minimaxdd.runtime import flush_denormals
+from minimaxdd.runtime import flush_denormals, keep_freed_memory
 from minimaxdd.settings import build, default_of, field_types, type_name
 from minimaxdd.training.finetune import FinetuneConfig
 from minimaxdd.training.finetune import finetune as run_finetune
@@ -534,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     (see minimaxdd.errors)."""
     args = build_parser().parse_args(argv)
     flush_denormals()
+    keep_freed_memory()
     ok = False
     restore_sigterm = _on_sigterm()
     try:

@@ -28,7 +28,7 @@ from torch import nn
 
 from minimaxdd.errors import UserError
 from minimaxdd.files import cache_dir, write_json, writing_cache
-from minimaxdd.runtime import PRECISIONS, RESOLVED
+from minimaxdd.runtime import PRECISIONS, RESOLVED, allocator_line
 
 # ours: bf16 must be clearly faster to be worth its rounding (a tie goes to fp32). On a CPU with native
 # bf16 (AMX, AVX512-BF16) oneDNN's bf16 GEMMs run at about 2x fp32's rate or better; emulated, 5-60x slower.
@@ -226,6 +226,7 @@ def machine_report(remeasure: bool = False) -> str:
         for i in range(torch.cuda.device_count()):
             lines.append(f"cuda:{i}: {torch.cuda.get_device_name(i)}; precision auto: "
                          f"{resolve_precision('auto', f'cuda:{i}')}")
+    lines.append(allocator_line())
     isa = [v for v in ISA_VARIABLES if os.environ.get(v)]
     lines.append(f"kernels limited by {', '.join(f'{v}={os.environ[v]}' for v in isa)}" if isa else
                  "to see a CPU without native bf16 on this one: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 "
