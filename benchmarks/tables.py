@@ -134,6 +134,17 @@ def _over_seeds(results: Path, seed0: tuple[str, str], seeds_file: str, method: 
     return float(np.mean(means)), float(np.std(means))
 
 
+def _half(results: Path, spec: str | tuple, key: str, ipc: int) -> str:
+    """One half ("ours" or "random real") of a three-seed cell, by the kinds of `CURRENT`'s "seeds" dict."""
+    if isinstance(spec, str):
+        return "{:.2f} +- {:.2f}".format(*_seed_rows(results, spec, ipc)[key])
+    if len(spec) == 4:
+        # the same arithmetic as the old path's; the seeds file is of the one seed path, so no mark
+        return "{:.2f} +- {:.2f}".format(*_over_seeds(results, (spec[0], spec[1]), spec[2], spec[3], ipc))
+    method = "generated" if key == "ours" else "random real"
+    return "{:.2f} +- {:.2f} (a)".format(*_over_seeds(results, (spec[0], spec[1]), spec[2], method, ipc))
+
+
 def _seed_rows(results: Path, file: str, ipc: int) -> dict[str, tuple[float, float]]:
     """{"ours", "random real"}: mean +- population std over seeds (in %) from a file of the pipeline's one
     seed path (`minimaxdd sweep --seeds`, `ablation --seeds`, `benchmarks/seeds.py` from issue 28 on): a sweep
@@ -151,18 +162,25 @@ def _seed_rows(results: Path, file: str, ipc: int) -> dict[str, tuple[float, flo
 
 # The current results: per row, the file (under benchmarks/results/) of each cell. Baselines and the full-data
 # row of a U-Net run are those of the same preset's earlier run where the U-Net run reused them (same data,
-# seeds and protocol: BENCHMARKS.md, "The small-data generator").
+# seeds and protocol: BENCHMARKS.md, "The small-data generator"); a column the preset no longer evaluates
+# (Fashion-MNIST's k-center and full data since the 45-minute preset) comes from the run that did, by its key.
+# "seeds": a sweep file (the pipeline's one seed path, both halves), a tuple of the old seeds.py path (marked
+# (a)), or {"ours": ..., "random real": ...} of these per half: a (run file, method, seeds file, method) of the
+# one seed path, a sweep file name, or an old-path tuple (run file, method, seeds file) marked (a).
 FM, FM_UNET, CIFAR = "distill-fashion-mnist.json", "distill-fashion-mnist-unet", "distill-cifar10-500pc-unet/results.json"
+FM45 = "distill-fashion-mnist-45min/results.json"
 CURRENT = [
     {"name": "digits, `make demo`", "ipc": 10, "epochs": 150, "full_epochs": 30,
      "ours": "precision-demo-avx2-auto.json", "base": "precision-demo-avx2-auto.json",
      "full": "precision-demo-avx2-auto.json", "seeds": "seeds-digits-demo.json"},
     {"name": "Fashion-MNIST, `--preset fashion-mnist`", "ipc": 10, "epochs": 300, "full_epochs": 1,
-     "ours": f"{FM_UNET}/minimax-ipc10-convnet3.json", "base": FM, "full": FM,
-     "seeds": "fm-lambda-sweep/sweep-lambda_d.json"},
+     "ours": FM45, "base": FM45, "kcenter": FM, "full": FM,
+     "seeds": {"ours": (FM45, "minimax", "distill-fashion-mnist-45min/seeds.json", "minimax"),
+               "random real": "fm-lambda-sweep/sweep-lambda_d.json"}},
     {"name": "Fashion-MNIST, `--preset fashion-mnist`", "ipc": 50, "epochs": 100, "full_epochs": 1,
-     "ours": f"{FM_UNET}/minimax-ipc50-convnet3.json", "base": FM, "full": FM,
-     "seeds": ((f"{FM_UNET}/minimax-ipc50-convnet3.json", "minimax"), (FM, "random"), "seeds-fashion-mnist-ipc50.json")},
+     "ours": FM45, "base": FM45, "kcenter": FM, "full": FM,
+     "seeds": {"ours": (FM45, "minimax", "distill-fashion-mnist-45min/seeds.json", "minimax"),
+               "random real": (FM, "random", "seeds-fashion-mnist-ipc50.json")}},
     {"name": "CIFAR-10 pool (500/class), `--preset cifar10-500pc`", "ipc": 10, "epochs": 300, "full_epochs": 10,
      "ours": "cifar10-500pc-guidance/minimax-ipc10-cfg4.json", "base": CIFAR, "full": CIFAR,
      "seeds": ((CIFAR, "minimax"), (CIFAR, "random"), "seeds-cifar10-500pc.json")},
@@ -185,9 +203,11 @@ def current(results: Path = RESULTS) -> str:
     for c in CURRENT:
         ipc = c["ipc"]
         cells = [f"**{f(*_acc(results, c['ours'], 'minimax', ipc))}**"]
-        cells += [f(*_acc(results, c["base"], m, ipc)) for m in ("random", "herding", "kcenter")]
+        cells += [f(*_acc(results, c.get(m, c["base"]), m, ipc)) for m in ("random", "herding", "kcenter")]
         cells.append(f"{f(*_acc(results, c['full'], 'full', None))} ({c['full_epochs']} ep.)")
-        if isinstance(c["seeds"], str):
+        if isinstance(c["seeds"], dict):
+            cells.append(" / ".join(_half(results, c["seeds"][k], k, ipc) for k in ("ours", "random real")))
+        elif isinstance(c["seeds"], str):
             rows = _seed_rows(results, c["seeds"], ipc)
             cells.append(f"{f(*rows['ours'])} / {f(*rows['random real'])}")
         elif c["seeds"]:
