@@ -1,5 +1,7 @@
 """`runtime.keep_freed_memory`: large freed blocks are reused instead of faulted in again (glibc on Linux)."""
 import json
+import os
+import platform
 import subprocess
 import sys
 
@@ -7,8 +9,8 @@ import pytest
 
 from minimaxdd.runtime import ALLOCATOR_VARIABLE
 
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in " ".join(
-    __import__("platform").libc_ver()), reason="glibc's mallopt only")
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                           reason="glibc's mallopt only")
 
 # a child process: ConvNet-3 training steps in fp32 at batch 80 (first feature maps of 80 x 128 x 32 x 32 floats,
 # 42 MB, above glibc's largest mmap threshold); prints whether the setting applied and the minor page faults of
@@ -37,14 +39,13 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 
 def _child(mode: str, env: dict | None = None) -> dict:
-    import os
     out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True,
                          env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @glibc
-def test_kept_memory_is_reused_instead_of_faulted_in_every_round():
+def test_kept_memory_is_reused_instead_of_faulted_in_every_step():
     system, kept = _child("system"), _child("kept")
     assert not system["applied"] and kept["applied"]
     # as the platform sets it, every step maps its large feature maps afresh: 42 MB is 10240 pages of 4 KB
