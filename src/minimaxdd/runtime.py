@@ -115,8 +115,9 @@ def agree_precision(precision: str, device: torch.device) -> str:
 # glibc's malloc serves each block above its mmap threshold (at most 32 MB) with a fresh mmap and returns it to the
 # kernel on free, so a training step that frees and reallocates its 40-130 MB feature maps faults every 4 KB page
 # in again each step: about 106,000 faults and 0.19 s of kernel time per ConvNet-3 step at batch 256 on a 2-core
-# AMD EPYC. Kept, the step is 1.31x faster in bf16 and 1.57x in fp32 on AVX2 kernels; a U-Net step at batch 128
-# gains nothing (benchmarks/allocator.py, BENCHMARKS.md "Freed memory kept"). mallopt's parameters (malloc.h):
+# AMD EPYC. Kept, the step is 1.31x faster in bf16 and 1.57x in fp32 on AVX2 kernels; a bare U-Net step at batch
+# 128 gains nothing, the Fashion-MNIST base stage 1.12x (benchmarks/allocator.py, BENCHMARKS.md "Freed memory
+# kept"). mallopt's parameters (malloc.h):
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 KEEP_TRIM_BYTES = 1 << 30           # ours: keep up to 1 GiB of freed heap top instead of trimming it back
 ALLOCATOR_VARIABLE = "MINIMAXDD_MALLOC"   # "system": leave the C allocator as the platform set it
