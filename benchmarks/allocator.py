@@ -43,26 +43,23 @@ def _step_fn(workload: str, precision: str):
         x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
         torch.manual_seed(0)
         net = build_model("convnet3", 1, 10, 28)
-        opt, aug = tt.make_optimizer(net, p), tt._augment_fn(p, None)
+        run = tt._Run(net, tt.make_optimizer(net, p), tt._augment_fn(p, None), p, g, cpu, precision)
 
-        def step() -> None:
-            xb = aug(x, g)
-            with autocast(cpu, precision):
-                loss = torch.nn.functional.cross_entropy(net(xb), y)
-            opt.zero_grad(set_to_none=True)
+        def step() -> None:          # one batch of the evaluation's own loop (train_test._train_epoch)
+            loss, _ = tt._batch_loss(run, run.aug(x, g), y)
+            run.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            run.opt.step()
         return step, n
     sys.path.insert(0, str(Path(__file__).parent))
     from minimaxdd.diffusion.networks import build_denoiser
-    from unet_speed import edm_loss
+    from unet_speed import batch, edm_loss
     n = int(workload.split("-")[-1])
     torch.manual_seed(0)
     model = build_denoiser("unet-s", 28, 1, 10).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 1, 28, 28, generator=g) * 2 - 1
-    y = torch.randint(0, 10, (n,), generator=g)
+    x, y = batch(model, n, False)
+    g = torch.Generator().manual_seed(1)
 
     def ustep() -> None:
         with autocast(cpu, precision):
@@ -108,6 +105,7 @@ def main() -> None:
         return
     import torch
 
+    from minimaxdd.files import write_json
     from minimaxdd.precision import cpu_choice
     runs = []
     for w in a.workloads.split(","):
@@ -134,13 +132,11 @@ def main() -> None:
               f"{s['faults_per_step']:.0f} -> {k['faults_per_step']:.0f}; kernel s/step "
               f"{s['system_s_per_step']:.3f} -> {k['system_s_per_step']:.3f}")
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({
+        write_json(a.out, {
             "machine": {"cpu": c["cpu"], "capability": c["capability"], "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "platform": platform.platform(),
                         "bf16_ms": c["bf16_ms"], "fp32_ms": c["fp32_ms"], "auto": c["choice"]},
-            "trials": a.trials, "warmup": a.warmup, "steps": a.steps, "summary": summary, "runs": runs},
-            indent=1) + "\n")
+            "trials": a.trials, "warmup": a.warmup, "steps": a.steps, "summary": summary, "runs": runs})
 
 
 if __name__ == "__main__":

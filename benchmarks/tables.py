@@ -123,9 +123,9 @@ def _acc(results: Path, file: str, method: str, ipc: int | None) -> tuple[float,
 
 def _over_seeds(results: Path, seed0: tuple[str, str], seeds_file: str, method: str, ipc: int) -> tuple[float, float]:
     """Mean +- population std over sampling (or selection) seeds of each seed's mean over classifier repeats:
-    seed 0 is the distill run's row (file, method), the other seeds come from a file of `benchmarks/seeds.py`
-    before issue 28, which trained every seed's classifiers with the run's seed (0) where the pipeline's one
-    seed path (`_seed_rows`) trains seed s's with seed s; the table marks these cells (a)."""
+    seed 0 is the distill run's row (file, method), the other seeds come from a file of `benchmarks/seeds.py`.
+    Before issue 28 that script trained every seed's classifiers with the run's seed (0), where the pipeline's one
+    seed path trains seed s's with seed s; the table marks cells from such files (a), not those from later ones."""
     import numpy as np
 
     means = [_acc(results, seed0[0], seed0[1], ipc)[0]]
@@ -134,15 +134,18 @@ def _over_seeds(results: Path, seed0: tuple[str, str], seeds_file: str, method: 
     return float(np.mean(means)), float(np.std(means))
 
 
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} +- {std:.2f}"
+
+
 def _half(results: Path, spec: str | tuple, key: str, ipc: int) -> str:
     """One half ("ours" or "random real") of a three-seed cell, by the kinds of `CURRENT`'s "seeds" dict."""
     if isinstance(spec, str):
-        return "{:.2f} +- {:.2f}".format(*_seed_rows(results, spec, ipc)[key])
-    if len(spec) == 4:
-        # the same arithmetic as the old path's; the seeds file is of the one seed path, so no mark
-        return "{:.2f} +- {:.2f}".format(*_over_seeds(results, (spec[0], spec[1]), spec[2], spec[3], ipc))
+        return _pm(*_seed_rows(results, spec, ipc)[key])
+    if len(spec) == 4:             # a seeds file of the one seed path: no mark
+        return _pm(*_over_seeds(results, (spec[0], spec[1]), spec[2], spec[3], ipc))
     method = "generated" if key == "ours" else "random real"
-    return "{:.2f} +- {:.2f} (a)".format(*_over_seeds(results, (spec[0], spec[1]), spec[2], method, ipc))
+    return _pm(*_over_seeds(results, (spec[0], spec[1]), spec[2], method, ipc)) + " (a)"
 
 
 def _seed_rows(results: Path, file: str, ipc: int) -> dict[str, tuple[float, float]]:
@@ -195,7 +198,7 @@ CURRENT_END = "<!-- end of current-results -->"
 
 def current(results: Path = RESULTS) -> str:
     """The current-results table (README and the top of BENCHMARKS.md), between its marker comments."""
-    f = lambda m, s: f"{m:.2f} +- {s:.2f}"
+    f = _pm
     out = [CURRENT_BEGIN,
            "| dataset, preset | IPC | ConvNet-3 `dc` epochs | **minimax (ours)** | random real | herding | k-center | "
            "full data | over 3 seeds: ours / random real |",

@@ -70,6 +70,8 @@ def modes_name(space: str, target: str) -> str:
     """The row and file name of mode guidance with these settings: modes, feature-modes, medoid-modes,
     feature-medoid-modes."""
     return ("feature-" if space == "features" else "") + ("medoid-" if target == "medoid" else "") + "modes"
+
+
 # embed(dataset, device) -> unit rows (N, D) of a feature space for its training images: the reference classifier's
 # (`evaluation.reference_classifier.reference_features`), handed down by the layers that may import it.
 Embed = Callable[[Dataset, torch.device], torch.Tensor]
