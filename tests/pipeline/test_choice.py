@@ -1,5 +1,6 @@
 """The `choose` stage: sampling settings picked on a validation split of the training set, never the test set."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,3 +166,20 @@ def test_a_mode_guided_run_samples_each_ipc_with_its_own_modes_and_reports_its_o
     rows = {(r["method"], r["ipc"]) for r in json.loads((run / "results.json").read_text())}
     assert rows == {("diffusion+modes", 2), ("diffusion+modes", 3)}
     assert "| diffusion+modes |" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_choose_classifiers_follow_evaluate_compile(monkeypatch, digits, compiled):
+    """The validation classifiers are built as the evaluation's are: `evaluate.compile` reaches them."""
+    from minimaxdd.pipeline.choice import validation_accuracy
+    seen = []
+
+    def spy(*a, **kw):
+        seen.append(kw["compile"])
+        return SimpleNamespace(mean=0.5)
+    monkeypatch.setattr(train_test, "evaluate_set", spy)
+    cfg = build_config(None, {"data": "digits", "evaluate": {"compile": compiled}})
+    split = validation_split(digits, 0.1, seed=0)
+    images, labels = digits.x_train[:20], digits.y_train[:20]
+    assert validation_accuracy(cfg, digits, split, images, labels, 2, torch.device("cpu")) == 0.5
+    assert seen == [compiled]

@@ -55,7 +55,8 @@ def candidate_set(cfg: DistillConfig, ckpt: str, cand: dict, ipc: int, out: Path
 def validation_accuracy(cfg: DistillConfig, ds: Dataset, split: tuple, images: torch.Tensor, labels: torch.Tensor,
                         ipc: int, device: torch.device, epochs: int | None = None) -> float:
     """Validation accuracy (mean over `choose.repeats`) of the run's first classifier trained on a set under the
-    run's hard-label protocol; `epochs` None: `choose.epochs`, else the run's evaluation epochs at this IPC."""
+    run's hard-label protocol, compiled as `evaluate.compile` says; `epochs` None: `choose.epochs`, else the run's
+    evaluation epochs at this IPC."""
     tr, va = split
     ev = cfg.evaluate
     if epochs is None:
@@ -64,7 +65,7 @@ def validation_accuracy(cfg: DistillConfig, ds: Dataset, split: tuple, images: t
     r = train_test.evaluate_set(images, labels, ds.x_train[va], ds.y_train[va], ds.num_classes, ev.models[0],
                                 get_protocol(get_protocol(ev.protocol).hard_name), cfg.choose.repeats, epochs,
                                 cfg.seed, device, ev.precision, stats=channel_stats(ds.x_train[tr]),
-                                image_size=ev.image_size)
+                                compile=ev.compile, image_size=ev.image_size)
     return r.mean
 
 
