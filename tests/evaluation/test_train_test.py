@@ -104,6 +104,17 @@ def test_evaluate_10_per_class_beats_chance(digits):
     assert r.protocol_config["lr"] == 0.01 and r.seed == 0
 
 
+@pytest.mark.parametrize("held_out", ["test", "validation"])
+def test_progress_lines_name_the_held_out_images(digits, monkeypatch, held_out):
+    """`choose` scores on validation images: its lines must not say "test"."""
+    from minimaxdd.evaluation import train_test
+    notes = []
+    monkeypatch.setattr(train_test, "progress_note", notes.append)
+    x, y = _subset(digits, 1)
+    _evaluate(digits, x, y, epochs=1, repeats=1, held_out=held_out)
+    assert len(notes) == 1 and notes[0].startswith(f"convnet3 run 1/1: {held_out} accuracy ")
+
+
 def test_evaluate_is_seeded_and_leaves_global_rng_alone(digits):
     x, y = _subset(digits, 2)
     torch.manual_seed(1234)

@@ -170,16 +170,17 @@ def test_a_mode_guided_run_samples_each_ipc_with_its_own_modes_and_reports_its_o
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_choose_classifiers_follow_evaluate_compile(monkeypatch, digits, compiled):
-    """The validation classifiers are built as the evaluation's are: `evaluate.compile` reaches them."""
+    """The validation classifiers are built as the evaluation's are (`evaluate.compile` reaches them), and their
+    progress lines call the held-out images what they are."""
     from minimaxdd.pipeline.choice import validation_accuracy
     seen = []
 
     def spy(*a, **kw):
-        seen.append(kw["compile"])
+        seen.append((kw["compile"], kw["held_out"]))
         return SimpleNamespace(mean=0.5)
     monkeypatch.setattr(train_test, "evaluate_set", spy)
     cfg = build_config(None, {"data": "digits", "evaluate": {"compile": compiled}})
     split = validation_split(digits, 0.1, seed=0)
     images, labels = digits.x_train[:20], digits.y_train[:20]
     assert validation_accuracy(cfg, digits, split, images, labels, 2, torch.device("cpu")) == 0.5
-    assert seen == [compiled]
+    assert seen == [(compiled, "validation")]

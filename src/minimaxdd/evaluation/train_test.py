@@ -314,9 +314,11 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
                  precision: str = "auto", stats: tuple[torch.Tensor, torch.Tensor] | None = None,
                  compile: bool = False, image_size: int | None = None,
                  teacher: nn.Module | None = None, teacher_test_accuracy: float | None = None,
-                 report_best: bool = False, check_every: int | None = None) -> EvalResult:
+                 report_best: bool = False, check_every: int | None = None, held_out: str = "test") -> EvalResult:
     """Train `repeats` classifiers on uint8 images x_train (N, C, H, W) with labels y_train and
     report their final test accuracy on (x_test, y_test).
+    `held_out` names (x_test, y_test) in progress lines: "validation" where a caller passes held-out training
+    images (`choose`), so a log never says "test" for a score that selects.
 
     `stats` is the (mean, std) used to standardise both sets, by default that of x_train;
     pass the real training set's so synthetic and real images share one normalisation.
@@ -356,7 +358,7 @@ def evaluate_set(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
                                after_epoch=_test_checker(at, xte, y_test, num_classes, precision, log) if at else None)
         acc, per = accuracy(predict(net, xte, precision), y_test, num_classes)
         done[r] = acc, per, [*log, (n_epochs, acc)]
-        progress_note(f"{model} run {r + 1}/{repeats}: test accuracy {acc:.4f}")
+        progress_note(f"{model} run {r + 1}/{repeats}: {held_out} accuracy {acc:.4f}")
     if dist.world() > 1:
         for part in dist.all_gather_objects(done):
             done.update(part)

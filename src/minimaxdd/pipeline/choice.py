@@ -65,7 +65,7 @@ def validation_accuracy(cfg: DistillConfig, ds: Dataset, split: tuple, images: t
     r = train_test.evaluate_set(images, labels, ds.x_train[va], ds.y_train[va], ds.num_classes, ev.models[0],
                                 get_protocol(get_protocol(ev.protocol).hard_name), cfg.choose.repeats, epochs,
                                 cfg.seed, device, ev.precision, stats=channel_stats(ds.x_train[tr]),
-                                compile=ev.compile, image_size=ev.image_size)
+                                compile=ev.compile, image_size=ev.image_size, held_out="validation")
     return r.mean
 
 
