@@ -42,14 +42,16 @@ from minimaxdd.runtime import flush_denormals, keep_freed_memory, pick_device
 
 
 def seeds_config(run: Path, ipcs: list[int] | None, pool: int, prototypes: float | None,
-                 device: str, random: bool = True) -> DistillConfig:
+                 device: str, random: bool = True, controls: list[str] | None = None) -> DistillConfig:
     """The run's config as given (RUN/config.json), resolved on this machine as distill resolves it, with the
-    rows this script measures: the run's first classifier and protocol, random real as the only baseline (none
-    when not `random`), no full-data row, no metrics, and the asked optional rows."""
+    rows this script measures: the run's first classifier and protocol, random real (unless not `random`) and the
+    `controls` (other baselines, e.g. `medoids`, the real images mode guidance pulls to) as the baselines, no
+    full-data row, no metrics, and the asked optional rows."""
     given = json.loads((run / "config.json").read_text())
     given.pop("precision_used", None)
     cfg = build_config(None, given)
-    ev = dataclasses.replace(cfg.evaluate, models=cfg.evaluate.models[:1], baselines=["random"] if random else [], full_epochs=0,
+    baselines = (["random"] if random else []) + list(controls or [])
+    ev = dataclasses.replace(cfg.evaluate, models=cfg.evaluate.models[:1], baselines=baselines, full_epochs=0,
                              metrics=False, soft_labels=False)
     cfg = dataclasses.replace(cfg, ipc=ipcs or cfg.ipc, evaluate=ev,
                               extras=dataclasses.replace(cfg.extras, pool=pool, prototypes=prototypes))
@@ -88,6 +90,10 @@ def main() -> None:
                     help="only the --pool / --prototypes rows (the run's own rows at its seed are in its report)")
     ap.add_argument("--no-random", action="store_true",
                     help="leave out the random-real rows (already measured at these seeds, e.g. by another run)")
+    ap.add_argument("--controls", default="", help="comma separated baselines also measured at every seed "
+                    "(e.g. medoids, the mode-guided row's sibling of real images; herding, kcenter). At a seed s "
+                    "other than 0 their features come from a reference classifier trained with seed s; mode "
+                    "guidance clusters in seed 0's at every seed")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 beside another job on 2 cores)")
     ap.add_argument("--work", default=None, help="where the seeds' stages write (default RUN/seeds)")
@@ -103,7 +109,7 @@ def main() -> None:
     work = Path(a.work) if a.work else run / "seeds"
     seeds = [int(s) for s in a.seeds.split(",")]
     cfg = seeds_config(run, [int(k) for k in a.ipc.split(",")] if a.ipc else None, a.pool, a.prototypes, a.device,
-                       not a.no_random)
+                       not a.no_random, [b for b in a.controls.split(",") if b])
     ft, chosen = stage_record(run, "finetune"), stage_record(run, "choose")
     t0 = time.time()
     per_seed = [(c.seed, one_seed(d, c, ft, chosen, a.extras_only)) for d, c in seed_dirs(work, cfg, seeds)]

@@ -17,3 +17,7 @@ def test_the_seed_config_keeps_the_runs_first_classifier_and_random_real_unless_
     assert cfg.ipc == [2, 3] and cfg.evaluate.models == ["convnet3"]
     assert cfg.evaluate.baselines == ["random"] and cfg.evaluate.full_epochs == 0 and not cfg.evaluate.metrics
     assert seeds.seeds_config(tmp_path, None, 0, None, "cpu", random=False).evaluate.baselines == []
+    with_control = seeds.seeds_config(tmp_path, None, 0, None, "cpu", random=False, controls=["medoids"])
+    assert with_control.evaluate.baselines == ["medoids"]
+    assert seeds.seeds_config(tmp_path, None, 0, None, "cpu", controls=["medoids"]).evaluate.baselines == [
+        "random", "medoids"]
