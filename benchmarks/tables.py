@@ -198,25 +198,22 @@ CURRENT_END = "<!-- end of current-results -->"
 
 def current(results: Path = RESULTS) -> str:
     """The current-results table (README and the top of BENCHMARKS.md), between its marker comments."""
-    f = _pm
     out = [CURRENT_BEGIN,
            "| dataset, preset | IPC | ConvNet-3 `dc` epochs | **minimax (ours)** | random real | herding | k-center | "
            "full data | over 3 seeds: ours / random real |",
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in CURRENT:
         ipc = c["ipc"]
-        cells = [f"**{f(*_acc(results, c['ours'], 'minimax', ipc))}**"]
-        cells += [f(*_acc(results, c.get(m, c["base"]), m, ipc)) for m in ("random", "herding", "kcenter")]
-        cells.append(f"{f(*_acc(results, c['full'], 'full', None))} ({c['full_epochs']} ep.)")
-        if isinstance(c["seeds"], dict):
-            cells.append(" / ".join(_half(results, c["seeds"][k], k, ipc) for k in ("ours", "random real")))
-        elif isinstance(c["seeds"], str):
-            rows = _seed_rows(results, c["seeds"], ipc)
-            cells.append(f"{f(*rows['ours'])} / {f(*rows['random real'])}")
+        cells = [f"**{_pm(*_acc(results, c['ours'], 'minimax', ipc))}**"]
+        cells += [_pm(*_acc(results, c.get(m, c["base"]), m, ipc)) for m in ("random", "herding", "kcenter")]
+        cells.append(f"{_pm(*_acc(results, c['full'], 'full', None))} ({c['full_epochs']} ep.)")
+        if isinstance(c["seeds"], (dict, str)):        # per half, or one sweep file for both halves
+            halves = c["seeds"] if isinstance(c["seeds"], dict) else dict.fromkeys(("ours", "random real"), c["seeds"])
+            cells.append(" / ".join(_half(results, halves[k], k, ipc) for k in ("ours", "random real")))
         elif c["seeds"]:
             ours0, real0, seeds = c["seeds"]
-            cells.append(f"{f(*_over_seeds(results, ours0, seeds, 'generated', ipc))} / "
-                         f"{f(*_over_seeds(results, real0, seeds, 'random real', ipc))} (a)")
+            cells.append(f"{_pm(*_over_seeds(results, ours0, seeds, 'generated', ipc))} / "
+                         f"{_pm(*_over_seeds(results, real0, seeds, 'random real', ipc))} (a)")
         else:
             cells.append("not measured")
         out.append(f"| {c['name']} | {ipc} | {c['epochs']} | " + " | ".join(cells) + " |")
