@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import io
+import os
+
+import torch
 
 from minimaxdd import runtime
 from minimaxdd.runtime import LogLines, progress
@@ -38,3 +41,22 @@ def test_progress_is_silent_when_quiet(monkeypatch, capsys):
     for _ in progress(range(10), desc="x"):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_compile_keeps_inductors_cache_apart_per_cpu_capability(monkeypatch, tmp_path):
+    # one inductor cache for two ATEN_CPU_CAPABILITY settings gave NaN weights and a malloc abort (torch 2.13.0)
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from minimaxdd.runtime import INDUCTOR_CACHE_VARIABLE, compile_module
+    monkeypatch.delenv(INDUCTOR_CACHE_VARIABLE, raising=False)
+    net = torch.nn.Linear(3, 2)
+    compiled = compile_module(net)
+    cap = torch.backends.cpu.get_cpu_capability().lower()
+    assert os.environ[INDUCTOR_CACHE_VARIABLE] == os.path.join(default_cache_dir(), f"cpu-{cap}")
+    assert torch.equal(compiled(torch.ones(1, 3)), net(torch.ones(1, 3)))
+    monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, default_cache_dir())  # torch's own default, written by torch
+    compile_module(net)
+    assert os.environ[INDUCTOR_CACHE_VARIABLE] == os.path.join(default_cache_dir(), f"cpu-{cap}")
+    monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, str(tmp_path))     # the user's own choice is kept
+    compile_module(net)
+    assert os.environ[INDUCTOR_CACHE_VARIABLE] == str(tmp_path)

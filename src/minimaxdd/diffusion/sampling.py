@@ -32,7 +32,7 @@ from minimaxdd.diffusion.solvers import (
     step_sigmas,
 )
 from minimaxdd.precision import resolve_precision
-from minimaxdd.runtime import progress
+from minimaxdd.runtime import compile_module, progress
 
 # 2^64 / golden ratio, the increment of SplitMix64 (Steele, Lea & Flood, OOPSLA 2014); we use it to mix
 # the parts of an image's seed so that nearby (seed, class, index) triples give unrelated seeds.
@@ -72,7 +72,7 @@ def sampling_network(model: nn.Module, precision: str = "fp32", compile: bool = 
     if resolve_precision(precision, next(model.parameters(), torch.empty(0)).device) == "bf16":
         model = copy.deepcopy(model).to(torch.bfloat16)
     if compile:
-        model = torch.compile(model)   # attributes (num_classes, ...) pass through; frozen by `generate`
+        model = compile_module(model)   # attributes (num_classes, ...) pass through; frozen by `generate`
     return model
 
 

@@ -32,7 +32,7 @@ from minimaxdd.errors import UserError
 from minimaxdd.evaluation.classifiers import build_model
 from minimaxdd.evaluation.protocols import PROTOCOLS, EvalProtocol, for_classes
 from minimaxdd.precision import resolve_precision
-from minimaxdd.runtime import autocast, generator, progress
+from minimaxdd.runtime import autocast, compile_module, generator, progress
 
 
 def _augment_fn(protocol: EvalProtocol, stats: augment.Stats | None) -> augment.Augmentation:
@@ -162,7 +162,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, model_name: str, num_clas
         model = build_model(model_name, c, num_classes, h).to(device)
     opt = make_optimizer(model, protocol)
     sched = make_schedule(opt, protocol, epochs)
-    run = _Run(torch.compile(model) if compile else model,   # the compiled net shares `model`'s parameters
+    run = _Run(compile_module(model) if compile else model,   # the compiled net shares `model`'s parameters
                opt, _augment_fn(protocol, stats), protocol, generator(seed + ORDER_SEED_OFFSET, device), device,
                precision, teacher, protocol.batch_for(images_per_class(y, num_classes), num_classes, n))
     model.train()

@@ -40,6 +40,7 @@ from minimaxdd.runtime import (
     PRECISIONS,
     agree_precision,
     autocast,
+    compile_module,
     flush_denormals,
     pick_device,
     progress,
@@ -154,7 +155,7 @@ def _wrap(tr: _Trainer) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
         tr.net = DDP(tr.model, device_ids=[tr.device] if tr.device.type == "cuda" else None)
     if tr.cfg.compile:
-        tr.net = torch.compile(tr.net)   # shares the parameters: the optimiser, EMA and checkpoints see `model`
+        tr.net = compile_module(tr.net)   # shares the parameters: the optimiser, EMA and checkpoints see `model`
 
 
 def _saved(path: Path, what: str, cfg: LoopConfig, device: torch.device | str) -> Any:
