@@ -169,7 +169,7 @@ def compile_module(model: torch.nn.Module) -> torch.nn.Module:
     Inductor picks the vector instructions of its CPU kernels from `ATEN_CPU_CAPABILITY` (the check of the
     AVX2-only path sets it), but one cache directory serves every setting: measured on torch 2.13.0, a
     ConvNet-3 trained under `ATEN_CPU_CAPABILITY=avx2` after a run without it came out NaN, and a plain run
-    after an AVX2 one aborted in malloc; with the caches kept apart both match eager to the bit. So, unless
+    after an AVX2 one aborted in malloc; with the caches kept apart both match eager (within 1e-4). So, unless
     the user chose the cache directory, each capability gets its own beneath torch's default (torch itself
     writes its default into the variable once any of its caches is used: that value counts as not chosen)."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
