@@ -59,6 +59,42 @@ def test_precision_recall_density_coverage_by_hand():
     assert c == pytest.approx(2 / 4)
 
 
+def test_coverage_no_self_takes_away_only_a_real_points_own_copy():
+    # real 0, 1, 2, 10 (k = 1 radii 1, 1, 1, 8); the set: a copy of real 2, and 9.5 (no copy)
+    x = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
+    y = torch.tensor([[2.0], [9.5]])
+    assert metrics.density_coverage(x, y, k=1)[1] == pytest.approx(3 / 4)        # 2 covers 1 and itself; 9.5 covers 10
+    copy_of = torch.tensor([2, -1])
+    assert metrics.coverage_no_self(x, y, copy_of, k=1) == pytest.approx(2 / 4)  # 2 still covers 1, not itself
+    assert metrics.coverage_no_self(x, y, torch.tensor([-1, -1]), k=1) == pytest.approx(3 / 4)
+    # on a class's subsample (Real.index), the copy is found by the real image's own index
+    sub = metrics.Real(x[[1, 2]], torch.tensor([1, 2]))
+    assert metrics.coverage_no_self(sub, y[:1], copy_of[:1], k=1) == pytest.approx(1 / 2)
+
+
+def test_copies_of_finds_exact_images_only():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=g)
+    near = real[7].clone()
+    near[0, 0, 0] ^= 1                                                             # one bit off: not a copy
+    images = torch.stack([real[3], near, real[49], torch.zeros(1, 4, 4, dtype=torch.uint8)])
+    assert metrics.copies_of(images, real).tolist() == [3, -1, 49, -1]
+    assert metrics.copies_of(images.float(), real).tolist() == [-1] * 4            # another dtype: no copies
+
+
+def test_a_real_subset_loses_its_self_credit_and_a_generated_set_keeps_its_coverage():
+    x, y = blobs(100)
+    g = torch.Generator().manual_seed(3)
+    pick = torch.cat([(y == c).nonzero().squeeze(1)[torch.randperm(100, generator=g)[:10]] for c in range(3)])
+    subset = metrics.set_metrics(x, y, x[pick], y[pick], 3, copy_of=pick)
+    assert subset["coverage_no_self"] < subset["coverage"]
+    moved = x[pick] + 1e-3                                                         # near the same images, no copies
+    gen = metrics.set_metrics(x, y, moved, y[pick], 3, copy_of=torch.full((30,), -1))
+    assert gen["coverage_no_self"] == gen["coverage"]
+    assert all(m["coverage_no_self"] <= m["coverage"] for m in subset["per_class"])
+    assert "coverage_no_self" not in metrics.set_metrics(x, y, x[pick], y[pick], 3)   # unknown copies: absent
+
+
 def test_collapsed_set_is_less_diverse_and_covers_less():
     x, y = blobs(100)
     g = torch.Generator().manual_seed(3)
