@@ -212,16 +212,23 @@ def coverage_no_self(x: torch.Tensor | Real, y: torch.Tensor, copy_of: torch.Ten
     return covered / len(x)
 
 
-def copies_of(images: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+def byte_table(real: torch.Tensor) -> dict[int, list[int]]:
+    """{hash of an image's bytes: the indices of real (N, C, H, W) with that hash}, for `copies_of`."""
+    table: dict[int, list[int]] = {}
+    for i, row in enumerate(real.reshape(len(real), -1).contiguous().numpy()):
+        table.setdefault(hash(row.tobytes()), []).append(i)
+    return table
+
+
+def copies_of(images: torch.Tensor, real: torch.Tensor, table: dict[int, list[int]] | None = None) -> torch.Tensor:
     """(M,) for each image of images (M, C, H, W) the index of an identical image in real (N, C, H, W), -1 where
-    there is none (different shapes or dtypes: none). Exact bytes, found through a hash table of the real rows."""
+    there is none (different shapes or dtypes: none). Exact bytes, found through `byte_table(real)` (pass it as
+    `table` when several sets are checked against one real set)."""
     out = torch.full((len(images),), -1, dtype=torch.long)
     if images.shape[1:] != real.shape[1:] or images.dtype != real.dtype:
         return out
     flat = real.reshape(len(real), -1).contiguous().numpy()
-    table: dict[int, list[int]] = {}
-    for i, row in enumerate(flat):
-        table.setdefault(hash(row.tobytes()), []).append(i)
+    table = byte_table(real) if table is None else table
     for j, row in enumerate(images.reshape(len(images), -1).contiguous().numpy()):
         for i in table.get(hash(row.tobytes()), ()):
             if np.array_equal(flat[i], row):            # a hash collision is not a copy
@@ -473,12 +480,13 @@ def run_metrics(synth: list[str], real: str, out: str | None = None, features: s
               "class_names": list(ds.class_names), "sets": {}}
     feats = {}
     sides = real_sides(real_f, ds.y_train, ds.num_classes, seed)         # the real-real distances: once for all sets
+    table = byte_table(ds.x_train)                                       # the real images' bytes: once for all sets
     for name, (path, s) in sets.items():
         f = fx(s.images)
         feats[name] = (f, s.labels)
         result["sets"][name] = {"path": str(path), "num_images": len(s.labels),
                                 **set_metrics(real_f, ds.y_train, f, s.labels, ds.num_classes, seed, sides=sides,
-                                              copy_of=copies_of(s.images, ds.x_train))}
+                                              copy_of=copies_of(s.images, ds.x_train, table))}
     if len(synth) == 1:   # the single-set form: metrics at the top level, as `m.json` users expect
         result.update({k: v for k, v in next(iter(result["sets"].values())).items()})
     if tsne:
