@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--full", type=Path, default=None, help="a results.json (its `full` dc row) or a row .json: the "
                     "full-data dc row of a distill run on the same data, instead of training it again")
     ap.add_argument("--out", type=Path, help="written after every set, so a stopped run keeps what it measured")
+    ap.add_argument("--resume", action="store_true", help="keep the rows --out already holds for the same teacher, "
+                    "full-data row and set path, and train only the sets it lacks")
     a = ap.parse_args()
     torch.set_flush_denormal(True)
     t0 = time.time()
@@ -81,7 +83,9 @@ def main() -> None:
                              f"at {r['epochs']}")
         reused[(method, ipc)] = reused_row(r, path)
     rows: list[dict] = []
-    full = reused_full(a.full) if a.full else run(ds.x_train, ds.y_train, dc, a.full_epochs, False)
+    kept = resumable(a.out, teacher.record()) if a.resume else {"rows": {}}
+    full = kept.get("full_dc") or (reused_full(a.full) if a.full else
+                                   run(ds.x_train, ds.y_train, dc, a.full_epochs, False))
     print(f"full dc: {100 * full['mean']:.2f} +- {100 * full['std']:.2f}", flush=True)
 
     def save(done: bool) -> None:
@@ -89,13 +93,19 @@ def main() -> None:
             write_json(a.out, {"command": "python benchmarks/soft_labels.py --data " + a.data + "".join(
                 f" --set {s}" for s in a.sets) + "".join(f" --hard {h}" for h in a.hard)
                 + (f" --full {a.full}" if a.full else f" --full-epochs {a.full_epochs}")
-                + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs else "") + f" --repeats {a.repeats}",
+                + (f" --teacher-epochs {a.teacher_epochs}" if a.teacher_epochs else "") + f" --repeats {a.repeats}"
+                + (" --resume" if a.resume else ""),
                 "complete": done, "teacher": teacher.record(), "full_dc": full, "rows": rows,
                 "seconds": round(time.time() - t0, 1), "machine": machine_report(),
-                "cpu": platform.processor() or platform.machine()})
+                "cpu": platform.processor() or platform.machine(),
+                **({"resumed": kept["earlier"]} if kept.get("earlier") else {})})
 
     for spec in a.sets:
         method, ipc, path = parse_set(spec)
+        if (method, ipc, path) in kept["rows"]:
+            rows.append(kept["rows"][(method, ipc, path)])
+            print(f"{method} IPC {ipc}: kept from {a.out}", flush=True)
+            continue
         s = conform(load_synthetic(path), ds.class_names, ds.channels, ds.size)
         row = {"method": method, "ipc": ipc, "path": path,
                "dc": reused.get((method, ipc)) or run(s.images, s.labels, dc, hard_epochs[ipc], False),
@@ -113,6 +123,25 @@ def main() -> None:
             print(f"{row['method']} IPC {row['ipc']}: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                      row["ddranking"].items()), flush=True)
     save(True)
+
+
+def resumable(out: Path | None, teacher: dict) -> dict:
+    """What an earlier run's --out file lets this one keep: its full-data row and its finished set rows, keyed by
+    (method, ipc, path). Nothing when the file is absent; an error when it was made with another teacher, since
+    its soft rows would not be comparable."""
+    if out is None:
+        raise SystemExit("--resume needs --out: the file of the run to resume")
+    if not out.exists():
+        return {"rows": {}}
+    blob = json.loads(out.read_text())
+    if blob.get("teacher") != json.loads(json.dumps(teacher)):     # as the file holds it (tuples are lists)
+        raise SystemExit(f"{out}: made with another teacher ({blob.get('teacher', {}).get('teacher')}, "
+                         f"{blob.get('teacher', {}).get('teacher_test_accuracy')}); its rows cannot be kept. "
+                         "Give another --out, or drop --resume")
+    rows = {(r["method"], r["ipc"], r["path"]): {k: v for k, v in r.items() if k != "ddranking"}
+            for r in blob.get("rows", []) if all(k in r for k in ("dc", "rded", "rded-noaug"))}
+    earlier = {k: blob[k] for k in ("command", "seconds", "complete", "stopped", "resumed") if k in blob}
+    return {"full_dc": blob.get("full_dc"), "rows": rows, "earlier": earlier}
 
 
 def reused_full(path: Path) -> dict:

@@ -31,3 +31,31 @@ def test_the_full_row_comes_from_a_results_file_a_row_list_or_the_row_itself(tmp
     p.write_text(json.dumps({"rows": [other, soft]}))
     with pytest.raises(SystemExit, match="expected one full-data dc row, found 0"):
         soft_labels.reused_full(p)
+
+
+TEACHER = {"teacher": "convnet3 trained 60 epochs", "teacher_test_accuracy": 0.68, "teacher_recipe": {"seed": 0, "milestones": (0.5,)}}
+ROW = {"mean": 0.6, "std": 0.01, "runs": [0.59, 0.6, 0.61], "epochs": 300}
+
+
+def test_resume_keeps_finished_rows_of_the_same_teacher_and_drops_their_scores(tmp_path):
+    out = tmp_path / "soft.json"
+    assert soft_labels.resumable(out, TEACHER) == {"rows": {}}          # nothing to resume yet
+    done = {"method": "random", "ipc": 50, "path": "runs/r50", "dc": ROW, "rded": ROW, "rded-noaug": ROW,
+            "ddranking": {"IOR": 0.0}}
+    half = {"method": "herding", "ipc": 50, "path": "runs/h50", "dc": ROW}   # stopped inside its set
+    out.write_text(json.dumps({"command": "c", "seconds": 10.0, "complete": False, "stopped": "by hand",
+                               "teacher": json.loads(json.dumps(TEACHER)), "full_dc": ROW, "rows": [done, half]}))
+    kept = soft_labels.resumable(out, TEACHER)
+    assert list(kept["rows"]) == [("random", 50, "runs/r50")]
+    assert "ddranking" not in kept["rows"][("random", 50, "runs/r50")]    # recomputed with the new rows
+    assert kept["full_dc"] == ROW
+    assert kept["earlier"] == {"command": "c", "seconds": 10.0, "complete": False, "stopped": "by hand"}
+
+
+def test_resume_refuses_rows_made_with_another_teacher(tmp_path):
+    out = tmp_path / "soft.json"
+    out.write_text(json.dumps({"teacher": {**TEACHER, "teacher_test_accuracy": 0.7}, "rows": []}))
+    with pytest.raises(SystemExit, match="made with another teacher.*drop --resume"):
+        soft_labels.resumable(out, TEACHER)
+    with pytest.raises(SystemExit, match="--resume needs --out"):
+        soft_labels.resumable(None, TEACHER)
