@@ -56,8 +56,8 @@ def main() -> None:
     ap.add_argument("--full", type=Path, default=None, help="a results.json (its `full` dc row) or a row .json: the "
                     "full-data dc row of a distill run on the same data, instead of training it again")
     ap.add_argument("--out", type=Path, help="written after every set, so a stopped run keeps what it measured")
-    ap.add_argument("--resume", action="store_true", help="keep the rows --out already holds for the same teacher, "
-                    "full-data row and set path, and train only the sets it lacks")
+    ap.add_argument("--resume", action="store_true", help="keep what --out already holds for the same teacher: its "
+                    "full-data row (over --full) and the rows of the same set paths; train only the sets it lacks")
     a = ap.parse_args()
     torch.set_flush_denormal(True)
     t0 = time.time()
