@@ -57,8 +57,11 @@ def main() -> None:
                     "full-data dc row of a distill run on the same data, instead of training it again")
     ap.add_argument("--out", type=Path, help="written after every set, so a stopped run keeps what it measured")
     ap.add_argument("--resume", action="store_true", help="keep what --out already holds for the same teacher: its "
-                    "full-data row (over --full) and the rows of the same set paths; train only the sets it lacks")
+                    "full-data row (refused unless it is the one --full / --full-epochs names) and the rows of the "
+                    "same set paths; train only the sets it lacks")
     a = ap.parse_args()
+    if a.resume and a.out is None:
+        ap.error("--resume needs --out: the file of the run to resume")
     torch.set_flush_denormal(True)
     t0 = time.time()
     ds = load_dataset(a.data)
@@ -84,8 +87,10 @@ def main() -> None:
         reused[(method, ipc)] = reused_row(r, path)
     rows: list[dict] = []
     kept = resumable(a.out, teacher.record()) if a.resume else {"rows": {}}
-    full = kept.get("full_dc") or (reused_full(a.full) if a.full else
-                                   run(ds.x_train, ds.y_train, dc, a.full_epochs, False))
+    if kept.get("full_dc"):
+        full = same_full(kept["full_dc"], reused_full(a.full) if a.full else None, a.full_epochs, a.out)
+    else:
+        full = reused_full(a.full) if a.full else run(ds.x_train, ds.y_train, dc, a.full_epochs, False)
     print(f"full dc: {100 * full['mean']:.2f} +- {100 * full['std']:.2f}", flush=True)
 
     def save(done: bool) -> None:
@@ -142,6 +147,23 @@ def resumable(out: Path | None, teacher: dict) -> dict:
             for r in blob.get("rows", []) if all(k in r for k in ("dc", "rded", "rded-noaug"))}
     earlier = {k: blob[k] for k in ("command", "seconds", "complete", "stopped", "resumed") if k in blob}
     return {"full_dc": blob.get("full_dc"), "rows": rows, "earlier": earlier}
+
+
+def same_full(kept: dict, given: dict | None, full_epochs: int, out: Path) -> dict:
+    """The resumed file's full-data row, once it is the one this command names: the same `--full` row (its runs),
+    or, without `--full`, a row trained for `--full-epochs`. HLR is measured against it, so a different one would
+    mix two references in one table."""
+    if given is not None and (given["runs"], given["epochs"]) != (kept["runs"], kept["epochs"]):
+        raise SystemExit(f"{out} holds another full-data row (from {kept.get('from', 'training')}, "
+                         f"{kept['epochs']} epochs) than --full {given['from']} ({given['epochs']} epochs). "
+                         "Give the --full of the run being resumed, another --out, or drop --resume")
+    if given is None and kept.get("from"):
+        raise SystemExit(f"{out} holds the full-data row of {kept['from']}; give --full {kept['from']}, "
+                         "another --out, or drop --resume")
+    if given is None and kept["epochs"] != full_epochs:
+        raise SystemExit(f"{out} holds a full-data row trained {kept['epochs']} epochs, not --full-epochs "
+                         f"{full_epochs}; give --full-epochs {kept['epochs']}, another --out, or drop --resume")
+    return kept
 
 
 def reused_full(path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""benchmarks/soft_labels.py's inputs: the set specs and the reused full-data row of a distill run."""
+"""benchmarks/soft_labels.py's inputs: the set specs, the reused full-data row of a distill run, and --resume."""
 import importlib.util
 import json
 from pathlib import Path
@@ -59,3 +59,29 @@ def test_resume_refuses_rows_made_with_another_teacher(tmp_path):
         soft_labels.resumable(out, TEACHER)
     with pytest.raises(SystemExit, match="--resume needs --out"):
         soft_labels.resumable(None, TEACHER)
+
+
+def test_resume_keeps_the_full_row_only_when_the_command_names_the_same_one(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"rows": [FULL]}))
+    kept = soft_labels.reused_full(results)                      # as an earlier run with this --full saved it
+    out = tmp_path / "soft.json"
+    assert soft_labels.same_full(kept, soft_labels.reused_full(results), 10, out) is kept
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**FULL, "runs": [0.8, 0.81, 0.82]}))
+    with pytest.raises(SystemExit, match="another full-data row.*other.json.*drop --resume"):
+        soft_labels.same_full(kept, soft_labels.reused_full(other), 10, out)
+    with pytest.raises(SystemExit, match=f"give --full {results}"):           # resumed without its --full
+        soft_labels.same_full(kept, None, 10, out)
+    trained = {"mean": 0.86, "std": 0.0, "runs": [0.86], "epochs": 1, "seconds": 5.0}
+    assert soft_labels.same_full(trained, None, 1, out) is trained
+    with pytest.raises(SystemExit, match="trained 1 epochs, not --full-epochs 10; give --full-epochs 1"):
+        soft_labels.same_full(trained, None, 10, out)
+
+
+def test_resume_without_out_is_refused_before_any_data_loads(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["soft_labels.py", "--data", "no-such-data", "--resume"])
+    monkeypatch.setattr(soft_labels, "load_dataset", lambda spec: pytest.fail("loaded data before refusing"))
+    with pytest.raises(SystemExit) as e:
+        soft_labels.main()
+    assert e.value.code == 2 and "--resume needs --out" in capsys.readouterr().err
