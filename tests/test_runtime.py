@@ -1,9 +1,12 @@
 """runtime: progress bars write plain lines now and then into logs, and stay silent when asked."""
 from __future__ import annotations
 
+import importlib
 import io
 import os
+import sys
 
+import pytest
 import torch
 
 from minimaxdd import runtime
@@ -60,3 +63,16 @@ def test_compile_keeps_inductors_cache_apart_per_cpu_capability(monkeypatch, tmp
     monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, str(tmp_path))     # the user's own choice is kept
     compile_module(net)
     assert os.environ[INDUCTOR_CACHE_VARIABLE] == str(tmp_path)
+
+
+def test_inductors_default_cache_dir_is_named_even_if_torch_moves_its_function(monkeypatch):
+    # compile_module reads it from torch's internal cache_dir_utils; without that module the same rule applies
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from minimaxdd.runtime import inductor_default_cache_dir
+    expected = default_cache_dir()
+    assert inductor_default_cache_dir() == expected
+    monkeypatch.setitem(sys.modules, "torch._inductor.runtime.cache_dir_utils", None)   # its import now fails
+    with pytest.raises(ImportError):
+        importlib.import_module("torch._inductor.runtime.cache_dir_utils")
+    assert inductor_default_cache_dir() == expected

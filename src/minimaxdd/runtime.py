@@ -4,8 +4,11 @@ The diffusion side, training and evaluation all use these without importing one 
 from __future__ import annotations
 
 import ctypes
+import getpass
 import os
+import re
 import sys
+import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Iterable
@@ -163,6 +166,21 @@ def flush_denormals() -> None:
 INDUCTOR_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 
 
+def inductor_default_cache_dir() -> str:
+    """Inductor's default cache directory. Torch keeps the function that names it in an internal module; should a
+    later torch move it, the same rule is applied here (torch 2.13.0's: `torchinductor_<user>` in the temporary
+    directory), so that compiling never fails on an import."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        try:
+            user = getpass.getuser()
+        except (KeyError, ModuleNotFoundError, OSError):
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        return os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
+    return default_cache_dir()
+
+
 def compile_module(model: torch.nn.Module) -> torch.nn.Module:
     """torch.compile(model), with inductor's on-disk cache kept apart per CPU instruction set.
 
@@ -172,8 +190,7 @@ def compile_module(model: torch.nn.Module) -> torch.nn.Module:
     after an AVX2 one aborted in malloc; with the caches kept apart both match eager (within 1e-4). So, unless
     the user chose the cache directory, each capability gets its own beneath torch's default (torch itself
     writes its default into the variable once any of its caches is used: that value counts as not chosen)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-    default = default_cache_dir()
+    default = inductor_default_cache_dir()
     if os.environ.get(INDUCTOR_CACHE_VARIABLE, default) == default:
         os.environ[INDUCTOR_CACHE_VARIABLE] = os.path.join(
             default, f"cpu-{torch.backends.cpu.get_cpu_capability().lower()}")
