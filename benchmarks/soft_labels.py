@@ -87,10 +87,9 @@ def main() -> None:
         reused[(method, ipc)] = reused_row(r, path)
     rows: list[dict] = []
     kept = resumable(a.out, teacher.record()) if a.resume else {"rows": {}}
-    if kept.get("full_dc"):
-        full = same_full(kept["full_dc"], reused_full(a.full) if a.full else None, a.full_epochs, a.out)
-    else:
-        full = reused_full(a.full) if a.full else run(ds.x_train, ds.y_train, dc, a.full_epochs, False)
+    given = reused_full(a.full) if a.full else None
+    full = (same_full(kept["full_dc"], given, a.full_epochs, a.out) if kept.get("full_dc")
+            else given or run(ds.x_train, ds.y_train, dc, a.full_epochs, False))
     print(f"full dc: {100 * full['mean']:.2f} +- {100 * full['std']:.2f}", flush=True)
 
     def save(done: bool) -> None:
